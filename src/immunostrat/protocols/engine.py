@@ -1,0 +1,287 @@
+"""Apply a protocol: to one patient (with reasons), to many, or as column expressions for cohorts.
+
+Three-valued logic: a condition on a missing or stale measurement is undecided. Rules are tried in
+order; a rule that is met fires; a rule that is undecided stops the search with ``unknown`` (a later
+rule must not win while an earlier one might still apply: MALS precedence); a rule that is not met
+passes to the next. No rule met -> ``unknown``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import narwhals.stable.v2 as nw
+import polars as pl
+
+from immunostrat.protocols.model import Classification, Condition, Dose, Protocol, Reason, Regimen, Rule
+from immunostrat.protocols.renal import cockcroft_gault
+from immunostrat.scores.expressions import as_narwhals
+
+FrameT = TypeVar("FrameT")
+
+_OPS = {
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+
+
+def _history(observations: pl.DataFrame, concept: str, at: datetime | None) -> list[tuple[datetime, float]]:
+    rows = observations.filter(pl.col("concept") == concept)
+    if at is not None:
+        rows = rows.filter(pl.col("time") <= at)
+    rows = rows.sort("time", descending=True)
+    return list(zip(rows["time"].to_list(), rows["value"].to_list(), strict=True))
+
+
+def _evaluate(
+    rule: Rule, condition: Condition, protocol: Protocol, history: list[tuple[datetime, float]], at: datetime
+) -> Reason:
+    unit = condition.unit
+    base: dict[str, Any] = {
+        "rule": rule.id,
+        "concept": condition.concept,
+        "comparison": condition.op,
+        "threshold": condition.threshold,
+        "unit": unit,
+    }
+    if not history:
+        return Reason(**base, value=None, time=None, outcome="missing", note="no measurement")
+    fresh_for = timedelta(hours=protocol.requires[condition.concept].freshness_hours)
+    time, value = history[0]
+    if at - time > fresh_for:
+        return Reason(
+            **base,
+            value=value,
+            time=time,
+            outcome="stale",
+            note=f"older than {protocol.requires[condition.concept].freshness_hours:g} h",
+        )
+    met = _OPS[condition.op](value, condition.threshold)
+    if not met or condition.consecutive == 1:
+        return Reason(**base, value=value, time=time, outcome="met" if met else "not met")
+    low, high = condition.apart_hours or (0.0, 0.0)
+    chain = [(time, value)]
+    for earlier_time, earlier_value in history[1:]:
+        gap = (chain[-1][0] - earlier_time).total_seconds() / 3600.0
+        if gap < low:
+            continue
+        if gap > high or not _OPS[condition.op](earlier_value, condition.threshold):
+            break
+        chain.append((earlier_time, earlier_value))
+        if len(chain) == condition.consecutive:
+            break
+    if len(chain) >= condition.consecutive:
+        shown = ", ".join(f"{v:g} at {t.isoformat()}" for t, v in chain)
+        return Reason(
+            **base,
+            value=value,
+            time=time,
+            outcome="met",
+            note=f"{condition.consecutive} consecutive: {shown}",
+        )
+    return Reason(
+        **base,
+        value=value,
+        time=time,
+        outcome="not met",
+        note=f"needs {condition.consecutive} consecutive samples {low:g}-{high:g} h apart",
+    )
+
+
+def _dose(
+    regimen: Regimen, patient: Mapping[str, Any] | None, creatinine: float | None
+) -> tuple[Dose | None, list[str]]:
+    if regimen.drug == "none":
+        return None, []
+    warnings: list[str] = []
+    interval = regimen.interval_hours
+    adjusted = False
+    crcl: float | None = None
+    renal = regimen.renal_adjustment
+    if renal is not None:
+        try:
+            crcl = cockcroft_gault(
+                age_years=_number(patient, "age"),
+                weight_kg=_number(patient, "weight_kg"),
+                female=_female(patient),
+                creatinine_mg_dl=creatinine,
+            )
+        except ValueError as exc:
+            warnings.append(f"renal adjustment not checked: {exc}")
+        if crcl is not None and crcl < renal.creatinine_clearance_below_ml_min and interval is not None:
+            interval = interval * renal.interval_multiplier
+            adjusted = True
+            warnings.append(f"creatinine clearance {crcl:.0f} mL/min (Cockcroft-Gault): {renal.warning}")
+    parts = [regimen.drug.replace("_", "-")]
+    if regimen.dose is not None:
+        parts.append(f"{regimen.dose:g} {regimen.dose_unit}")
+    if regimen.route:
+        parts.append(regimen.route)
+    if interval is not None:
+        parts.append(f"every {interval:g} h")
+    if regimen.duration_days is not None:
+        parts.append(f"for {regimen.duration_days:g} days")
+    if adjusted:
+        parts.append("(renally adjusted: clinician review)")
+    dose = Dose(
+        drug=regimen.drug,
+        amount=regimen.dose,
+        unit=regimen.dose_unit,
+        route=regimen.route,
+        interval_hours=interval,
+        duration_days=regimen.duration_days,
+        renal_adjusted=adjusted,
+        creatinine_clearance_ml_min=None if crcl is None else round(crcl, 1),
+        text=" ".join(parts),
+    )
+    return dose, warnings
+
+
+def _number(patient: Mapping[str, Any] | None, key: str) -> float | None:
+    if not patient or patient.get(key) is None:
+        return None
+    return float(patient[key])
+
+
+def _female(patient: Mapping[str, Any] | None) -> bool | None:
+    if not patient or not patient.get("sex"):
+        return None
+    return str(patient["sex"]).upper().startswith("F")
+
+
+def classify_patient(
+    protocol: Protocol,
+    observations: pl.DataFrame,
+    patient: Mapping[str, Any] | None = None,
+    *,
+    patient_id: str | None = None,
+    at: datetime | None = None,
+) -> Classification:
+    """Classify one patient. ``observations``: canonical long rows (other patients are ignored);
+    ``at``: the decision time (default: the patient's latest observation)."""
+    pid = patient_id or (str(patient["patient_id"]) if patient and patient.get("patient_id") else None)
+    if pid is None:
+        ids = observations["patient_id"].unique().to_list()
+        if len(ids) != 1:
+            raise ValueError("give patient_id when the observations hold several patients")
+        pid = str(ids[0])
+    own = observations.filter(pl.col("patient_id") == pid)
+    latest = own["time"].max() if own.height else None
+    decision_time: datetime | None = at or (latest if isinstance(latest, datetime) else None)
+    histories = {c: _history(own, c, decision_time) for c in protocol.requires}
+    reasons: list[Reason] = []
+    endotype, fired = "unknown", None
+    for rule in protocol.rules:
+        if decision_time is None:
+            reasons += [
+                Reason(
+                    rule=rule.id,
+                    concept=c.concept,
+                    comparison=c.op,
+                    threshold=c.threshold,
+                    unit=c.unit,
+                    value=None,
+                    time=None,
+                    outcome="missing",
+                    note="no measurement",
+                )
+                for c in rule.all
+            ]
+            break
+        when = decision_time
+        rule_reasons = [_evaluate(rule, c, protocol, histories[c.concept], when) for c in rule.all]
+        reasons += rule_reasons
+        outcomes = {r.outcome for r in rule_reasons}
+        if outcomes == {"met"}:
+            endotype, fired = rule.endotype, rule.id
+            break
+        if "not met" in outcomes:
+            continue
+        break  # undecided: an earlier rule might still apply, so no later rule may win
+    regimen = protocol.therapies[endotype]
+    creatinine_history = _history(own, "creatinine", decision_time)
+    creatinine = creatinine_history[0][1] if creatinine_history else None
+    dose, warnings = _dose(regimen, patient, creatinine)
+    if endotype in protocol.cautions:
+        warnings.append(protocol.cautions[endotype])
+    if endotype == "unknown":
+        undecided = sorted({r.concept for r in reasons if r.outcome in {"missing", "stale"}})
+        if undecided:
+            warnings.append(f"deciding measurement missing or stale: {', '.join(undecided)}")
+    return Classification(
+        patient_id=pid,
+        at=decision_time,
+        protocol_id=protocol.id,
+        protocol_version=protocol.version,
+        endotype=endotype,
+        fired_rule=fired,
+        therapy=regimen.drug,
+        dose=dose,
+        reasons=reasons,
+        warnings=warnings,
+    )
+
+
+def classify_all(
+    protocol: Protocol,
+    observations: pl.DataFrame,
+    patients: pl.DataFrame | None = None,
+    *,
+    at: datetime | None = None,
+    at_by_patient: Mapping[str, datetime] | None = None,
+) -> list[Classification]:
+    """Classify every patient in ``observations`` (and every patient of ``patients`` without any).
+
+    The decision time is ``at_by_patient[id]``, else ``at``, else the patient's last observation.
+    """
+    ids = set(observations["patient_id"].unique().to_list())
+    table: dict[str, dict[str, Any]] = {}
+    if patients is not None and patients.height:
+        table = {str(r["patient_id"]): r for r in patients.iter_rows(named=True)}
+        ids |= set(table)
+    return [
+        classify_patient(
+            protocol, observations, table.get(pid), patient_id=pid, at=(at_by_patient or {}).get(pid, at)
+        )
+        for pid in sorted(ids)
+    ]
+
+
+def endotype_expression(protocol: Protocol) -> nw.Expr:
+    """The endotype as one narwhals expression over columns named by concept, holding the latest
+    fresh value (null when missing or stale). Runs on polars, DuckDB, Ibis and PySpark.
+
+    Rules with consecutive-sample conditions need a history and are not expressible per row.
+    """
+    result: nw.Expr = nw.lit("unknown")
+    # Built from the last rule backwards: rule k fires when met, stops with unknown when undecided.
+    for rule in reversed(protocol.rules):
+        if any(c.consecutive > 1 for c in rule.all):
+            raise ValueError(f"rule {rule.id} needs sample history; use classify_patient")
+        checks = [_OPS[c.op](nw.col(c.concept), c.threshold) for c in rule.all]
+        met = nw.all_horizontal(*[c.fill_null(False) for c in checks], ignore_nulls=False)
+        failed = nw.any_horizontal(*[(~c).fill_null(False) for c in checks], ignore_nulls=False)
+        result = (
+            nw.when(met)
+            .then(nw.lit(rule.endotype))
+            .otherwise(nw.when(failed).then(result).otherwise(nw.lit("unknown")))
+        )
+    return result
+
+
+def classify_frame(protocol: Protocol, frame: FrameT, column: str = "endotype") -> FrameT:
+    """Add ``column`` (the endotype) and ``therapy`` to a wide frame of latest fresh values."""
+    therapy: nw.Expr = nw.lit("none")
+    for endotype, regimen in protocol.therapies.items():
+        therapy = nw.when(nw.col(column) == endotype).then(nw.lit(regimen.drug)).otherwise(therapy)
+    nw_frame = as_narwhals(frame)
+    present = set(nw_frame.collect_schema().names())
+    absent = [c for c in protocol.requires if c not in present]
+    if absent:
+        nw_frame = nw_frame.with_columns(*[nw.lit(None, dtype=nw.Float64()).alias(c) for c in absent])
+    out = nw_frame.with_columns(endotype_expression(protocol).alias(column))
+    return out.with_columns(therapy.alias("therapy")).to_native()

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Bootstrap and run: `python3 tasks.py demo` or `python3 tasks.py test`.
+
+Needs nothing but Python 3.11: creates `.venv`, installs the pinned lock file into it (only when the
+lock changed since the last install), installs the project, then runs the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("IMMUNOSTRAT_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / "python"
+
+
+def _run(*args: str | Path, env: dict[str, str] | None = None) -> None:
+    print("+", " ".join(str(a) for a in args), flush=True)
+    subprocess.run([str(a) for a in args], check=True, cwd=ROOT, env=env)
+
+
+def ensure_env(lock: str) -> None:
+    """Create the virtual environment and install `lock` plus the project (editable)."""
+    if not PY.exists():
+        venv.EnvBuilder(with_pip=True, clear=False).create(VENV)
+        _run(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+    lock_path = ROOT / lock
+    digest = hashlib.sha256(lock_path.read_bytes() + (ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    stamp = VENV / f".installed-{lock}"
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    _run(PY, "-m", "pip", "install", "--quiet", "-r", lock_path)
+    _run(PY, "-m", "pip", "install", "--quiet", "--no-deps", "-e", ROOT)
+    stamp.write_text(digest)
+
+
+def demo(args: list[str]) -> None:
+    ensure_env("requirements.lock")
+    _run(BIN / "immunostrat", "demo", *args)
+
+
+def test(args: list[str]) -> None:
+    ensure_env("requirements-dev.lock")
+    _run(BIN / "ruff", "check", "src", "tests", "benchmarks", "scripts", "tasks.py")
+    _run(BIN / "ruff", "format", "--check", "src", "tests", "benchmarks", "scripts", "tasks.py")
+    _run(BIN / "mypy")
+    env = dict(os.environ)
+    env.setdefault("PYTHONHASHSEED", "0")
+    _run(PY, "-m", "pytest", *(args or ["-q"]), env=env)
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in {"demo", "test"}:
+        sys.exit("usage: python3 tasks.py demo|test [extra arguments]")
+    {"demo": demo, "test": test}[sys.argv[1]](sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()
