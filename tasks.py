@@ -45,10 +45,14 @@ def demo(args: list[str]) -> None:
     _run(BIN / "immunostrat", "demo", *args)
 
 
+LINTED = ("src", "tests", "benchmarks", "scripts", "tasks.py")
+
+
 def test(args: list[str]) -> None:
     ensure_env("requirements-dev.lock")
-    _run(BIN / "ruff", "check", "src", "tests", "benchmarks", "scripts", "tasks.py")
-    _run(BIN / "ruff", "format", "--check", "src", "tests", "benchmarks", "scripts", "tasks.py")
+    paths = [p for p in LINTED if (ROOT / p).exists()]
+    _run(BIN / "ruff", "check", *paths)
+    _run(BIN / "ruff", "format", "--check", *paths)
     _run(BIN / "mypy")
     env = dict(os.environ)
     env.setdefault("PYTHONHASHSEED", "0")
