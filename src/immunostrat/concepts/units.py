@@ -147,6 +147,9 @@ def conversion_for(concept_id: str, unit: str | None) -> Conversion:
     except Exception as exc:  # pint raises assorted tokenizer errors on free text
         raise UnitError(f"unknown unit {spelled!r} for {concept_id}", _expected(concept)) from exc
     canonical_target = concept.units.get(concept.canonical_unit, concept.canonical_unit)
+    if isinstance(canonical_target, FactorUnit):
+        # A unit pint does not know (AB/C, IU/mL): only the listed spellings are accepted.
+        raise UnitError(f"unit {spelled!r} cannot measure {concept_id}", _expected(concept))
     canonical_q = _quantity(canonical_target if isinstance(canonical_target, str) else concept.canonical_unit)
     src_dim, can_dim = source_q.dimensionality, canonical_q.dimensionality
     if src_dim == can_dim:

@@ -88,7 +88,7 @@ def sofa_expressions() -> list[nw.Expr]:
     return [
         *outputs,
         total.alias("sofa_total"),
-        *missing_report("sofa", missing),
+        *missing_report("sofa", {c: missing[c] for c in SOFA_COMPONENTS}),
         nw.lit(spec["id"]).alias("sofa_variant"),
     ]
 
