@@ -25,6 +25,16 @@ def _run(*args: str | Path, env: dict[str, str] | None = None) -> None:
     subprocess.run([str(a) for a in args], check=True, cwd=ROOT, env=env)
 
 
+def _installer() -> list[str | Path]:
+    """uv (from PyPI, into the venv) installs the lock in seconds; plain pip is the fallback."""
+    uv = BIN / "uv"
+    if not uv.exists():
+        subprocess.run([str(PY), "-m", "pip", "install", "--quiet", "uv"], cwd=ROOT, check=False)
+    if uv.exists():
+        return [uv, "pip", "install", "--quiet", "--python", PY]
+    return [PY, "-m", "pip", "install", "--quiet"]
+
+
 def ensure_env(lock: str) -> None:
     """Create the virtual environment and install `lock` plus the project (editable)."""
     if not PY.exists():
@@ -35,8 +45,9 @@ def ensure_env(lock: str) -> None:
     stamp = VENV / f".installed-{lock}"
     if stamp.exists() and stamp.read_text() == digest:
         return
-    _run(PY, "-m", "pip", "install", "--quiet", "-r", lock_path)
-    _run(PY, "-m", "pip", "install", "--quiet", "--no-deps", "-e", ROOT)
+    installer = _installer()
+    _run(*installer, "-r", lock_path)
+    _run(*installer, "--no-deps", "-e", ROOT)
     stamp.write_text(digest)
 
 
