@@ -92,6 +92,6 @@ def run_demo(output_dir: Path, console: Console) -> dict[str, pl.DataFrame]:
             str(row["septic_shock"]),
             str(row["renal_adjusted"]),
         )
-    console.print(table)
+    Console(width=max(console.width, 100), file=console.file).print(table)
     console.print(f"outputs in {output_dir}/: classify.csv, classify.json, sofa_daily.csv, sepsis3.csv")
     return {"classes": classes, "sofa": sofa, "sepsis3": sepsis, "summary": summary}
