@@ -45,6 +45,7 @@ PATIENT_SCHEMA: dict[str, pl.DataType] = {
 # Hours-since-admission times with no admission time in the patient table are anchored here; the
 # anchor used is recorded in ObservationSet.time_anchor.
 DEFAULT_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_RELATIVE_HOURS = 24 * 366 * 10  # ten years of a stay: larger numbers are not hours since admission
 
 # Patient-table plausible ranges: physiological limits that catch typing and unit mistakes.
 _PATIENT_RANGES = {"age": (0.0, 120.0), "weight_kg": (0.5, 400.0), "height_cm": (20.0, 260.0)}
@@ -76,7 +77,7 @@ def _check_header(header: list[str], required: Iterable[str], file: str) -> None
             raise InputError(
                 "duplicate column in header",
                 file=file,
-                row=0,
+                row=None,
                 field=name,
                 value=name,
                 expected=f"each column once (column {position} repeats it)",
@@ -177,9 +178,9 @@ def validate_patients(raw: pl.DataFrame, source: str = "patients") -> pl.DataFra
     for name in ("age", "sex", "weight_kg", "height_cm", "admission_time"):
         if name not in frame.columns:
             frame = frame.with_columns(pl.lit(None, dtype=pl.String).alias(name))
-    duplicated = frame.filter(pl.col("patient_id").is_duplicated())
+    duplicated = frame.filter(~pl.col("patient_id").is_first_distinct())
     if duplicated.height:
-        row = duplicated.row(1, named=True)
+        row = duplicated.row(0, named=True)
         raise InputError(
             "patient listed twice",
             file=source,
@@ -391,8 +392,11 @@ def canonicalize(
         )
     )
     # Time: ISO 8601, or hours since admission (anchored to admission_time, else DEFAULT_EPOCH).
+    # A number is hours since admission only when finite and within MAX_RELATIVE_HOURS: "20240301" is
+    # an ISO 8601 basic date, not 20 million hours.
     hours = pl.col("time").cast(pl.Float64, strict=False)
-    frame = frame.with_columns(hours.alias("_hours"))
+    valid_hours = hours.is_finite() & (hours.abs() <= MAX_RELATIVE_HOURS)
+    frame = frame.with_columns(pl.when(valid_hours).then(hours).otherwise(None).alias("_hours"))
     absolute = parse_times(frame["time"])
     frame = frame.with_columns(absolute.alias("_absolute"))
     relative = frame.select(pl.col("_hours").is_not_null().any()).item()

@@ -112,6 +112,14 @@ _MASS_CONC = UREG.parse_units("g/L").dimensionality
 _MASS = UREG.parse_units("kg").dimensionality
 
 
+def _pint_understands(spelled: str) -> bool:
+    try:
+        _quantity(normalise_spelling(spelled))
+    except Exception:  # pint raises assorted errors on free text
+        return False
+    return True
+
+
 def _molar_mass(equivalence: str) -> pint.Quantity:
     """g/mol implied by a statement such as "1 mg/dL = 17.1 umol/L" (domain.md section D)."""
     left, right = (_quantity(normalise_spelling(side)) for side in equivalence.split("="))
@@ -132,7 +140,9 @@ def conversion_for(concept_id: str, unit: str | None) -> Conversion:
     concept = load_concepts()[concept_id]
     spelled = "" if unit is None else str(unit).strip()
     target = concept.units.get(spelled)
-    if target is None:
+    if target is None and not _pint_understands(spelled):
+        # Case-insensitive only where pint cannot read the spelling itself ("MMHG"), so that "g/L"
+        # (grams) never matches the count unit "G/L" (giga per litre).
         folded = {k.lower().replace(" ", ""): v for k, v in concept.units.items()}
         target = folded.get(spelled.lower().replace(" ", ""))
     if isinstance(target, FactorUnit):

@@ -54,44 +54,53 @@ def hscore(frame: FrameT) -> FrameT:
     )
     nw_frame = ensure_columns(as_narwhals(frame), inputs)
     points: dict[str, nw.Expr] = {}
+    # best: the item's points if every unknown input took its worst value (for hscore_max_possible)
+    best: dict[str, nw.Expr] = {}
     missing: dict[str, nw.Expr] = {}
-    maxima: dict[str, int] = {}
     for name, comp in comps.items():
         if "bands" in comp:
             points[name] = band_points(nw.col(comp["input"]), comp["bands"])
             missing[name] = nw.col(comp["input"]).is_null()
-            maxima[name] = max(int(b["points"]) for b in comp["bands"])
+            top = max(int(b["points"]) for b in comp["bands"])
+            best[name] = nw.when(missing[name]).then(nw.lit(top)).otherwise(points[name])
     organ = comps["organomegaly"]
-    hep, spl = (nw.col(c).fill_null(0) >= 1 for c in organ["inputs"])
-    points["organomegaly"] = (
-        nw.when(hep & spl)
-        .then(nw.lit(organ["both"]))
-        .otherwise(nw.when(hep | spl).then(nw.lit(organ["one"])).otherwise(nw.lit(0)))
-    )
-    missing["organomegaly"] = nw.all_horizontal(
+
+    def organ_points(unknown_as: int) -> nw.Expr:
+        hep, spl = (nw.col(c).fill_null(unknown_as) >= 1 for c in organ["inputs"])
+        return (
+            nw.when(hep & spl)
+            .then(nw.lit(organ["both"]))
+            .otherwise(nw.when(hep | spl).then(nw.lit(organ["one"])).otherwise(nw.lit(0)))
+        )
+
+    points["organomegaly"] = organ_points(0)
+    best["organomegaly"] = organ_points(1)
+    missing["organomegaly"] = nw.any_horizontal(
         *[nw.col(c).is_null() for c in organ["inputs"]], ignore_nulls=False
     )
-    maxima["organomegaly"] = int(organ["both"])
     cyto = comps["cytopenias"]
     low = [
         compare(nw.col(lin["input"]), lin["op"], lin["threshold"]).fill_null(False).cast(nw.Int64())
         for lin in cyto["lineages"]
     ]
+    unknown = [nw.col(lin["input"]).is_null().cast(nw.Int64()) for lin in cyto["lineages"]]
     count = nw.sum_horizontal(*low)
+    count_if_worst = nw.sum_horizontal(*low, *unknown)
     by_count: dict[int, int] = {int(k): int(v) for k, v in cyto["points_by_count"].items()}
-    cyto_points: nw.Expr = nw.lit(0)
-    for n, p in sorted(by_count.items()):
-        cyto_points = nw.when(count == n).then(nw.lit(p)).otherwise(cyto_points)
-    points["cytopenias"] = cyto_points
+
+    def cyto_points(lineages: nw.Expr) -> nw.Expr:
+        result: nw.Expr = nw.lit(0)
+        for n, p in sorted(by_count.items()):
+            result = nw.when(lineages == n).then(nw.lit(p)).otherwise(result)
+        return result
+
+    points["cytopenias"] = cyto_points(count)
+    best["cytopenias"] = cyto_points(count_if_worst)
     missing["cytopenias"] = nw.any_horizontal(
         *[nw.col(lin["input"]).is_null() for lin in cyto["lineages"]], ignore_nulls=False
     )
-    maxima["cytopenias"] = max(by_count.values())
     total = nw.sum_horizontal(*[p.fill_null(0) for p in points.values()]).cast(nw.Int64())
-    headroom = nw.sum_horizontal(
-        *[nw.when(missing[n]).then(nw.lit(maxima[n])).otherwise(nw.lit(0)) for n in points]
-    )
-    max_possible = (total + headroom).cast(nw.Int64())
+    max_possible = nw.sum_horizontal(*[best[n].fill_null(0) for n in points]).cast(nw.Int64())
     cutoff = int(spec["cutoff"])
     positive = (
         nw.when(total >= cutoff)
