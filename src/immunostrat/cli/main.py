@@ -227,6 +227,17 @@ def demo(
         _fail(error)
 
 
+def _register() -> None:
+    from immunostrat.cli import analysis_commands
+
+    app.command("analyze")(analysis_commands.analyze)
+    app.command("published")(analysis_commands.published)
+    app.add_typer(analysis_commands.design_app, name="design")
+
+
+_register()
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,

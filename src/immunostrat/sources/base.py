@@ -10,6 +10,10 @@ a :class:`SourceData`. The cohort engine consumes only this contract.
   ``source_row`` tracing each value to its table and row.
 - ``report``: per concept, how many rows were found, or why the concept is absent (table missing from
   this copy, not mapped for this source, ...). Absent concepts are reported, never silently zero.
+- ``tables``: optional side tables by name (added with a default so older callers are unaffected):
+  ``dropped`` (concept, table, reason, rows: what was read but not kept, and why), ``intervals``
+  (infusions and ventilation as start/end periods), ``labels`` and ``sepsis_onset`` (PhysioNet 2019
+  ``SepsisLabel``, hourly and per stay).
 """
 
 from __future__ import annotations
@@ -51,9 +55,14 @@ class SourceData:
     observations: pl.DataFrame
     report: list[ConceptStatus] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict)
 
     def absent(self) -> list[ConceptStatus]:
         return [c for c in self.report if c.status != "present"]
+
+    def rows_by_concept(self) -> dict[str, int]:
+        """Rows kept per concept (present concepts only)."""
+        return {c.concept: c.rows for c in self.report if c.status == "present"}
 
 
 def empty_stays() -> pl.DataFrame:

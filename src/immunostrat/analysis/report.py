@@ -1,0 +1,488 @@
+"""The trial report: one self-contained HTML (figures inline as SVG, text kept as text), a PDF
+printed by headless Chromium, and the machine-readable results as JSON.
+
+``analyze(data_dir, plan_id, report_path, pdf=..., json_path=...)`` is the one call the CLI wires
+to ``immunostrat analyze --data EXPORT --plan immunosep-2025 --report out.html``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from immunostrat.analysis import figures
+from immunostrat.analysis.plan import AnalysisPlan, load_plan
+from immunostrat.analysis.runner import headline, run_analysis
+from immunostrat.analysis.schema import TrialExport, validate_export
+from immunostrat.errors import InputError
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# formatting
+
+
+def fmt_p(p: Any) -> str:
+    """JAMA style: P < .001; 3 decimals below .01; else 2 decimals."""
+    if p is None:
+        return "—"
+    p = float(p)
+    if p < 0.001:
+        return "<.001"
+    if p < 0.01:
+        return f"{p:.3f}".lstrip("0")
+    return f"{p:.2f}".lstrip("0") if p < 0.995 else ">.99"
+
+
+def p_text(p: Any) -> str:
+    """'P = .03' or 'P < .001' (never 'P = <.001')."""
+    f = fmt_p(p)
+    return f"P {f[0]} {f[1:]}" if f[0] in "<>" else f"P = {f}"
+
+
+def _ci(e: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
+    if not e or e.get("estimate") is None:
+        return "—" if not e.get("error") else f"not estimable ({html.escape(str(e['error']))[:80]})"
+    est = e["estimate"] * scale
+    if e.get("ci_low") is None:
+        return f"{est:.{digits}f}"
+    return f"{est:.{digits}f} ({e['ci_low'] * scale:.{digits}f} to {e['ci_high'] * scale:.{digits}f})"
+
+
+def fmt_t1(row: dict[str, Any], arm: str) -> str:
+    v = row.get(arm) or {}
+    if row["type"] == "categorical":
+        if v.get("n"):
+            return f"{v['count']} / {v['n']} ({v['percent']:.1f}%)"
+        return "—"
+    if not v.get("n"):
+        return "—"
+    sd = f"{v['sd']:.1f}" if v.get("sd") is not None else "—"
+    return f"{v['mean']:.1f} ({sd}); {v['median']:.1f} [{v['q1']:.1f}–{v['q3']:.1f}] n={v['n']}"
+
+
+def primary_summary(results: dict[str, Any]) -> str:
+    """One sentence with the primary endpoint's result, as a paper's abstract would give it."""
+    e = next(x for x in results["endpoints"] if x["role"] == "primary")
+    res = e["result"]
+    arms = results["data"]["arms"]
+    est = res.get("estimates", {})
+    if res.get("type") == "binary":
+        c = res["counts"]
+        parts = [
+            f"{e['label']}: "
+            + " vs ".join(f"{a} {c[a]['events']}/{c[a]['n']} ({(c[a]['percent'] or 0):.1f}%)" for a in arms)
+        ]
+        if "risk_difference" in est:
+            rd = est["risk_difference"]
+            parts.append(f"risk difference {_ci(rd, 100, 1).replace(' (', ' points (95% CI ', 1)}")
+        if "odds_ratio" in est:
+            parts.append(f"OR {_ci(est['odds_ratio'])}")
+        if "fisher" in est:
+            parts.append(f"{p_text(est['fisher'].get('p_value'))} (Fisher)")
+        if est.get("logistic_adjusted", {}).get("estimate") is not None:
+            parts.append(f"stratum-adjusted OR {_ci(est['logistic_adjusted'])}")
+        return "; ".join(parts)
+    h = headline(res)
+    if h is None:
+        return f"{e['label']}: not estimable"
+    key, val = h
+    return f"{e['label']}: {val.get('measure', key)} {_ci(val)}; {p_text(val.get('p_value'))}"
+
+
+def _binary_table(res: dict[str, Any], arms: list[str], label: str = "all") -> str:
+    c = res.get("counts", {})
+    est = res.get("estimates", {})
+    cells = [f"<td>{html.escape(label)}</td>"]
+    for a in arms:
+        k = c.get(a, {})
+        pct = f" ({k['percent']:.1f}%)" if k.get("percent") is not None else ""
+        cells.append(f"<td class='num'>{k.get('events', '—')}/{k.get('n', '—')}{pct}</td>")
+    cells.append(f"<td class='num'>{_ci(est.get('risk_difference', {}), 100, 1)}</td>")
+    cells.append(f"<td class='num'>{_ci(est.get('odds_ratio', {}))}</td>")
+    cells.append(f"<td class='num'>{fmt_p(est.get('fisher', {}).get('p_value'))}</td>")
+    cells.append(f"<td class='num'>{_ci(est.get('logistic_adjusted', {}))}</td>")
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def endpoint_html(e: dict[str, Any], arms: list[str]) -> str:
+    res = e["result"]
+    t = res.get("type")
+    out: list[str] = []
+    if t == "binary":
+        head = "".join(f"<th>{html.escape(a)} n/N (%)</th>" for a in arms)
+        out.append(
+            f"<table class='endpoint' data-endpoint='{e['id']}'><tr><th>group</th>{head}"
+            "<th>risk difference, points (95% CI)</th>"
+            "<th>odds ratio (95% CI)</th><th>P (Fisher)</th><th>adjusted OR (95% CI)</th></tr>"
+        )
+        out.append(_binary_table(res, arms))
+        for s, r in (e.get("by_stratum") or {}).items():
+            out.append(
+                _binary_table(r, arms, s)
+                if r.get("type") == "binary"
+                else f"<tr><td>{s}</td><td colspan=6>{r}</td></tr>"
+            )
+        for s, r in (e.get("sensitivity") or {}).items():
+            out.append(_binary_table(r, arms, f"sensitivity: {s}"))
+        out.append("</table>")
+        adj = res.get("estimates", {}).get("logistic_adjusted", {})
+        if adj.get("method"):
+            out.append(f"<p class='note'>Adjusted OR: {html.escape(str(adj['method']))}.</p>")
+    elif t == "ordinal":
+        levels = res["levels"]
+        out.append(
+            "<table class='endpoint'><tr><th>category</th>"
+            + "".join(f"<th>{html.escape(a)}</th>" for a in arms)
+            + "</tr>"
+        )
+        for lvl in levels:
+            row = "".join(
+                f"<td class='num'>{res['counts'][a][lvl]['count']} "
+                f"({(res['counts'][a][lvl]['percent'] or 0):.1f}%)</td>"
+                for a in arms
+            )
+            out.append(f"<tr><td>{lvl}</td>{row}</tr>")
+        out.append("</table>")
+        est = res["estimates"]
+        if "ordinal" in est:
+            out.append(
+                f"<p>Proportional odds ratio for a worse category: {_ci(est['ordinal'])}; "
+                f"{p_text(est['ordinal'].get('p_value'))}.</p>"
+            )
+        if "mann_whitney" in est:
+            out.append(
+                "<p class='note'>Mann-Whitney (sensitivity): "
+                f"{p_text(est['mann_whitney'].get('p_value'))}.</p>"
+            )
+    elif t == "survival":
+        est = res["estimates"]
+        counts = "; ".join(
+            f"{a}: {res['counts'][a]['events']} deaths / {res['counts'][a]['n']}" for a in arms
+        )
+        out.append(f"<p>{html.escape(counts)}.</p>")
+        if "cox" in est:
+            out.append(
+                f"<p>Hazard ratio {_ci(est['cox'])}, {p_text(est['cox'].get('p_value'))} "
+                f"({html.escape(str(est['cox'].get('method', '')))}).</p>"
+            )
+        if "logrank" in est:
+            out.append(f"<p>Log-rank {p_text(est['logrank'].get('p_value'))}.</p>")
+    elif t == "repeated":
+        est = res["estimates"].get("mmrm", {})
+        out.append(
+            f"<p>Mixed model: {html.escape(est.get('measure', ''))} {_ci(est)}; "
+            f"{p_text(est.get('p_value'))}.</p>"
+        )
+    elif t == "continuous":
+        out.append(
+            "<table class='endpoint'><tr><th>arm</th><th>baseline mean (SD)</th>"
+            "<th>follow-up mean (SD)</th><th>change mean (SD), n</th></tr>"
+        )
+        for a in arms:
+            s = res["summary"][a]
+
+            def ms(d: dict[str, Any]) -> str:
+                if not d.get("n"):
+                    return "—"
+                sd = f"{d['sd']:.2f}" if d.get("sd") is not None else "—"
+                return f"{d['mean']:.2f} ({sd})"
+
+            out.append(
+                f"<tr><td>{html.escape(a)}</td><td class='num'>{ms(s['baseline'])}</td>"
+                f"<td class='num'>{ms(s['followup'])}</td>"
+                f"<td class='num'>{ms(s['change'])}, n={s['change'].get('n', 0)}</td></tr>"
+            )
+        out.append("</table>")
+        est = res["estimates"]
+        for key, name in (
+            ("ancova", "ANCOVA difference in change"),
+            ("mmrm", "Mixed model difference"),
+            ("mann_whitney", "Mann-Whitney (sensitivity)"),
+        ):
+            if key in est:
+                ci = "" if key == "mann_whitney" else f"{_ci(est[key])}; "
+                out.append(f"<p>{name}: {ci}{p_text(est[key].get('p_value'))}.</p>")
+    md = {k: v for k, v in e.get("missing_data", {}).items() if k != "rule"}
+    if md:
+        items = "; ".join(
+            f"{html.escape(a)}: " + ", ".join(f"{k} {v}" for k, v in _flat(d).items()) for a, d in md.items()
+        )
+        out.append(f"<p class='note'>Missing-data report — {items}.</p>")
+    return "\n".join(out)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k} "))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# figures
+
+
+def _forest_rows(e: dict[str, Any], plan: AnalysisPlan) -> tuple[list[dict[str, Any]], str]:
+    rows: list[dict[str, Any]] = []
+    measure = ""
+
+    def add(label: str, res: dict[str, Any], overall: bool = False) -> None:
+        nonlocal measure
+        h = headline(res) if isinstance(res, dict) else None
+        if h is None:
+            rows.append({"label": label, "estimate": None, "ci_low": None, "ci_high": None})
+            return
+        key, est = h
+        measure = est.get("measure", key)
+        counts = ""
+        c = res.get("counts", {})
+        if res.get("type") == "binary":
+            counts = "  ".join(
+                f"{c[a]['events']}/{c[a]['n']}" for a in (plan.design.treated_arm, plan.design.control_arm)
+            )
+        rows.append(
+            {
+                "label": label,
+                "estimate": est.get("estimate"),
+                "ci_low": est.get("ci_low"),
+                "ci_high": est.get("ci_high"),
+                "log": key in ("odds_ratio", "ordinal", "cox"),
+                "overall": overall,
+                "counts": counts,
+                "measure": measure,
+            }
+        )
+
+    add(f"All ({e['population']})", e["result"], overall=True)
+    for s, r in (e.get("by_stratum") or {}).items():
+        add(plan.design.stratum_labels.get(s, s), r)
+    for s, r in (e.get("sensitivity") or {}).items():
+        add(f"Sensitivity: {s}", r)
+    return rows, measure
+
+
+def build_figures(results: dict[str, Any], export: TrialExport, plan: AnalysisPlan) -> list[dict[str, str]]:
+    arms = [plan.design.treated_arm, plan.design.control_arm]
+    flag = plan.populations[plan.primary_population].flag
+    figs: list[dict[str, str]] = []
+    by_id = {e["id"]: e for e in results["endpoints"]}
+    for ep_id in plan.report.forest:
+        e = by_id[ep_id]
+        rows, measure = _forest_rows(e, plan)
+        parts = (
+            ["overall"]
+            + (["by stratum"] if e.get("by_stratum") else [])
+            + (["sensitivity"] if e.get("sensitivity") else [])
+        )
+        scope = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
+        figs.append(
+            {
+                "id": f"fig-forest-{ep_id}",
+                "kind": "forest",
+                "svg": figures.forest_svg(rows, arms, f"{e['label']}: {scope}", e.get("favourable")),
+                "caption": f"Forest plot, {e['label']} ({measure}), {arms[0]} vs {arms[1]}: {scope}.",
+            }
+        )
+    if plan.report.km:
+        e = by_id[plan.report.km]
+        curves = e["result"].get("kaplan_meier")
+        if curves:
+            horizon = int(e["params"].get("horizon", 90))
+            risk_times = [t for t in (0, 7, 14, 28, 60, 90, 180, 365) if t <= horizon]
+            figs.append(
+                {
+                    "id": "fig-km",
+                    "kind": "km",
+                    "svg": figures.km_svg(curves, arms, e["label"], risk_times),
+                    "caption": f"Kaplan-Meier survival by arm ({arms[0]} vs {arms[1]}) "
+                    "with 95% bands and numbers at risk.",
+                }
+            )
+    for traj in plan.report.trajectories:
+        if traj.variable not in export.daily_assessments.columns:
+            continue
+        if export.daily_assessments[traj.variable].null_count() == export.daily_assessments.height:
+            continue
+        figs.append(
+            {
+                "id": f"fig-trajectory-{traj.variable}",
+                "kind": "trajectory",
+                "svg": figures.trajectory_svg(
+                    export, traj.variable, traj.days, arms, traj.label, flag, traj.log
+                ),
+                "caption": f"{traj.label} by study day, {arms[0]} vs {arms[1]}: "
+                + ("geometric mean" if traj.log else "mean")
+                + " with 95% CI (observed values).",
+            }
+        )
+    return figs
+
+
+# --------------------------------------------------------------------------------------------
+# rendering and writing
+
+
+def render_html(results: dict[str, Any], export: TrialExport, plan: AnalysisPlan | str) -> str:
+    """The full report as one self-contained HTML string."""
+    the_plan = load_plan(plan)
+    arms = [the_plan.design.treated_arm, the_plan.design.control_arm]
+    template_text = resources.files("immunostrat.analysis").joinpath("templates", "report.html").read_text()
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    template = env.from_string(template_text)
+    consort = results.get("consort")
+    return template.render(
+        plan=the_plan,
+        arms=arms,
+        data=results["data"],
+        generated_at=results["generated_at"],
+        primary_population=results["primary_population"],
+        populations=results["populations"],
+        table1=results["table1"],
+        endpoints=results["endpoints"],
+        multiplicity=results["multiplicity"],
+        safety=results.get("safety"),
+        primary_summary=primary_summary(results),
+        software=results["software"],
+        consort_svg=figures.consort_svg(consort, arms) if consort else None,
+        figures=build_figures(results, export, the_plan),
+        fmt_t1=fmt_t1,
+        fmt_p=fmt_p,
+        endpoint_html=lambda e: endpoint_html(e, arms),
+    )
+
+
+@contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """Write to a temporary file beside ``path`` and rename it into place only on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        tmp_path.chmod(0o644)
+        tmp_path.replace(path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def find_chromium() -> str | None:
+    """A Chromium/Chrome executable: $IMMUNOSTRAT_CHROMIUM, else the first on PATH; None lets
+    Playwright use its own bundled browser."""
+    env = os.environ.get("IMMUNOSTRAT_CHROMIUM")
+    if env:
+        return env
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def html_to_pdf(html_path: str | Path, pdf_path: str | Path) -> Path:
+    """Print an HTML file to PDF (A4) with headless Chromium through Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    src = Path(html_path).resolve()
+    out = Path(pdf_path)
+    with _atomic(out) as tmp, sync_playwright() as pw:
+        exe = find_chromium()
+        browser = (
+            pw.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+            if exe
+            else pw.chromium.launch(args=CHROMIUM_ARGS)
+        )
+        try:
+            page = browser.new_page()
+            page.goto(src.as_uri(), wait_until="load")
+            page.pdf(
+                path=str(tmp),
+                format="A4",
+                print_background=True,
+                margin={"top": "12mm", "bottom": "12mm", "left": "10mm", "right": "10mm"},
+            )
+        finally:
+            browser.close()
+    return out
+
+
+def write_report(
+    results: dict[str, Any],
+    export: TrialExport,
+    plan: AnalysisPlan | str,
+    report_path: str | Path,
+    pdf_path: str | Path | None = None,
+    json_path: str | Path | None = None,
+) -> dict[str, str]:
+    """Write the HTML report (and optionally the PDF and JSON); returns the paths written."""
+    written: dict[str, str] = {}
+    text = render_html(results, export, plan)
+    out = Path(report_path)
+    with _atomic(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    written["html"] = str(out)
+    if json_path is not None:
+        jp = Path(json_path)
+        with _atomic(jp) as tmp:
+            tmp.write_text(json.dumps(results, indent=2, allow_nan=False), encoding="utf-8")
+        written["json"] = str(jp)
+    if pdf_path is not None:
+        written["pdf"] = str(html_to_pdf(out, pdf_path))
+    return written
+
+
+def analyze(
+    data_dir: str | Path,
+    plan_id: str | Path,
+    report_path: str | Path | None = None,
+    pdf: bool | str | Path = False,
+    json_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Validate the export in ``data_dir``, run the plan, write the report(s); return the results.
+
+    ``pdf=True`` writes the PDF beside the report (same name, ``.pdf``); a path writes it there.
+    ``json_path`` writes the machine-readable results. Bad input raises :class:`InputError`.
+    """
+    plan = load_plan(plan_id)
+    export = validate_export(data_dir)
+    results = run_analysis(export, plan)
+    if report_path is None and pdf:
+        raise InputError("a PDF needs a report path", field="report", expected="--report out.html")
+    if report_path is not None:
+        pdf_path: Path | None = None
+        if pdf is True:
+            pdf_path = Path(report_path).with_suffix(".pdf")
+        elif pdf:
+            pdf_path = Path(pdf)
+        results["written"] = write_report(
+            results, export, plan, report_path, pdf_path=pdf_path, json_path=json_path
+        )
+    elif json_path is not None:
+        jp = Path(json_path)
+        with _atomic(jp) as tmp:
+            tmp.write_text(json.dumps(results, indent=2, allow_nan=False), encoding="utf-8")
+        results["written"] = {"json": str(jp)}
+    return results

@@ -1,0 +1,707 @@
+"""Run an analysis plan over a trial export: ``run_analysis(data, plan) -> results`` (JSON-able).
+
+The results carry, per endpoint: its definition and missing-data rule (from the plan), counts or
+summaries by arm, every test the plan names (each an :class:`~immunostrat.analysis.stats.Estimate`
+with its method), the same per stratum when asked, a missing-data report, and for the primary
+endpoint the sensitivity populations; then multiplicity, Table 1 and the CONSORT counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from immunostrat.analysis import endpoints as ep
+from immunostrat.analysis import stats
+from immunostrat.analysis.plan import AnalysisPlan, Endpoint, load_plan
+from immunostrat.analysis.schema import TrialExport, validate_export
+from immunostrat.errors import InputError
+
+BINARY_KINDS = {"sofa_response", "mortality", "immune_reversal"}
+
+
+def _versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pkg in ("immunostrat", "numpy", "scipy", "statsmodels", "lifelines", "polars", "pandas"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _export(data: TrialExport | str | Path | Mapping[str, Any]) -> TrialExport:
+    if isinstance(data, TrialExport):
+        return data
+    return validate_export(data)
+
+
+def _check_arms(export: TrialExport, plan: AnalysisPlan) -> None:
+    arms = export.participants["arm"]
+    expected = [plan.design.treated_arm, plan.design.control_arm]
+    if arms.len() and (arms == "blinded").all():
+        raise InputError(
+            "blinded export: every arm is 'blinded'; a comparative analysis needs the unblinded export",
+            file="participants",
+            field="arm",
+            value="blinded",
+            expected="one of " + ", ".join(expected),
+        )
+    bad = (~arms.is_in(expected)).arg_true()
+    if len(bad):
+        i = int(bad[0])
+        raise InputError(
+            f"arm not in plan {plan.id}",
+            file="participants",
+            row=i + 1,
+            field="arm",
+            value=arms[i],
+            expected="one of " + ", ".join(expected),
+        )
+    for arm in expected:
+        if not (arms == arm).any():
+            raise InputError(
+                f"no participant in arm {arm!r}",
+                file="participants",
+                field="arm",
+                expected=", ".join(expected),
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# endpoint frames
+
+
+def endpoint_frame(export: TrialExport, endpoint: Endpoint, population: str | None) -> pl.DataFrame:
+    """The per-participant (or long, for repeated/change) frame of one endpoint."""
+    p = endpoint.params
+    if endpoint.kind == "sofa_response":
+        return ep.sofa_response(export, population=population, **p).rename({"responder": "outcome"})
+    if endpoint.kind == "mortality":
+        return ep.mortality(export, population=population, **p).rename({"dead": "outcome"})
+    if endpoint.kind == "immune_reversal":
+        return ep.immune_reversal(export, population=population, **p).rename({"reversed": "outcome"})
+    if endpoint.kind == "survival":
+        return ep.survival(export, population=population, **p)
+    if endpoint.kind == "infection_status":
+        return ep.infection_status(export, population=population, **p)
+    if endpoint.kind == "repeated":
+        return ep.repeated_measure(export, population=population, **p)
+    if endpoint.kind == "change":
+        q = {k: v for k, v in p.items() if k != "visits"}
+        return ep.change_from_baseline(export, population=population, **q)
+    raise ValueError(endpoint.kind)  # pragma: no cover - the plan model forbids other kinds
+
+
+def _covariate_frame(export: TrialExport, plan: AnalysisPlan, frame: pl.DataFrame) -> pd.DataFrame:
+    extra = [c for c in plan.adjustment_covariates if c not in frame.columns]
+    if extra:
+        missing = [c for c in extra if c not in export.participants.columns]
+        if missing:
+            raise InputError(
+                "adjustment covariate not in participants",
+                file="participants",
+                field=missing[0],
+                expected=f"columns named by plan {plan.id}",
+            )
+        frame = frame.join(
+            export.participants.select("participant_id", *extra), on="participant_id", how="left"
+        )
+    df = frame.to_pandas()
+    df["treated"] = (df["arm"] == plan.design.treated_arm).astype(int)
+    return df
+
+
+def _safe(measure: str, fn: Callable[..., stats.Estimate], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run one model; a model that cannot be fitted (no events, separation, singular design) is
+    reported as not estimable with the reason, never silently dropped or allowed to stop the run."""
+    try:
+        return fn(*args, **kwargs).to_dict()
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"[:300]
+        return {
+            "measure": measure,
+            "estimate": None,
+            "ci_low": None,
+            "ci_high": None,
+            "p_value": None,
+            "method": f"{measure}: not estimable",
+            "error": reason,
+        }
+
+
+def _counts_binary(df: pd.DataFrame, plan: AnalysisPlan) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for arm in (plan.design.treated_arm, plan.design.control_arm):
+        sub = df[df["arm"] == arm]
+        known = sub["outcome"].dropna()
+        x, n = int(known.astype(bool).sum()), len(known)
+        out[arm] = {
+            "events": x,
+            "n": n,
+            "percent": 100 * x / n if n else None,
+            "missing": int(sub["outcome"].isna().sum()),
+            "randomized": len(sub),
+        }
+    return out
+
+
+def _binary_tests(df: pd.DataFrame, endpoint: Endpoint, plan: AnalysisPlan, adjust: bool) -> dict[str, Any]:
+    counts = _counts_binary(df, plan)
+    t, c = counts[plan.design.treated_arm], counts[plan.design.control_arm]
+    res: dict[str, Any] = {"type": "binary", "counts": counts, "estimates": {}}
+    if t["n"] == 0 or c["n"] == 0:
+        res["note"] = "an arm has no evaluable participant"
+        return res
+    args = (t["events"], t["n"], c["events"], c["n"])
+    conf = plan.conf_level
+    est = res["estimates"]
+    for test in endpoint.tests:
+        if test == "risk_difference":
+            est[test] = stats.risk_difference(*args, conf=conf).to_dict()
+        elif test == "odds_ratio":
+            est[test] = stats.odds_ratio(*args, conf=conf).to_dict()
+        elif test == "fisher":
+            est[test] = stats.fisher_exact(*args).to_dict()
+        elif test == "chi_square":
+            est[test] = stats.chi_square(*args).to_dict()
+        elif test == "logistic_adjusted" and adjust:
+            d = df.dropna(subset=["outcome"]).copy()
+            d["outcome"] = d["outcome"].astype(int)
+            est[test] = _safe(
+                "logistic_odds_ratio",
+                stats.logistic_odds_ratio,
+                d,
+                "outcome",
+                "treated",
+                covariates=plan.adjustment_covariates,
+                categorical=plan.categorical_covariates,
+                conf=conf,
+            )
+    return res
+
+
+def _survival_tests(df: pd.DataFrame, endpoint: Endpoint, plan: AnalysisPlan, adjust: bool) -> dict[str, Any]:
+    res: dict[str, Any] = {"type": "survival", "estimates": {}}
+    horizon = int(endpoint.params.get("horizon", 90))
+    risk_times = [t for t in (0, 7, 14, 28, 60, 90, 180, 365) if t <= horizon]
+    res["counts"] = {
+        arm: {"n": int((df["arm"] == arm).sum()), "events": int(df.loc[df["arm"] == arm, "event"].sum())}
+        for arm in (plan.design.treated_arm, plan.design.control_arm)
+    }
+    for test in endpoint.tests:
+        if test == "kaplan_meier":
+            curves = stats.kaplan_meier(df["time"], df["event"], df["arm"], risk_times=risk_times)
+            res["kaplan_meier"] = [c.to_dict() for c in curves]
+        elif test == "logrank":
+            res["estimates"][test] = _safe(
+                "logrank",
+                stats.logrank,
+                df["time"],
+                df["event"],
+                df["treated"].astype(bool),
+            )
+        elif test == "cox":
+            strata = (
+                [c for c in plan.adjustment_covariates if c in plan.categorical_covariates] if adjust else []
+            )
+            covs = (
+                [c for c in plan.adjustment_covariates if c not in plan.categorical_covariates]
+                if adjust
+                else []
+            )
+            d = df.assign(event=df["event"].astype(int))
+            res["estimates"][test] = _safe(
+                "cox_hazard_ratio",
+                stats.cox_hazard_ratio,
+                d,
+                "time",
+                "event",
+                "treated",
+                covariates=covs,
+                strata=strata,
+                conf=plan.conf_level,
+            )
+    return res
+
+
+def _ordinal_tests(df: pd.DataFrame, endpoint: Endpoint, plan: AnalysisPlan) -> dict[str, Any]:
+    levels = list(endpoint.params.get("levels", []))
+    res: dict[str, Any] = {"type": "ordinal", "levels": levels, "counts": {}, "estimates": {}}
+    for arm in (plan.design.treated_arm, plan.design.control_arm):
+        sub = df[df["arm"] == arm]
+        n = int(sub["status"].notna().sum())
+        res["counts"][arm] = {
+            "n": n,
+            "missing": int(sub["status"].isna().sum()),
+            **{
+                lvl: {
+                    "count": int((sub["status"] == lvl).sum()),
+                    "percent": 100 * int((sub["status"] == lvl).sum()) / n if n else None,
+                }
+                for lvl in levels
+            },
+        }
+    d = df.dropna(subset=["status"])
+    for test in endpoint.tests:
+        if test == "ordinal":
+            res["estimates"][test] = _safe(
+                "ordinal_odds_ratio",
+                stats.ordinal_odds_ratio,
+                d,
+                "status",
+                levels,
+                "treated",
+                conf=plan.conf_level,
+            )
+        elif test == "mann_whitney":
+            res["estimates"][test] = _safe(
+                "mann_whitney",
+                stats.mann_whitney,
+                d.loc[d["treated"] == 1, "score"],
+                d.loc[d["treated"] == 0, "score"],
+            )
+    return res
+
+
+def _summ(values: pd.Series) -> dict[str, Any]:
+    v = values.dropna().astype(float)
+    if v.empty:
+        return {"n": 0}
+    return {
+        "n": len(v),
+        "mean": float(v.mean()),
+        "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
+        "median": float(v.median()),
+        "q1": float(v.quantile(0.25)),
+        "q3": float(v.quantile(0.75)),
+    }
+
+
+def _repeated_tests(df: pd.DataFrame, endpoint: Endpoint, plan: AnalysisPlan) -> dict[str, Any]:
+    res: dict[str, Any] = {"type": "repeated", "summary": {}, "estimates": {}}
+    for arm in (plan.design.treated_arm, plan.design.control_arm):
+        sub = df[df["arm"] == arm]
+        res["summary"][arm] = {str(day): _summ(g["value"]) for day, g in sub.groupby("day")}
+    if "mmrm" in endpoint.tests:
+        baseline = "baseline" if "baseline" in df.columns else None
+        res["estimates"]["mmrm"] = _safe(
+            "mixed_model_repeated",
+            stats.mixed_model_repeated,
+            df,
+            "value",
+            "day",
+            "participant_id",
+            "treated",
+            baseline=baseline,
+            conf=plan.conf_level,
+        )
+    return res
+
+
+def _change_tests(
+    df: pd.DataFrame, long: pd.DataFrame | None, endpoint: Endpoint, plan: AnalysisPlan
+) -> dict[str, Any]:
+    res: dict[str, Any] = {"type": "continuous", "summary": {}, "estimates": {}}
+    for arm in (plan.design.treated_arm, plan.design.control_arm):
+        sub = df[df["arm"] == arm]
+        res["summary"][arm] = {
+            "baseline": _summ(sub["baseline"]),
+            "followup": _summ(sub["value"]),
+            "change": _summ(sub["change"]),
+            "missing_change": int(sub["change"].isna().sum()),
+        }
+    complete = df.dropna(subset=["change", "baseline"])
+    for test in endpoint.tests:
+        if test == "ancova":
+            res["estimates"][test] = _safe(
+                "ancova_change",
+                stats.ancova_change,
+                complete,
+                "change",
+                "baseline",
+                "treated",
+                conf=plan.conf_level,
+            )
+        elif test == "mann_whitney":
+            res["estimates"][test] = _safe(
+                "mann_whitney",
+                stats.mann_whitney,
+                complete.loc[complete["treated"] == 1, "change"],
+                complete.loc[complete["treated"] == 0, "change"],
+            )
+        elif test == "mmrm" and long is not None:
+            res["estimates"][test] = _safe(
+                "mixed_model_repeated",
+                stats.mixed_model_repeated,
+                long.dropna(subset=["baseline"]),
+                "change",
+                "day",
+                "participant_id",
+                "treated",
+                baseline="baseline",
+                at_visit=endpoint.params.get("day"),
+                conf=plan.conf_level,
+            )
+    return res
+
+
+def _missing_report(frame: pl.DataFrame, endpoint: Endpoint, plan: AnalysisPlan) -> dict[str, Any]:
+    """How each value was obtained, by arm (the plan's missing-data rule applied, and counted)."""
+    rep: dict[str, Any] = {"rule": endpoint.missing}
+    arms = (plan.design.treated_arm, plan.design.control_arm)
+    if endpoint.kind == "sofa_response":
+        for arm in arms:
+            sub = frame.filter(pl.col("arm") == arm)
+            rep[arm] = {
+                f"day {endpoint.params.get('last_day', 9)} status": {
+                    k: int((sub["status_last_day"] == k).sum())
+                    for k in ("measured", "dead", "carried forward", "missing")
+                },
+                "participant-days carried forward": int(sub["n_locf"].sum()),
+                "participant-days scored as death": int(sub["n_death_imputed"].sum()),
+                "day-1 SOFA from fallback": int(
+                    sub.filter(~pl.col("day1_source").is_in(["measured", "missing"])).height
+                ),
+                "excluded (endpoint missing)": int(sub["outcome"].is_null().sum()),
+            }
+    elif endpoint.kind == "mortality":
+        for arm in arms:
+            sub = frame.filter(pl.col("arm") == arm)
+            rep[arm] = {"lost to follow-up (excluded)": int((sub["status"] == "lost to follow-up").sum())}
+    elif endpoint.kind == "survival":
+        for arm in arms:
+            sub = frame.filter(pl.col("arm") == arm)
+            rep[arm] = {"censored": int((~sub["event"]).sum())}
+    elif endpoint.kind in ("immune_reversal",):
+        for arm in arms:
+            sub = frame.filter(pl.col("arm") == arm)
+            rep[arm] = {"no follow-up sample (excluded)": int(sub["outcome"].is_null().sum())}
+    elif endpoint.kind == "infection_status":
+        for arm in arms:
+            sub = frame.filter(pl.col("arm") == arm)
+            rep[arm] = {"status missing (excluded)": int(sub["status"].is_null().sum())}
+    elif endpoint.kind == "change":
+        for arm in arms:
+            sub = frame.filter(pl.col("arm") == arm)
+            rep[arm] = {"change missing (excluded from ANCOVA)": int(sub["change"].is_null().sum())}
+    elif endpoint.kind == "repeated":
+        for arm in arms:
+            sub = frame.filter(pl.col("arm") == arm)
+            rep[arm] = {
+                "observations": int(sub.height),
+                "participants": int(sub["participant_id"].n_unique()),
+            }
+    return rep
+
+
+def _analyze_frame(
+    export: TrialExport,
+    frame: pl.DataFrame,
+    endpoint: Endpoint,
+    plan: AnalysisPlan,
+    adjust: bool,
+    population: str,
+) -> dict[str, Any]:
+    df = _covariate_frame(export, plan, frame)
+    if endpoint.kind in BINARY_KINDS:
+        return _binary_tests(df, endpoint, plan, adjust)
+    if endpoint.kind == "survival":
+        return _survival_tests(df, endpoint, plan, adjust)
+    if endpoint.kind == "infection_status":
+        return _ordinal_tests(df, endpoint, plan)
+    if endpoint.kind == "repeated":
+        return _repeated_tests(df, endpoint, plan)
+    # change: also the long frame over visits for the mixed model
+    long = None
+    if "mmrm" in endpoint.tests:
+        p = endpoint.params
+        long_pl = ep.repeated_measure(
+            export,
+            p["variable"],
+            days=p.get("visits", [p["day"]]),
+            baseline_day=p["baseline_day"],
+            population=population,
+        )
+        ids = frame["participant_id"].implode()
+        long = _covariate_frame(export, plan, long_pl.filter(pl.col("participant_id").is_in(ids)))
+    return _change_tests(df, long, endpoint, plan)
+
+
+def headline(result: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The endpoint's main effect estimate (name, estimate dict) for forest plots and multiplicity."""
+    est = result.get("estimates", {})
+    for key in ("odds_ratio", "ordinal", "cox", "ancova", "mmrm", "risk_difference"):
+        if key in est and est[key].get("estimate") is not None:
+            return key, est[key]
+    return None
+
+
+def headline_p(result: dict[str, Any]) -> float | None:
+    est = result.get("estimates", {})
+    for key in ("fisher", "ordinal", "logrank", "cox", "ancova", "mmrm", "risk_difference"):
+        p = est.get(key, {}).get("p_value")
+        if p is not None:
+            return float(p)
+    return None
+
+
+def analyze_endpoint(
+    export: TrialExport,
+    plan: AnalysisPlan,
+    endpoint: Endpoint,
+    population: str | None = None,
+    strata: bool = True,
+) -> dict[str, Any]:
+    """One endpoint in one population (default: the plan's primary), pooled and per stratum."""
+    pop_name = population or plan.primary_population
+    flag = plan.populations[pop_name].flag
+    frame = endpoint_frame(export, endpoint, flag)
+    out: dict[str, Any] = {
+        "id": endpoint.id,
+        "role": endpoint.role,
+        "label": endpoint.label,
+        "kind": endpoint.kind,
+        "definition": endpoint.definition,
+        "params": endpoint.params,
+        "favourable": endpoint.favourable,
+        "tests": list(endpoint.tests),
+        "population": pop_name,
+        "result": _analyze_frame(export, frame, endpoint, plan, adjust=True, population=flag),
+        "missing_data": _missing_report(frame, endpoint, plan),
+    }
+    if strata and endpoint.by_stratum and plan.design.strata_column and plan.design.strata:
+        col = plan.design.strata_column
+        out["by_stratum"] = {}
+        for stratum in plan.design.strata:
+            sub = frame.filter(pl.col(col) == stratum) if col in frame.columns else frame.head(0)
+            if sub.height == 0 or sub["arm"].n_unique() < 2:
+                out["by_stratum"][stratum] = {"note": "no participants in both arms"}
+                continue
+            try:
+                out["by_stratum"][stratum] = _analyze_frame(
+                    export, sub, endpoint, plan, adjust=False, population=flag
+                )
+            except Exception as exc:  # e.g. too few events for a model in a small stratum
+                out["by_stratum"][stratum] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
+def _baseline_table(
+    export: TrialExport, plan: AnalysisPlan, variables: list[str], flag: str
+) -> dict[str, Any]:
+    p = export.participants.filter(pl.col(flag).fill_null(False))
+    arms = (plan.design.treated_arm, plan.design.control_arm)
+    rows: list[dict[str, Any]] = []
+    if plan.design.strata_column and plan.design.strata_column not in variables:
+        variables = [plan.design.strata_column, *variables]
+    for var in variables:
+        if var not in p.columns:
+            continue
+        col = p[var]
+        if col.dtype in (pl.Utf8, pl.Boolean, pl.Categorical):
+            levels = sorted(col.cast(pl.Utf8).drop_nulls().unique().to_list())
+            for lvl in levels:
+                row: dict[str, Any] = {"variable": var, "level": lvl, "type": "categorical"}
+                for arm in arms:
+                    sub = p.filter(pl.col("arm") == arm)[var].cast(pl.Utf8)
+                    n = int(sub.is_not_null().sum())
+                    k = int((sub == lvl).sum())
+                    row[arm] = {"count": k, "n": n, "percent": 100 * k / n if n else None}
+                rows.append(row)
+        else:
+            row = {"variable": var, "level": None, "type": "continuous"}
+            for arm in arms:
+                row[arm] = _summ(p.filter(pl.col("arm") == arm)[var].to_pandas())
+            rows.append(row)
+    counts = {arm: int((p["arm"] == arm).sum()) for arm in arms}
+    return {"population": flag, "n": counts, "rows": rows}
+
+
+def consort_counts(export: TrialExport, plan: AnalysisPlan) -> dict[str, Any] | None:
+    """CONSORT flow from the screening log (None without one)."""
+    s = export.screening
+    if s is None:
+        return None
+    arms = (plan.design.treated_arm, plan.design.control_arm)
+    eligible = s.filter(pl.col("eligible"))
+    excluded = s.filter(~pl.col("eligible"))
+    reasons = (
+        excluded.group_by("exclusion_reason")
+        .len()
+        .sort(["len", "exclusion_reason"], descending=[True, False])
+        .iter_rows()
+    )
+    not_rand = eligible.filter(~pl.col("randomized"))
+    rand = s.filter(pl.col("randomized"))
+    flag = plan.populations[plan.primary_population].flag
+    analysed_ids = export.participants.filter(pl.col(flag).fill_null(False))
+    per_arm: dict[str, Any] = {}
+    for arm in arms:
+        r = rand.filter(pl.col("arm") == arm)
+        withdrawn = r.filter(pl.col("withdrawn").fill_null(False))
+        removed = r.filter(pl.col("data_removed").fill_null(False))
+        wreasons = withdrawn.group_by("withdrawal_reason").len().sort("len", descending=True).iter_rows()
+        per_arm[arm] = {
+            "allocated": int(r.height),
+            "withdrawn": int(withdrawn.height),
+            "withdrawal_reasons": {str(k): int(v) for k, v in wreasons},
+            "data_removed": int(removed.height),
+            "analysed": int((analysed_ids["arm"] == arm).sum()),
+            "by_stratum": {
+                str(k): int(v)
+                for k, v in analysed_ids.filter(pl.col("arm") == arm).group_by("stratum").len().iter_rows()
+            },
+        }
+    return {
+        "screened": int(s.height),
+        "excluded": int(excluded.height),
+        "exclusion_reasons": {str(k): int(v) for k, v in reasons},
+        "eligible": int(eligible.height),
+        "eligible_not_randomized": int(not_rand.height),
+        "randomized": int(rand.height),
+        "arms": per_arm,
+        "analysed_population": plan.primary_population,
+    }
+
+
+def safety_summary(export: TrialExport, plan: AnalysisPlan) -> dict[str, Any] | None:
+    """Adverse events by arm in the safety population (safety flag, else ITT); None without AEs."""
+    ae = export.adverse_events
+    if ae is None:
+        return None
+    p = export.participants.filter(pl.col("safety").fill_null(pl.col("itt")).fill_null(False))
+    joined = ae.join(p.select("participant_id", "arm"), on="participant_id", how="inner")
+    out: dict[str, Any] = {}
+    for arm in (plan.design.treated_arm, plan.design.control_arm):
+        n = int((p["arm"] == arm).sum())
+        a = joined.filter(pl.col("arm") == arm)
+        sae = a.filter(pl.col("serious"))
+        top = sae.group_by("term").len().sort(["len", "term"], descending=[True, False]).head(10).iter_rows()
+        out[arm] = {
+            "n": n,
+            "events": int(a.height),
+            "participants_with_event": int(a["participant_id"].n_unique()),
+            "serious_events": int(sae.height),
+            "participants_with_serious_event": int(sae["participant_id"].n_unique()),
+            "percent_with_serious_event": 100 * sae["participant_id"].n_unique() / n if n else None,
+            "serious_by_term": {str(k): int(v) for k, v in top},
+        }
+    return out
+
+
+def _multiplicity(plan: AnalysisPlan, endpoints: list[dict[str, Any]]) -> dict[str, Any]:
+    m = plan.multiplicity
+    ps = {}
+    for e in endpoints:
+        if e["id"] in m.family:
+            p = headline_p(e["result"])
+            if p is not None and math.isfinite(p):
+                ps[e["id"]] = p
+    out: dict[str, Any] = {"method": m.method, "family": m.family, "note": m.note, "raw_p": ps}
+    if m.method == "holm":
+        out["adjusted_p"] = stats.holm(ps)
+        out["rejected"] = {k: v <= plan.alpha for k, v in out["adjusted_p"].items()}
+    elif m.method == "hierarchical":
+        out["rejected"] = stats.hierarchical([(k, ps[k]) for k in m.family if k in ps], alpha=plan.alpha)
+    return out
+
+
+def canonical_strata(export: TrialExport, plan: AnalysisPlan) -> TrialExport:
+    """Spell the export's strata as the plan does when they match ignoring case (an export may
+    write "mals" for the plan's "MALS"); other values are left as they are."""
+    col = plan.design.strata_column
+    if not col or not plan.design.strata or col not in export.participants.columns:
+        return export
+    mapping = {s.lower(): s for s in plan.design.strata}
+    values = export.participants[col].cast(pl.Utf8)
+    fixed = values.map_elements(lambda v: mapping.get(v.lower(), v), return_dtype=pl.Utf8)
+    if fixed.equals(values):
+        return export
+    return replace(export, participants=export.participants.with_columns(fixed.alias(col)))
+
+
+def run_analysis(
+    data: TrialExport | str | Path | Mapping[str, Any],
+    plan: str | Path | AnalysisPlan,
+    sensitivity: bool = True,
+) -> dict[str, Any]:
+    """Run every endpoint of ``plan`` on ``data`` (an export folder, a mapping of frames, or a
+    TrialExport) and return JSON-able results."""
+    the_plan = load_plan(plan)
+    export = canonical_strata(_export(data), the_plan)
+    _check_arms(export, the_plan)
+    primary_flag = the_plan.populations[the_plan.primary_population].flag
+    populations = {}
+    for name, pop in the_plan.populations.items():
+        p = export.participants
+        sel = p.filter(pl.col(pop.flag).fill_null(False)) if pop.flag in p.columns else p.head(0)
+        populations[name] = {
+            "flag": pop.flag,
+            "description": pop.description,
+            "n": {
+                arm: int((sel["arm"] == arm).sum())
+                for arm in (the_plan.design.treated_arm, the_plan.design.control_arm)
+            },
+        }
+    results: list[dict[str, Any]] = []
+    for endpoint in the_plan.endpoints:
+        res = analyze_endpoint(export, the_plan, endpoint)
+        if sensitivity and endpoint.role == "primary":
+            res["sensitivity"] = {
+                name: analyze_endpoint(export, the_plan, endpoint, population=name, strata=False)["result"]
+                for name in the_plan.sensitivity_populations
+            }
+        results.append(res)
+    table1_vars = list(the_plan.report.table1)
+    out = {
+        "plan": {
+            "id": the_plan.id,
+            "version": the_plan.version,
+            "title": the_plan.title,
+            "source": the_plan.source,
+            "design": the_plan.design.model_dump(),
+            "conf_level": the_plan.conf_level,
+            "alpha": the_plan.alpha,
+            "adjustment_covariates": the_plan.adjustment_covariates,
+        },
+        "data": {
+            "source": export.source,
+            "manifest": export.manifest.to_dict(),
+            "n_participants": int(export.participants.height),
+            "arms": [the_plan.design.treated_arm, the_plan.design.control_arm],
+        },
+        "populations": populations,
+        "primary_population": the_plan.primary_population,
+        "table1": _baseline_table(export, the_plan, table1_vars, primary_flag),
+        "consort": consort_counts(export, the_plan),
+        "safety": safety_summary(export, the_plan),
+        "endpoints": results,
+        "multiplicity": _multiplicity(the_plan, results),
+        "software": _versions(),
+        "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    return dict(stats._clean(out))
+
+
+def primary_estimate(export: TrialExport, plan: str | AnalysisPlan = "immunosep-2025") -> dict[str, Any]:
+    """The primary endpoint's pooled result only (fast path, e.g. for calibration and simulation)."""
+    the_plan = load_plan(plan)
+    export = canonical_strata(export, the_plan)
+    return analyze_endpoint(export, the_plan, the_plan.primary, strata=False)["result"]
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Results -> plain JSON types (numpy scalars, NaN)."""
+    if isinstance(obj, np.ndarray):
+        return stats._clean(obj.tolist())
+    return stats._clean(obj)

@@ -1,0 +1,178 @@
+"""`immunostrat analyze`, `immunostrat published` and `immunostrat design samplesize`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from immunostrat.errors import InputError
+
+console = Console(stderr=True)
+out = Console()
+design_app = typer.Typer(help="Design the next trial.", no_args_is_help=True)
+samplesize_app = typer.Typer(help="Sample size with the assumptions printed.", no_args_is_help=True)
+design_app.add_typer(samplesize_app, name="samplesize")
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[bold red]error:[/] {error}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def analyze(
+    data: Annotated[Path, typer.Option("--data", help="Trial export folder (schema: docs/analysis.md).")],
+    plan: Annotated[str, typer.Option("--plan", help="Analysis plan id or YAML file.")] = "immunosep-2025",
+    report: Annotated[Path | None, typer.Option("--report", help="HTML report to write.")] = None,
+    pdf: Annotated[
+        bool, typer.Option("--pdf", help="Also write the report as PDF (headless Chromium).")
+    ] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Machine-readable results.")] = None,
+) -> None:
+    """Run a pre-specified analysis plan on a trial export: tables, figures, report."""
+    from immunostrat.analysis import analyze as run
+
+    try:
+        with console.status(f"analysing {data} with plan {plan}"):
+            results = run(data, plan, report, pdf, json_path)
+    except (InputError, KeyError, FileNotFoundError) as error:
+        _fail(error)
+    table = Table(title=f"{plan}: endpoints ({results.get('primary_population', 'itt')})")
+    for col in ("endpoint", "role", "arms", "estimate (95% CI)", "P"):
+        table.add_column(col, overflow="fold", no_wrap=col == "endpoint")
+    for endpoint in results.get("endpoints", []):
+        table.add_row(endpoint["label"], endpoint["role"], *_endpoint_cells(endpoint.get("result") or {}))
+    Console(width=max(out.width, 150)).print(table)
+    for path in (report, json_path):
+        if path is not None:
+            console.print(f"wrote {path}")
+    if pdf and report is not None:
+        console.print(f"wrote {report.with_suffix('.pdf')}")
+
+
+def _endpoint_cells(result: dict[str, Any]) -> tuple[str, str, str]:
+    counts = result.get("counts") or {}
+    arms = "; ".join(
+        f"{arm} {c['events']}/{c['n']}" + (f" ({c['percent']:.1f}%)" if c.get("percent") is not None else "")
+        for arm, c in counts.items()
+        if isinstance(c, dict) and "events" in c and "n" in c
+    )
+    estimates = result.get("estimates") or {}
+    main = estimates.get("risk_difference") or next(iter(estimates.values()), None) if estimates else None
+    if not isinstance(main, dict) or main.get("estimate") is None:
+        return arms, str(result.get("status", "-")), "-"
+    scale = 100 if main.get("measure") == "risk difference" else 1
+    low, high = main.get("ci_low"), main.get("ci_high")
+    ci = f" ({low * scale:.1f} to {high * scale:.1f})" if low is not None and high is not None else ""
+    p_value = main.get("p_value")
+    return (
+        arms,
+        f"{main['measure']} {main['estimate'] * scale:.2f}{ci}",
+        "-" if p_value is None else f"{p_value:.3g}",
+    )
+
+
+def published(
+    record: Annotated[str | None, typer.Argument(help="A published record id; none lists them.")] = None,
+) -> None:
+    """Reproduce a published trial's numbers from its counts, naming the test that matches."""
+    from immunostrat.analysis import list_published, reproduce
+
+    if record is None:
+        for name in list_published():
+            out.print(name)
+        return
+    try:
+        result = reproduce(record)
+    except (KeyError, FileNotFoundError) as error:
+        _fail(
+            InputError(
+                f"unknown published record {record!r}",
+                field="record",
+                value=record,
+                expected=", ".join(list_published()),
+            )
+        )
+        raise AssertionError from error  # unreachable: _fail exits
+    table = Table(title=result["citation"][:100])
+    for col in ("item", "quantity", "ours", "printed", "match"):
+        table.add_column(col, overflow="fold")
+    for item in result["items"]:
+        for check in item.get("checks", []):
+            ours = check["ours"]
+            table.add_row(
+                item.get("label", item["id"]),
+                check["what"],
+                f"{ours:.4g}" if isinstance(ours, float) else str(ours),
+                str(check["printed"]),
+                "yes" if check["match"] else "NO",
+            )
+    out.print(table)
+
+
+@samplesize_app.command("proportions")
+def samplesize_proportions(
+    p_control: Annotated[float, typer.Option(help="Responder proportion under control.")],
+    p_treated: Annotated[float, typer.Option(help="Responder proportion under treatment.")],
+    alpha: Annotated[float, typer.Option(help="Two-sided type I error.")] = 0.05,
+    power: Annotated[float, typer.Option(help="Power.")] = 0.9,
+    dropout: Annotated[float, typer.Option(help="Drop-out fraction to allow for.")] = 0.0,
+    method: Annotated[str, typer.Option(help="fisher-exact | normal | normal-cc | arcsine")] = "fisher-exact",
+) -> None:
+    """Two proportions (default: exact Fisher power, as ImmunoSep's 117 per arm)."""
+    from immunostrat.analysis import sample_size_two_proportions
+
+    try:
+        result = sample_size_two_proportions(p_treated, p_control, alpha, power, dropout, method)
+    except ValueError as error:
+        _fail(error)
+    typer.echo(result.text())
+
+
+@samplesize_app.command("survival")
+def samplesize_survival(
+    hazard_ratio: Annotated[float, typer.Option(help="Hazard ratio treated vs control.")],
+    p_event_control: Annotated[float, typer.Option(help="Event probability over follow-up, control.")],
+    alpha: Annotated[float, typer.Option()] = 0.05,
+    power: Annotated[float, typer.Option()] = 0.8,
+    dropout: Annotated[float, typer.Option()] = 0.0,
+    method: Annotated[str, typer.Option(help="schoenfeld | freedman")] = "schoenfeld",
+) -> None:
+    """Time to event (log-rank): events and participants."""
+    from immunostrat.analysis import sample_size_time_to_event
+
+    try:
+        result = sample_size_time_to_event(
+            hazard_ratio,
+            p_event_control,
+            alpha,
+            power,
+            dropout=dropout,
+            method=method,
+        )
+    except ValueError as error:
+        _fail(error)
+    typer.echo(result.text())
+
+
+@samplesize_app.command("repeated")
+def samplesize_repeated(
+    difference: Annotated[float, typer.Option(help="Mean difference to detect.")],
+    sd: Annotated[float, typer.Option(help="Standard deviation of one measurement.")],
+    visits: Annotated[int, typer.Option(help="Post-baseline visits averaged.")] = 1,
+    correlation: Annotated[float, typer.Option(help="Correlation between visits.")] = 0.5,
+    alpha: Annotated[float, typer.Option()] = 0.05,
+    power: Annotated[float, typer.Option()] = 0.8,
+    dropout: Annotated[float, typer.Option()] = 0.0,
+) -> None:
+    """Repeated measures (mean over visits, compound symmetry)."""
+    from immunostrat.analysis import sample_size_repeated_measures
+
+    try:
+        result = sample_size_repeated_measures(difference, sd, visits, correlation, alpha, power, dropout)
+    except ValueError as error:
+        _fail(error)
+    typer.echo(result.text())

@@ -1,0 +1,64 @@
+"""`immunostrat analyze`, `published` and `design samplesize` through the real command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from immunostrat.analysis import write_synthetic_trial
+from immunostrat.cli import app
+
+runner = CliRunner()
+
+
+def test_analyze_writes_json_results(tmp_path: Path) -> None:
+    export = write_synthetic_trial(tmp_path / "export", n=120, seed=3)
+    results = tmp_path / "results.json"
+    result = runner.invoke(
+        app, ["analyze", "--data", str(export), "--plan", "immunosep-2025", "--json", str(results)]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(results.read_text())
+    assert data["plan"]["id"] == "immunosep-2025"
+    primary = next(e for e in data["endpoints"] if e["role"] == "primary")
+    assert primary["id"] == "sofa_response_day9"
+    assert "SOFA response by day 9" in result.stdout
+
+
+def test_analyze_rejects_a_missing_export(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["analyze", "--data", str(tmp_path / "nothing"), "--json", str(tmp_path / "r.json")]
+    )
+    assert result.exit_code == 2
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_samplesize_reproduces_immunosep_117_per_arm() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "design",
+            "samplesize",
+            "proportions",
+            "--p-control",
+            "0.2",
+            "--p-treated",
+            "0.4",
+            "--dropout",
+            "0.15",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "117 + 117 = 234" in result.stdout
+    assert "276 allowing for drop-out" in result.stdout
+
+
+def test_published_lists_and_reproduces() -> None:
+    listing = runner.invoke(app, ["published"])
+    assert listing.exit_code == 0 and "immunosep-jama-2025" in listing.stdout
+    table = runner.invoke(app, ["published", "immunosep-jama-2025"])
+    assert table.exit_code == 0 and "Newcombe" in table.stdout
+    bad = runner.invoke(app, ["published", "nope"])
+    assert bad.exit_code == 2
