@@ -234,6 +234,12 @@ def _register() -> None:
     app.command("published")(analysis_commands.published)
     app.add_typer(analysis_commands.design_app, name="design")
 
+    from immunostrat.cli import trial_commands
+
+    app.command("serve")(trial_commands.serve)
+    app.add_typer(trial_commands.trial_app, name="trial")
+    app.add_typer(trial_commands.audit_app, name="audit")
+
 
 _register()
 

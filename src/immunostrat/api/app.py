@@ -1,0 +1,167 @@
+"""The FastAPI application factory: storage, signing key, error handling, routers.
+
+``create_app(db_url)`` migrates the database, loads (or generates once, at first start) the token
+signing key, and mounts the REST, clinical and CDS Hooks routes. Run it with uvicorn:
+``uvicorn --factory immunostrat.api.app:app_from_env`` reads ``IMMUNOSTRAT_DB_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+
+from immunostrat import __version__
+from immunostrat.api.auth import Principal, confirm
+from immunostrat.errors import InputError
+from immunostrat.trial import service
+from immunostrat.trial.audit import Actor
+from immunostrat.trial.db import transaction
+from immunostrat.trial.demo import DemoInfo
+from immunostrat.trial.ops import open_db
+
+SIGNING_KEY_SETTING = "jwt_signing_key"
+DEFAULT_TOKEN_MINUTES = 30.0
+
+
+def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:] or parts[:1]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {
+                "field": _field_of(e.get("loc", ())),
+                "message": str(e.get("msg", "invalid")),
+                "type": e.get("type"),
+            }
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"field": None, "message": "invalid request"}
+        return JSONResponse(
+            status_code=422,
+            content={
+                "detail": f"field '{first['field']}': {first['message']}",
+                "field": first["field"],
+                "errors": errors,
+            },
+        )
+
+    @app.exception_handler(InputError)
+    async def _input(_: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse(
+            status_code=422, content={"detail": str(exc), "field": exc.field, "error": exc.as_dict()}
+        )
+
+    @app.exception_handler(service.TrialError)
+    async def _trial(_: Request, exc: service.TrialError) -> JSONResponse:
+        detail = f"field '{exc.field}': {exc.message}" if exc.field else exc.message
+        return JSONResponse(status_code=exc.status, content={"detail": detail, "field": exc.field})
+
+
+@contextmanager
+def unit_of_work(request: Request, principal: Principal) -> Iterator[tuple[Session, Actor]]:
+    """One transaction for one request, with the caller re-checked against the database."""
+    with transaction(request.app.state.engine) as session:
+        yield session, confirm(session, principal)
+
+
+def create_app(
+    db_url: str,
+    *,
+    secret_key: str | None = None,
+    token_minutes: float | None = None,
+) -> FastAPI:
+    """The service over ``db_url`` (SQLite file or PostgreSQL URL); the schema is migrated first.
+
+    The token signing key is ``secret_key``, else ``IMMUNOSTRAT_SECRET_KEY``, else a random key
+    generated at the first start and kept in the database (so that several workers agree)."""
+    from immunostrat.api.cds import router as cds_router
+    from immunostrat.api.clinical import router as clinical_router
+    from immunostrat.api.routes import router as trial_router
+
+    engine = open_db(db_url)
+    key = secret_key or os.environ.get("IMMUNOSTRAT_SECRET_KEY")
+    if not key:
+        with transaction(engine) as session:
+            key = service.get_or_create_setting(
+                session, SIGNING_KEY_SETTING, lambda: secrets.token_urlsafe(48)
+            )
+    minutes = token_minutes
+    if minutes is None:
+        minutes = float(os.environ.get("IMMUNOSTRAT_TOKEN_MINUTES", DEFAULT_TOKEN_MINUTES))
+    app = FastAPI(
+        title="immunostrat precision-trial service",
+        version=__version__,
+        description=(
+            "Screening with the immune-state protocol, stratified blinded randomization, data capture, "
+            "hash-chained audit trail, analysis export, stateless classification and scoring, and a "
+            "CDS Hooks 2.0 patient-view service. Log in at POST /token (OAuth2 password flow)."
+        ),
+    )
+    app.state.engine = engine
+    app.state.signing_key = key
+    app.state.token_minutes = minutes
+    _install_error_handlers(app)
+    app.include_router(trial_router)
+    app.include_router(clinical_router)
+    app.include_router(cds_router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """For ``uvicorn --factory``: the database URL comes from ``IMMUNOSTRAT_DB_URL``."""
+    url = os.environ.get("IMMUNOSTRAT_DB_URL")
+    if not url:
+        raise InputError(
+            "IMMUNOSTRAT_DB_URL is not set", field="IMMUNOSTRAT_DB_URL", expected="a database URL"
+        )
+    return create_app(url)
+
+
+def serve(
+    db_url: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+) -> None:
+    """Run the service with uvicorn until it stops. For ``--demo`` call :func:`prepare_demo` first
+    and pass its ``db_url`` here (print its users and passwords: they are shown only once)."""
+    import uvicorn
+
+    if db_url is None:
+        raise InputError(
+            "a database URL is required", field="db", expected="sqlite:///FILE or postgresql://..."
+        )
+    if workers > 1:
+        os.environ["IMMUNOSTRAT_DB_URL"] = db_url
+        uvicorn.run("immunostrat.api.app:app_from_env", factory=True, host=host, port=port, workers=workers)
+        return
+    uvicorn.run(create_app(db_url), host=host, port=port)
+
+
+def prepare_demo(db_url: str | None = None) -> DemoInfo:
+    """Create the demo trial (in a fresh SQLite file under a new temporary folder when ``db_url``
+    is None); returns :class:`~immunostrat.trial.demo.DemoInfo` with the users' passwords."""
+    import tempfile
+
+    from immunostrat.trial.demo import create_demo
+
+    url = db_url or f"sqlite:///{tempfile.mkdtemp(prefix='immunostrat-demo-')}/demo.db"
+    return create_demo(url)

@@ -1,0 +1,402 @@
+"""REST endpoints over the trial domain. Thin: parse, check the role, call one service function.
+
+Roles: ``admin`` sets up trials, sites and users; ``investigator`` (blinded) screens, randomizes,
+records data and may unblind one participant in an emergency (reason required); ``pharmacist``
+(unblinded) sees arms and the randomization list; ``monitor`` reads data, audit trail and
+unblinding events; ``statistician`` reads data and exports (unblinded only after database lock).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.security import OAuth2PasswordRequestForm
+from pydantic import Field
+from sqlalchemy import select
+
+from immunostrat.api.app import unit_of_work
+from immunostrat.api.auth import ALL_ROLES, Principal, _unauthorized, issue_token, require
+from immunostrat.trial import audit, service
+from immunostrat.trial.db import transaction
+from immunostrat.trial.export import build_export, write_export
+from immunostrat.trial.models import AuditRow, Trial, User
+from immunostrat.trial.passwords import hash_password
+from immunostrat.trial.schemas import (
+    AdverseEventIn,
+    AssessmentIn,
+    OutcomeIn,
+    ScreeningIn,
+    SiteSpec,
+    TrialSpec,
+    UnblindIn,
+    UserIn,
+    WithdrawIn,
+)
+
+router = APIRouter()
+
+ANY = require(*ALL_ROLES)
+ADMIN = require("admin")
+INVESTIGATOR = require("investigator")
+DATA_READERS = require("investigator", "pharmacist", "monitor", "statistician")
+CLINICAL_READERS = require("investigator", "monitor", "statistician")
+OVERSIGHT = require("admin", "monitor")
+PHARMACIST = require("pharmacist")
+EXPORTERS = require("statistician", "monitor")
+
+AnyUser = Annotated[Principal, Depends(ANY)]
+
+
+class SiteIn(SiteSpec):
+    seed: str = Field(
+        min_length=64, max_length=64, description="the trial's seed (hex), handed out at set-up"
+    )
+
+
+@router.get("/health", tags=["service"])
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.post("/token", tags=["auth"])
+def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> dict[str, Any]:
+    """OAuth2 password flow: a bearer token that expires (``expires_in`` seconds)."""
+    with transaction(request.app.state.engine) as session:
+        user = session.scalars(select(User).where(User.username == form.username)).one_or_none()
+    # the password check (bcrypt, deliberately slow) runs outside the transaction: on SQLite a
+    # transaction holds the write lock, and logins must not stall randomizations
+    if not service.password_matches(user, form.password):
+        raise _unauthorized("wrong username or password")
+    assert user is not None
+    token, seconds = issue_token(user, request.app.state.signing_key, request.app.state.token_minutes)
+    return {"access_token": token, "token_type": "bearer", "expires_in": seconds, "role": user.role}
+
+
+@router.get("/me", tags=["auth"])
+def me(request: Request, principal: AnyUser) -> dict[str, Any]:
+    with unit_of_work(request, principal) as (session, actor):
+        user = session.get(User, actor.user_id)
+        assert user is not None
+        return service.user_view(user)
+
+
+# ------------------------------------------------------------------------------------------ users
+
+
+@router.post("/users", status_code=201, tags=["admin"])
+def create_user(
+    request: Request, body: UserIn, principal: Annotated[Principal, Depends(ADMIN)]
+) -> dict[str, Any]:
+    hashed = hash_password(body.password)  # slow on purpose: before the transaction, not inside it
+    with unit_of_work(request, principal) as (session, actor):
+        return service.user_view(service.create_user(session, actor, body, password_hash=hashed))
+
+
+@router.get("/users", tags=["admin"])
+def list_users(request: Request, principal: Annotated[Principal, Depends(ADMIN)]) -> list[dict[str, Any]]:
+    with unit_of_work(request, principal) as (session, _):
+        return [service.user_view(u) for u in session.scalars(select(User).order_by(User.id))]
+
+
+# ------------------------------------------------------------------------------------------ trials
+
+
+@router.post("/trials", status_code=201, tags=["trials"])
+def create_trial(
+    request: Request, body: TrialSpec, principal: Annotated[Principal, Depends(ADMIN)]
+) -> dict[str, Any]:
+    """Set up a trial; the response carries ``seed`` once (keep it in escrow: it is not stored)."""
+    with unit_of_work(request, principal) as (session, actor):
+        setup = service.setup_trial(session, actor, body)
+        trial = service.trial_by_id(session, setup.trial_id)
+        out = service.trial_view(session, trial)
+        out["seed"] = setup.seed_hex
+        out["kits"] = setup.n_kits
+        return out
+
+
+@router.get("/trials", tags=["trials"])
+def list_trials(request: Request, principal: AnyUser) -> list[dict[str, Any]]:
+    with unit_of_work(request, principal) as (session, actor):
+        return [
+            service.trial_view(session, t, actor) for t in session.scalars(select(Trial).order_by(Trial.id))
+        ]
+
+
+@router.get("/trials/{trial_id}", tags=["trials"])
+def get_trial(request: Request, trial_id: int, principal: AnyUser) -> dict[str, Any]:
+    with unit_of_work(request, principal) as (session, actor):
+        return service.trial_view(session, service.trial_by_id(session, trial_id), actor)
+
+
+@router.post("/trials/{trial_id}/sites", status_code=201, tags=["trials"])
+def add_site(
+    request: Request, trial_id: int, body: SiteIn, principal: Annotated[Principal, Depends(ADMIN)]
+) -> dict[str, Any]:
+    with unit_of_work(request, principal) as (session, actor):
+        site = service.add_site(session, actor, trial_id, SiteSpec(code=body.code, name=body.name), body.seed)
+        return {"id": site.id, "code": site.code, "name": site.name}
+
+
+@router.post("/trials/{trial_id}/lock", tags=["trials"])
+def lock_trial(
+    request: Request, trial_id: int, principal: Annotated[Principal, Depends(ADMIN)]
+) -> dict[str, Any]:
+    """Database lock: data entry stops and the unblinded export becomes available."""
+    with unit_of_work(request, principal) as (session, actor):
+        return service.trial_view(session, service.lock_trial(session, actor, trial_id))
+
+
+# ------------------------------------------------------------------------------------------ participants
+
+
+@router.post("/trials/{trial_id}/participants", status_code=201, tags=["participants"])
+def screen(
+    request: Request, trial_id: int, body: ScreeningIn, principal: Annotated[Principal, Depends(INVESTIGATOR)]
+) -> dict[str, Any]:
+    """Screen a patient: observations in any accepted unit, the protocol's decision with reasons."""
+    with unit_of_work(request, principal) as (session, actor):
+        return dataclasses.asdict(service.screen(session, actor, trial_id, body))
+
+
+@router.get("/trials/{trial_id}/participants", tags=["participants"])
+def list_participants(
+    request: Request, trial_id: int, principal: Annotated[Principal, Depends(DATA_READERS)]
+) -> list[dict[str, Any]]:
+    with unit_of_work(request, principal) as (session, actor):
+        return [
+            service.participant_view(session, p) for p in service.list_participants(session, actor, trial_id)
+        ]
+
+
+@router.get("/trials/{trial_id}/participants/{participant_id}", tags=["participants"])
+def get_participant(
+    request: Request,
+    trial_id: int,
+    participant_id: int,
+    principal: Annotated[Principal, Depends(DATA_READERS)],
+) -> dict[str, Any]:
+    with unit_of_work(request, principal) as (session, actor):
+        trial = service.trial_by_id(session, trial_id)
+        return service.participant_view(
+            session, service.participant_by_id(session, trial, participant_id, actor)
+        )
+
+
+@router.post("/trials/{trial_id}/participants/{participant_id}/randomize", tags=["randomization"])
+def randomize(
+    request: Request,
+    response: Response,
+    trial_id: int,
+    participant_id: int,
+    principal: Annotated[Principal, Depends(INVESTIGATOR)],
+    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+) -> dict[str, Any]:
+    """Allocate the next unused slot of the participant's stratum. Send an ``Idempotency-Key``
+    header: a retry with the same key returns the same allocation. Blinded roles get a kit number."""
+    with unit_of_work(request, principal) as (session, actor):
+        result = service.randomize(session, actor, trial_id, participant_id, idempotency_key)
+        response.status_code = 200 if result.replayed else 201
+        return service.allocation_public(result, actor)
+
+
+@router.get("/trials/{trial_id}/participants/{participant_id}/allocation", tags=["randomization"])
+def get_allocation(
+    request: Request,
+    trial_id: int,
+    participant_id: int,
+    principal: Annotated[Principal, Depends(DATA_READERS)],
+) -> dict[str, Any]:
+    """Kit number for blinded roles; the arm too for unblinded roles (audited)."""
+    with unit_of_work(request, principal) as (session, actor):
+        result = service.get_allocation(session, actor, trial_id, participant_id)
+        return service.allocation_public(result, actor)
+
+
+@router.post("/trials/{trial_id}/participants/{participant_id}/unblind", tags=["randomization"])
+def emergency_unblind(
+    request: Request,
+    trial_id: int,
+    participant_id: int,
+    body: UnblindIn,
+    principal: Annotated[Principal, Depends(INVESTIGATOR)],
+) -> dict[str, Any]:
+    """Emergency unblinding of one participant (reason required; recorded and audited)."""
+    with unit_of_work(request, principal) as (session, actor):
+        return service.emergency_unblind(session, actor, trial_id, participant_id, body.reason)
+
+
+@router.post("/trials/{trial_id}/participants/{participant_id}/withdraw", tags=["participants"])
+def withdraw(
+    request: Request,
+    trial_id: int,
+    participant_id: int,
+    body: WithdrawIn,
+    principal: Annotated[Principal, Depends(INVESTIGATOR)],
+) -> dict[str, Any]:
+    with unit_of_work(request, principal) as (session, actor):
+        service.withdraw(session, actor, trial_id, participant_id, body.reason, body.data_removed)
+        trial = service.trial_by_id(session, trial_id)
+        return service.participant_view(session, service.participant_by_id(session, trial, participant_id))
+
+
+@router.post("/trials/{trial_id}/participants/{participant_id}/assessments", status_code=201, tags=["data"])
+def record_assessment(
+    request: Request,
+    trial_id: int,
+    participant_id: int,
+    body: AssessmentIn,
+    principal: Annotated[Principal, Depends(INVESTIGATOR)],
+) -> dict[str, Any]:
+    """Create or update the assessment of one study day (day 1 = day of randomization)."""
+    with unit_of_work(request, principal) as (session, actor):
+        return service.assessment_view(
+            service.record_assessment(session, actor, trial_id, participant_id, body)
+        )
+
+
+@router.get("/trials/{trial_id}/participants/{participant_id}/assessments", tags=["data"])
+def list_assessments(
+    request: Request,
+    trial_id: int,
+    participant_id: int,
+    principal: Annotated[Principal, Depends(CLINICAL_READERS)],
+) -> list[dict[str, Any]]:
+    with unit_of_work(request, principal) as (session, actor):
+        rows = service.list_assessments(session, actor, trial_id, participant_id)
+        return [service.assessment_view(r) for r in rows]
+
+
+@router.put("/trials/{trial_id}/participants/{participant_id}/outcome", tags=["data"])
+def record_outcome(
+    request: Request,
+    trial_id: int,
+    participant_id: int,
+    body: OutcomeIn,
+    principal: Annotated[Principal, Depends(INVESTIGATOR)],
+) -> dict[str, Any]:
+    with unit_of_work(request, principal) as (session, actor):
+        return service.outcome_view(service.record_outcome(session, actor, trial_id, participant_id, body))
+
+
+@router.post(
+    "/trials/{trial_id}/participants/{participant_id}/adverse-events", status_code=201, tags=["data"]
+)
+def record_adverse_event(
+    request: Request,
+    trial_id: int,
+    participant_id: int,
+    body: AdverseEventIn,
+    principal: Annotated[Principal, Depends(INVESTIGATOR)],
+) -> dict[str, Any]:
+    with unit_of_work(request, principal) as (session, actor):
+        row = service.record_adverse_event(session, actor, trial_id, participant_id, body)
+        return service.adverse_event_view(row)
+
+
+@router.get("/trials/{trial_id}/adverse-events", tags=["data"])
+def list_adverse_events(
+    request: Request, trial_id: int, principal: Annotated[Principal, Depends(CLINICAL_READERS)]
+) -> list[dict[str, Any]]:
+    with unit_of_work(request, principal) as (session, actor):
+        return service.list_adverse_events(session, actor, trial_id)
+
+
+# ------------------------------------------------------------------------------ unblinded / oversight
+
+
+@router.get("/trials/{trial_id}/randomization-list", tags=["randomization"])
+def randomization_list(
+    request: Request, trial_id: int, principal: Annotated[Principal, Depends(PHARMACIST)]
+) -> list[dict[str, Any]]:
+    """The concealed list with arms (pharmacist only; every view is audited)."""
+    with unit_of_work(request, principal) as (session, actor):
+        return service.randomization_list(session, actor, trial_id)
+
+
+@router.get("/trials/{trial_id}/unblindings", tags=["randomization"])
+def unblindings(
+    request: Request, trial_id: int, principal: Annotated[Principal, Depends(OVERSIGHT)]
+) -> list[dict[str, Any]]:
+    with unit_of_work(request, principal) as (session, _):
+        return service.unblinding_events(session, trial_id)
+
+
+@router.get("/trials/{trial_id}/export", tags=["export"])
+def export(
+    request: Request,
+    trial_id: int,
+    principal: Annotated[Principal, Depends(EXPORTERS)],
+    blinded: bool = True,
+    format: Annotated[Literal["csv", "parquet"], Query()] = "csv",
+) -> Response:
+    """The analysis export (schema of ``immunostrat.analysis.schema``) as a zip of tables plus
+    ``manifest.json``. Unblinded: statistician only, after the database lock."""
+    with unit_of_work(request, principal) as (session, actor):
+        trial = service.trial_by_id(session, trial_id)
+        if not blinded:
+            if actor.role != "statistician":
+                raise service.Forbidden("the unblinded export is for the statistician only", field="blinded")
+            if trial.status != "locked":
+                raise service.Conflict("the unblinded export needs the database lock first", field="blinded")
+        tables = build_export(session, actor, trial.id, blinded)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = write_export(tables, Path(tmp) / "export", format)
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+                for f in sorted(folder.iterdir()):
+                    archive.write(f, f.name)
+    name = f"{trial.code}-{'blinded' if blinded else 'unblinded'}.zip"
+    return Response(
+        buffer.getvalue(),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.get("/audit", tags=["audit"])
+def audit_rows(
+    request: Request,
+    principal: Annotated[Principal, Depends(OVERSIGHT)],
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    with unit_of_work(request, principal) as (session, _):
+        rows = session.scalars(
+            select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(limit)
+        )
+        return [
+            {
+                "seq": r.seq,
+                "at": r.at,
+                "actor": r.actor,
+                "role": r.role,
+                "action": r.action,
+                "entity": r.entity,
+                "entity_id": r.entity_id,
+                "old": r.old,
+                "new": r.new,
+                "hash": r.hash,
+            }
+            for r in rows
+        ]
+
+
+@router.get("/audit/verify", tags=["audit"])
+def audit_verify(request: Request, principal: Annotated[Principal, Depends(OVERSIGHT)]) -> dict[str, Any]:
+    with unit_of_work(request, principal) as (session, _):
+        result = audit.verify_chain(session)
+        return {
+            "ok": result.ok,
+            "rows_checked": result.rows_checked,
+            "first_bad_seq": result.first_bad_seq,
+            "problem": result.problem,
+            "head_hash": result.head_hash,
+            "message": str(result),
+        }

@@ -1,0 +1,160 @@
+"""`immunostrat serve`, `trial init|export|user`, `audit verify`: thin over trial and api."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from immunostrat.errors import InputError
+
+console = Console(stderr=True)
+out = Console()
+trial_app = typer.Typer(help="Set up trials, users and exports.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
+
+DbOpt = Annotated[str, typer.Option("--db", help="Database URL: sqlite:///trial.db or postgresql://...")]
+
+
+def _fail(error: Exception, code: int = 2) -> None:
+    message = str(error) if isinstance(error, InputError) else (getattr(error, "message", None) or str(error))
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=code)
+
+
+def serve(
+    db: Annotated[
+        str | None, typer.Option("--db", help="Database URL (default with --demo: a new SQLite file).")
+    ] = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Create a demo ImmunoSep-style trial first.")] = False,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Run the trial service (REST API, CDS Hooks) with uvicorn."""
+    from immunostrat.api.app import prepare_demo
+    from immunostrat.api.app import serve as run_server
+    from immunostrat.trial import TrialError
+
+    try:
+        if demo:
+            with console.status("creating the demo trial"):
+                info = prepare_demo(db)
+            db = info.db_url
+            table = Table(title=f"demo trial {info.trial_code}: users (passwords shown only now)")
+            for col in ("role", "username", "password"):
+                table.add_column(col)
+            for role, (username, password) in info.users.items():
+                table.add_row(role, username, password)
+            out.print(table)
+            counts = f"screened {info.screened}, eligible {info.eligible}, randomized {info.randomized}"
+            out.print(f"database {db}; {counts}")
+            out.print(f"randomization seed (keep in escrow): {info.seed_hex}")
+        if db is None:
+            raise InputError("no database", field="--db", expected="a database URL, or --demo")
+        out.print(f"serving on http://{host}:{port} (OpenAPI at /openapi.json, CDS Hooks at /cds-services)")
+        run_server(db, host=host, port=port)
+    except InputError as error:
+        _fail(error)
+    except TrialError as error:
+        _fail(error, code=1)
+
+
+@trial_app.command("init")
+def trial_init(
+    db: DbOpt,
+    spec: Annotated[
+        Path | None, typer.Option("--spec", help="Trial spec YAML (default: the ImmunoSep example).")
+    ] = None,
+    admin: Annotated[
+        str | None, typer.Option("--admin", help="Also create this admin user (password prompted).")
+    ] = None,
+    admin_password: Annotated[
+        str | None, typer.Option("--admin-password", envvar="IMMUNOSTRAT_ADMIN_PASSWORD", hidden=True)
+    ] = None,
+) -> None:
+    """Create the schema, the trial, its sites and its concealed randomization list."""
+    from immunostrat.trial import EXAMPLE_SPEC, TrialError, init_trial
+
+    try:
+        credentials = None
+        if admin:
+            password = admin_password or typer.prompt(
+                f"password for {admin}", hide_input=True, confirmation_prompt=True
+            )
+            credentials = (admin, password)
+        setup = init_trial(db, spec or EXAMPLE_SPEC, admin=credentials)
+    except InputError as error:
+        _fail(error)
+    except TrialError as error:
+        _fail(error, code=1)
+    out.print(f"trial {setup.code} (id {setup.trial_id}) with {setup.n_kits} kits")
+    out.print(f"randomization seed (shown once; keep it in escrow): {setup.seed_hex}")
+
+
+@trial_app.command("export")
+def trial_export(
+    db: DbOpt,
+    trial: Annotated[str, typer.Option("--trial", help="Trial id or code.")],
+    output: Annotated[Path, typer.Option("--output", help="Folder to write the export into.")],
+    blinded: Annotated[bool, typer.Option("--blinded/--unblinded", help="Arms hidden or shown.")] = True,
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+) -> None:
+    """Export a trial in the schema the analysis module reads (audited)."""
+    from immunostrat.trial import TrialError, export_trial
+
+    try:
+        if fmt not in ("csv", "parquet"):
+            raise InputError("unknown format", field="--format", value=fmt, expected="csv or parquet")
+        trial_ref: int | str = int(trial) if trial.isdigit() else trial
+        path = export_trial(db, trial_ref, blinded, output, fmt=fmt)  # type: ignore[arg-type]
+    except InputError as error:
+        _fail(error)
+    except TrialError as error:
+        _fail(error, code=1)
+    out.print(f"wrote {'blinded' if blinded else 'unblinded'} export to {path}")
+
+
+@trial_app.command("user")
+def trial_user(
+    db: DbOpt,
+    username: Annotated[str, typer.Option("--username")],
+    role: Annotated[
+        str, typer.Option("--role", help="investigator | pharmacist | monitor | statistician | admin")
+    ],
+    trial: Annotated[str | None, typer.Option("--trial", help="Trial id or code.")] = None,
+    site: Annotated[str | None, typer.Option("--site", help="Site code (investigators).")] = None,
+    password: Annotated[
+        str | None, typer.Option("--password", envvar="IMMUNOSTRAT_USER_PASSWORD", hidden=True)
+    ] = None,
+) -> None:
+    """Add a user with a role (password prompted)."""
+    from immunostrat.trial import TrialError, create_user
+
+    try:
+        secret = password or typer.prompt(
+            f"password for {username}", hide_input=True, confirmation_prompt=True
+        )
+        trial_ref: int | str | None = None if trial is None else (int(trial) if trial.isdigit() else trial)
+        user_id = create_user(db, username, secret, role, trial=trial_ref, site=site)
+    except InputError as error:
+        _fail(error)
+    except TrialError as error:
+        _fail(error, code=1)
+    out.print(f"user {username} ({role}) created with id {user_id}")
+
+
+@audit_app.command("verify")
+def audit_verify(db: DbOpt) -> None:
+    """Check the audit chain; names the first bad row (exit code 1 when broken)."""
+    from immunostrat.trial import verify_audit
+
+    try:
+        result = verify_audit(db)
+    except InputError as error:
+        _fail(error)
+    out.print(str(result))
+    if not result.ok:
+        raise typer.Exit(code=1)

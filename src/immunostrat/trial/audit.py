@@ -1,0 +1,188 @@
+"""Hash-chained, append-only audit trail.
+
+Every create, update and view of unblinded data appends one row (who, when, what, old and new
+values). Row ``n`` stores ``hash = sha256(prev_hash + canonical JSON of its fields)`` and the hash of
+row ``n - 1`` as ``prev_hash``; sequence numbers have no gaps, and a one-row head table holds the
+last sequence number and hash. Any edit, insertion or deletion therefore breaks the chain, and
+:func:`verify_chain` names the first bad row. The database also refuses UPDATE and DELETE on the
+table (a trigger, see the initial migration).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from immunostrat.trial.models import AuditHead, AuditRow
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who does something: a user with a role (or the system itself at set-up)."""
+
+    username: str
+    role: str
+    user_id: int | None = None
+    site_id: int | None = None
+
+
+SYSTEM = Actor("system", "system")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return (value.replace(tzinfo=UTC) if value.tzinfo is None else value).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    return str(value)
+
+
+def canonical(value: Any) -> str | None:
+    """Deterministic JSON (sorted keys, no spaces); None stays None."""
+    if value is None:
+        return None
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_default, ensure_ascii=False)
+
+
+def row_hash(
+    prev_hash: str,
+    seq: int,
+    at: str,
+    actor: str,
+    role: str,
+    action: str,
+    entity: str,
+    entity_id: str,
+    old: str | None,
+    new: str | None,
+) -> str:
+    body = json.dumps(
+        [seq, at, actor, role, action, entity, entity_id, old, new],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
+
+
+def append(
+    session: Session,
+    actor: Actor,
+    action: str,
+    entity: str,
+    entity_id: Any,
+    old: Any = None,
+    new: Any = None,
+) -> AuditRow:
+    """Append one audit row in the caller's transaction (the head row is locked until commit)."""
+    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one()
+    seq = head.seq + 1
+    at = datetime.now(UTC).isoformat(timespec="microseconds")
+    old_s, new_s = canonical(old), canonical(new)
+    digest = row_hash(
+        head.hash, seq, at, actor.username, actor.role, action, entity, str(entity_id), old_s, new_s
+    )
+    row = AuditRow(
+        seq=seq,
+        at=at,
+        actor=actor.username,
+        role=actor.role,
+        action=action,
+        entity=entity,
+        entity_id=str(entity_id),
+        old=old_s,
+        new=new_s,
+        prev_hash=head.hash,
+        hash=digest,
+    )
+    session.add(row)
+    head.seq = seq
+    head.hash = digest
+    session.flush()
+    return row
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    """The result of checking the chain: ``first_bad_seq`` names the first bad row (None when intact)."""
+
+    ok: bool
+    rows_checked: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+    head_hash: str | None = None
+    """The last row's hash when intact: record it outside the database (a report, a ticket) so that
+    even a rewrite of the whole tail together with the head row can be detected later."""
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"audit chain intact: {self.rows_checked} rows, head {self.head_hash}"
+        return f"audit chain broken at row {self.first_bad_seq}: {self.problem}"
+
+
+def verify_chain(session: Session) -> AuditVerification:
+    """Recompute every hash in order; report the first row that was changed, inserted or deleted."""
+    expected_seq = 1
+    prev_hash = GENESIS
+    checked = 0
+    stmt = select(AuditRow).order_by(AuditRow.seq).execution_options(yield_per=2000)
+    for row in session.scalars(stmt):
+        if row.seq != expected_seq:
+            missing = (
+                f"row {expected_seq} is missing (deleted)"
+                if row.seq > expected_seq
+                else f"row {row.seq} appears out of order"
+            )
+            return AuditVerification(False, checked, expected_seq, missing)
+        if row.prev_hash != prev_hash:
+            # the previous row's own hash checked out, so it was rewritten with a recomputed hash
+            # (or this row's link was altered): the earlier row is the first bad one
+            bad = row.seq - 1 if row.seq > 1 else row.seq
+            return AuditVerification(
+                False,
+                checked,
+                bad,
+                f"row {row.seq} records prev_hash {row.prev_hash[:12]}..., "
+                f"but row {row.seq - 1} hashes to {prev_hash[:12]}... (row {bad} was rewritten)",
+            )
+        digest = row_hash(
+            row.prev_hash,
+            row.seq,
+            row.at,
+            row.actor,
+            row.role,
+            row.action,
+            row.entity,
+            row.entity_id,
+            row.old,
+            row.new,
+        )
+        if digest != row.hash:
+            return AuditVerification(
+                False, checked, row.seq, "contents do not match the stored hash (edited)"
+            )
+        prev_hash = row.hash
+        expected_seq += 1
+        checked += 1
+    head = session.get(AuditHead, 1)
+    if head is None:
+        return AuditVerification(False, checked, expected_seq, "the audit head row is missing")
+    last = expected_seq - 1
+    if head.seq != last or head.hash != prev_hash:
+        if head.seq > last:
+            return AuditVerification(
+                False, checked, last + 1, f"rows {last + 1}..{head.seq} are missing (deleted from the end)"
+            )
+        return AuditVerification(False, checked, head.seq + 1, "rows after the recorded head (inserted)")
+    return AuditVerification(True, checked, head_hash=prev_hash)

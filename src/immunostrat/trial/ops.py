@@ -1,0 +1,130 @@
+"""Plain functions over a database URL, for the CLI and scripts: open (and migrate) a database,
+set up a trial, export it, verify the audit chain. Each runs in its own transaction(s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from sqlalchemy import Engine
+
+from immunostrat.errors import InputError
+from immunostrat.trial import audit, service
+from immunostrat.trial.audit import Actor, AuditVerification
+from immunostrat.trial.db import get_engine, migrate, transaction
+from immunostrat.trial.export import build_export, write_export
+from immunostrat.trial.schemas import TrialSpec, UserIn, parse
+
+CLI_ACTOR = Actor("cli", "cli")
+
+
+def open_db(db_url: str) -> Engine:
+    """The shared engine for ``db_url``, with the schema migrated to the latest revision."""
+    engine = get_engine(db_url)
+    migrate(engine)
+    return engine
+
+
+EXAMPLE_SPEC = Path(__file__).resolve().parent / "specs" / "immunosep-example.yaml"
+
+
+def load_trial_spec(path: str | Path) -> TrialSpec:
+    """A trial set-up from a YAML or JSON file (see ``specs/immunosep-example.yaml``)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError("file not found", file=str(p), field="spec")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InputError(f"not valid YAML/JSON: {exc}", file=str(p)) from None
+    if not isinstance(raw, dict):
+        raise InputError("a trial spec is a mapping", file=str(p), expected="code, title, sites, ...")
+    try:
+        return parse(TrialSpec, raw)
+    except InputError as exc:
+        exc.file = str(p)
+        raise
+
+
+def init_trial(
+    db_url: str,
+    spec: TrialSpec | Mapping[str, Any] | str | Path,
+    *,
+    admin: tuple[str, str] | None = None,
+    seed: bytes | None = None,
+    actor: Actor = CLI_ACTOR,
+) -> service.TrialSetup:
+    """Create the schema if needed, then the trial with its sites and concealed list.
+
+    ``spec``: a :class:`TrialSpec`, a mapping, or the path of a YAML/JSON file.
+
+    ``admin`` = (username, password) also creates an admin user. The returned ``seed_hex`` is the
+    only copy of the randomization seed: hand it to whoever keeps the escrow.
+    """
+    if isinstance(spec, TrialSpec):
+        trial_spec = spec
+    elif isinstance(spec, str | Path):
+        trial_spec = load_trial_spec(spec)
+    else:
+        trial_spec = parse(TrialSpec, dict(spec))
+    engine = open_db(db_url)
+    with transaction(engine) as session:
+        result = service.setup_trial(session, actor, trial_spec, seed=seed)
+        if admin is not None:
+            service.create_user(session, actor, UserIn(username=admin[0], password=admin[1], role="admin"))
+    return result
+
+
+def create_user(
+    db_url: str,
+    username: str,
+    password: str,
+    role: str,
+    *,
+    trial: int | str | None = None,
+    site: str | None = None,
+    actor: Actor = CLI_ACTOR,
+) -> int:
+    engine = open_db(db_url)
+    with transaction(engine) as session:
+        trial_obj = _trial(session, trial) if trial is not None else None
+        spec = parse(
+            UserIn,
+            {"username": username, "password": password, "role": role, "site": site},
+        )
+        return service.create_user(session, actor, spec, trial=trial_obj).id
+
+
+def _trial(session: Any, trial: int | str) -> Any:
+    if isinstance(trial, int) or str(trial).isdigit():
+        return service.trial_by_id(session, int(trial))
+    return service.trial_by_code(session, str(trial))
+
+
+def export_trial(
+    db_url: str,
+    trial_id: int | str,
+    blinded: bool,
+    output_dir: str | Path,
+    *,
+    fmt: Literal["csv", "parquet"] = "csv",
+    actor: Actor = CLI_ACTOR,
+) -> Path:
+    """Write the analysis export (schema of ``immunostrat.analysis.schema``) into ``output_dir``.
+
+    ``trial_id`` is the numeric id or the trial code. The export is audited."""
+    engine = open_db(db_url)
+    with transaction(engine) as session:
+        trial = _trial(session, trial_id)
+        tables = build_export(session, actor, trial.id, blinded)
+        return write_export(tables, output_dir, fmt)
+
+
+def verify_audit(db_url: str) -> AuditVerification:
+    """Check the hash chain; the result names the first bad row (``first_bad_seq``)."""
+    engine = open_db(db_url)
+    with transaction(engine) as session:
+        return audit.verify_chain(session)

@@ -1,0 +1,182 @@
+"""Validated inputs of the trial domain (pydantic): shared by the CLI, the API and the tests."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from immunostrat.errors import InputError
+
+ROLES: tuple[str, ...] = ("investigator", "pharmacist", "monitor", "statistician", "admin")
+UNBLINDED_ROLES: frozenset[str] = frozenset({"pharmacist"})
+"""Roles that see arms. Everyone else sees kit numbers only (emergency unblinding aside)."""
+
+ENDOTYPES: tuple[str, ...] = ("mals", "immunoparalysis", "intermediate", "unknown")
+INFECTION_STATUS: tuple[str, ...] = ("resolution", "intermediate", "failure", "superinfection")
+
+Role = Literal["investigator", "pharmacist", "monitor", "statistician", "admin"]
+Sex = Literal["F", "M", "other"]
+Factor = Literal["site", "endotype", "sex", "age_band"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class SiteSpec(_Model):
+    code: str = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
+    name: str = Field(min_length=1, max_length=200)
+
+
+class TrialSpec(_Model):
+    """Everything fixed at set-up. Ratios are per stratum endotype; blocks vary among
+    ``block_multipliers`` x (sum of the ratio)."""
+
+    code: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    title: str = Field(min_length=1, max_length=200)
+    protocol_id: str = "immunosep-2025"
+    protocol_version: str | None = None
+    arms: list[str] = Field(default_factory=lambda: ["immunotherapy", "placebo"], min_length=2)
+    control_arm: str = "placebo"
+    method: Literal["block", "minimization"] = "block"
+    randomized_endotypes: list[str] = Field(default_factory=lambda: ["mals", "immunoparalysis"], min_length=1)
+    ratios: dict[str, dict[str, int]] = Field(default_factory=dict)
+    block_multipliers: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+    slots_per_stratum: int = Field(default=120, ge=1, le=100_000)
+    minimization_factors: list[Factor] = Field(default_factory=lambda: list[Factor](["site", "endotype"]))
+    p_best: float = Field(default=0.8, ge=0.5, le=1.0)
+    kits_per_arm: int = Field(default=500, ge=1, le=1_000_000)
+    sites: list[SiteSpec] = Field(default_factory=list)
+
+    @field_validator("arms")
+    @classmethod
+    def _distinct_arms(cls, arms: list[str]) -> list[str]:
+        if len(set(arms)) != len(arms) or any(not a for a in arms):
+            raise ValueError("arms must be distinct non-empty names")
+        return arms
+
+    @field_validator("block_multipliers")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if any(v < 1 for v in values):
+            raise ValueError("block multipliers must be >= 1")
+        return values
+
+    @field_validator("randomized_endotypes")
+    @classmethod
+    def _known_endotypes(cls, values: list[str]) -> list[str]:
+        for v in values:
+            if v not in ENDOTYPES:
+                raise ValueError(f"unknown endotype {v!r}; expected one of {', '.join(ENDOTYPES)}")
+        return values
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrialSpec:
+        if self.control_arm not in self.arms:
+            raise ValueError(f"control_arm {self.control_arm!r} is not one of the arms")
+        for endotype, ratio in self.ratios.items():
+            if endotype not in self.randomized_endotypes:
+                raise ValueError(f"ratios: {endotype!r} is not a randomized endotype")
+            if set(ratio) != set(self.arms) or any(w < 1 for w in ratio.values()):
+                raise ValueError(
+                    f"ratios[{endotype!r}] needs a weight >= 1 for each arm: {', '.join(self.arms)}"
+                )
+        codes = [s.code for s in self.sites]
+        if len(set(codes)) != len(codes):
+            raise ValueError("site codes must be distinct")
+        return self
+
+    def ratio_for(self, endotype: str) -> dict[str, int]:
+        return dict(self.ratios.get(endotype) or dict.fromkeys(self.arms, 1))
+
+
+class ObservationIn(_Model):
+    """One measurement in the long format (value in the unit as entered)."""
+
+    concept: str = Field(min_length=1, max_length=64)
+    value: float
+    unit: str = Field(default="", max_length=32)
+    time: datetime
+
+
+class ScreeningIn(_Model):
+    site: str = Field(min_length=1, max_length=32)
+    age: float = Field(ge=18, le=120)
+    sex: Sex
+    weight_kg: float | None = Field(default=None, ge=20, le=400)
+    infection_site: str | None = Field(default=None, max_length=32)
+    baseline_sofa: int | None = Field(default=None, ge=0, le=24)
+    septic_shock: bool | None = None
+    exclusions: dict[str, bool] = Field(default_factory=dict)
+    observations: list[ObservationIn] = Field(default_factory=list)
+    pseudonym: str | None = Field(default=None, min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
+
+
+class AssessmentIn(_Model):
+    day: int = Field(ge=-1, le=400)
+    sofa_respiration: int | None = Field(default=None, ge=0, le=4)
+    sofa_coagulation: int | None = Field(default=None, ge=0, le=4)
+    sofa_liver: int | None = Field(default=None, ge=0, le=4)
+    sofa_cardiovascular: int | None = Field(default=None, ge=0, le=4)
+    sofa_cns: int | None = Field(default=None, ge=0, le=4)
+    sofa_renal: int | None = Field(default=None, ge=0, le=4)
+    sofa_total: int | None = Field(default=None, ge=0, le=24)
+    observations: list[ObservationIn] = Field(default_factory=list)
+    infection_status: Literal["resolution", "intermediate", "failure", "superinfection"] | None = None
+    doses_given: int | None = Field(default=None, ge=0, le=100)
+
+
+class OutcomeIn(_Model):
+    death_day: int | None = Field(default=None, ge=1, le=400)
+    last_contact_day: int = Field(ge=1, le=400)
+    discharge_day: int | None = Field(default=None, ge=1, le=400)
+    infection_status_day15: Literal["resolution", "intermediate", "failure", "superinfection"] | None = None
+    ferritin_day15_ng_ml: float | None = Field(default=None, ge=0)
+    hla_dr_day15_abc: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _death_before_last_contact(self) -> OutcomeIn:
+        if self.death_day is not None and self.last_contact_day < self.death_day:
+            raise ValueError("last_contact_day must be >= death_day")
+        return self
+
+
+class AdverseEventIn(_Model):
+    day: int = Field(ge=-1, le=400)
+    term: str = Field(min_length=1, max_length=200)
+    serious: bool
+    severity: int | None = Field(default=None, ge=1, le=5)
+    related: bool | None = None
+    outcome: str | None = Field(default=None, max_length=64)
+
+
+class UserIn(_Model):
+    username: str = Field(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    password: str = Field(min_length=8, max_length=72)
+    role: Role
+    site: str | None = Field(default=None, max_length=32)
+    trial_id: int | None = None
+
+
+class UnblindIn(_Model):
+    reason: str = Field(min_length=10, max_length=2000)
+
+
+class WithdrawIn(_Model):
+    reason: str = Field(min_length=3, max_length=2000)
+    data_removed: bool = False
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], data: object) -> M:
+    """Validate ``data`` into ``model``; the first problem becomes an InputError naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ())) or None
+        raise InputError(str(first.get("msg", "invalid")), field=loc, value=first.get("input")) from None

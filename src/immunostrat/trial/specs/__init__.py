@@ -1,0 +1,1 @@
+"""Example trial set-ups (YAML data)."""
