@@ -240,6 +240,10 @@ def _register() -> None:
     app.add_typer(trial_commands.trial_app, name="trial")
     app.add_typer(trial_commands.audit_app, name="audit")
 
+    from immunostrat.cli import simulate_commands
+
+    app.add_typer(simulate_commands.simulate_app, name="simulate")
+
 
 _register()
 

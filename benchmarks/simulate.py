@@ -1,0 +1,148 @@
+"""Benchmark: virtual patients per second of the batch RK4 integrator against scipy solve_ivp.
+
+Same patients for every engine: k_pg ~ U(0.2, 1.0) /h and P0 ~ U(0.1, 3.0) with the other Reynolds 2006
+parameters at Table 1 (the population of insilico.md section 5), each integrated over a 28-day course
+(672 h). Baselines, measured in the same run:
+
+* scipy ``solve_ivp`` one patient at a time, LSODA rtol 1e-8 / atol 1e-10 (the reference of insilico.md 5
+  and reynolds_check.py), on a subset; the outcome classes of both engines must agree on every patient of it;
+* the IIRABM's published cost, 7-9 core-seconds per 28-day patient (insilico.md 2.1, [measured] there;
+  not re-run here: the IIRABM is GPL C++ outside this repository).
+
+Rates are patients per CPU-second (``time.process_time``, all threads of this process), so a shared,
+loaded machine does not distort them and they compare directly with the IIRABM's core-seconds; wall-clock
+rates are printed beside them. The JAX row is printed when jax is installed (``integrate_jax``, float64,
+outcome classes checked equal to numpy on every patient).
+Usage: ``python benchmarks/simulate.py [--quick]``; the last line is
+``benchmark simulate: RATIOx solve_ivp (details)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from immunostrat.simulation.model import (
+    DAY28_H,
+    DEFAULT_DT,
+    OUTCOME_NAMES,
+    ReynoldsParameters,
+    Trajectory,
+    classify,
+    initial_state,
+    integrate,
+    patient_parameters,
+    solve_ivp_final,
+)
+
+IIRABM_CORE_SECONDS = (7.0, 9.0)  # per 28-day patient, insilico.md 2.1
+
+
+def _patients(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.2, 1.0, n), rng.uniform(0.1, 3.0, n)
+
+
+def _rate(
+    engine: Callable[..., Trajectory], kpg: np.ndarray, p0: np.ndarray, repeats: int, **kw: object
+) -> tuple[float, float, np.ndarray]:
+    """(patients per CPU-second, per wall-second, outcome classes); best of ``repeats``."""
+    params = patient_parameters(kpg.size, k_pg=kpg)
+    y0 = initial_state(p0, params)
+    cpu = wall = np.inf
+    outcome = np.empty(0, dtype=np.int64)
+    for _ in range(repeats):
+        c0, w0 = time.process_time(), time.perf_counter()
+        traj = engine(y0, params, t_end=DAY28_H, dt=DEFAULT_DT, record_every=DAY28_H, **kw)
+        cpu = min(cpu, time.process_time() - c0)
+        wall = min(wall, time.perf_counter() - w0)
+        outcome = traj.outcome
+    return kpg.size / cpu, kpg.size / wall, outcome
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller batches (under a minute)")
+    args = parser.parse_args()
+    n_batch = 8_000 if args.quick else 40_000
+    n_ref = 40 if args.quick else 200
+    repeats = 1 if args.quick else 2
+    kpg, p0 = _patients(n_batch, seed=2026)
+
+    # warm-up (imports, allocator, JAX compilation) on a few patients, not timed
+    _rate(integrate, kpg[:64], p0[:64], 1)
+    solve_ivp_final(ReynoldsParameters(k_pg=0.5), 1.0, t_end=24.0)
+    jax_ok = importlib.util.find_spec("jax") is not None
+    if jax_ok:
+        from immunostrat.simulation.jax_backend import integrate_jax
+
+        _rate(integrate_jax, kpg[:1024], p0[:1024], 1, chunk_size=1024)  # compiles the chunk shape
+
+    cpu_full, wall_full, out_full = _rate(integrate, kpg, p0, repeats, drop_healed=False)
+    cpu_fast, wall_fast, out_fast = _rate(integrate, kpg, p0, repeats, drop_healed=True)
+    if not np.array_equal(out_full, out_fast):
+        raise SystemExit("freezing healed patients changed an outcome class")
+    rates = {"numpy": cpu_full}
+    if jax_ok:
+        cpu_jax, wall_jax, out_jax = _rate(integrate_jax, kpg, p0, repeats, chunk_size=1024)
+        if not np.array_equal(out_jax, out_full):
+            raise SystemExit("JAX and numpy outcome classes differ")
+        rates["jax"] = cpu_jax
+
+    c0, w0 = time.process_time(), time.perf_counter()
+    ref = np.stack(
+        [
+            solve_ivp_final(ReynoldsParameters(k_pg=float(k)), float(p), t_end=DAY28_H)
+            for k, p in zip(kpg[:n_ref], p0[:n_ref], strict=True)
+        ]
+    )
+    rate_ref = n_ref / (time.process_time() - c0)
+    wall_ref = n_ref / (time.perf_counter() - w0)
+    mismatches = int(np.sum(classify(ref) != out_full[:n_ref]))
+    if mismatches:
+        raise SystemExit(f"{mismatches} of {n_ref} outcome classes differ between RK4 and solve_ivp")
+    counts = {OUTCOME_NAMES[c]: int(np.sum(out_full == c)) for c in np.unique(out_full)}
+
+    iirabm = tuple(1.0 / s for s in IIRABM_CORE_SECONDS)  # patients per core-second
+    print(f"patients: {n_batch} (k_pg U(0.2,1.0), P0 U(0.1,3.0)), 28-day course, classes {counts}")
+    print("engine                                        patients/CPU-s   patients/wall-s   x solve_ivp")
+    rows = [
+        ("numpy RK4 dt 0.5 h, full integration", cpu_full, wall_full),
+        ("numpy RK4 dt 0.5 h, healed frozen", cpu_fast, wall_fast),
+    ]
+    if jax_ok:
+        rows.append(("JAX RK4 dt 0.5 h (CPU, float64)", cpu_jax, wall_jax))
+    rows.append((f"scipy solve_ivp LSODA 1e-8, 1 at a time ({n_ref})", rate_ref, wall_ref))
+    for name, cpu, wall in rows:
+        print(f"{name:46s} {cpu:14.1f} {wall:17.1f} {cpu / rate_ref:12.1f}")
+    print(
+        f"IIRABM published cost 7-9 core-s per 28-day patient: "
+        f"{iirabm[1]:.3f}-{iirabm[0]:.3f} patients/core-s"
+    )
+    for name in ("dask", "ray"):
+        if importlib.util.find_spec(name) is None:
+            print(f"{name}: not installed, skipped")
+        elif name == "dask":
+            print("dask: installed; it fans out population batches (simulation.sweep), not timed here")
+    best = max(rates, key=lambda k: rates[k])
+    ratio = rates[best] / rate_ref
+    jax_txt = (
+        f"JAX {rates['jax']:.0f}/s = {rates['jax'] / rate_ref:.0f}x; " if jax_ok else "JAX not installed; "
+    )
+    print(
+        f"benchmark simulate: {ratio:.0f}x solve_ivp ({best} RK4 {rates[best]:.0f} patients per CPU-s vs "
+        f"solve_ivp LSODA {rate_ref:.1f}; numpy {cpu_full:.0f}/s = {cpu_full / rate_ref:.0f}x, healed frozen "
+        f"{cpu_fast:.0f}/s; {jax_txt}{n_batch} patients, 28 days, dt {DEFAULT_DT} h, {n_ref} cross-checked, "
+        f"0 class mismatches; "
+        f"IIRABM {rates[best] / iirabm[0]:,.0f}-{rates[best] / iirabm[1]:,.0f}x per core; "
+        f"{os.cpu_count()} CPUs)"
+    )
+
+
+if __name__ == "__main__":
+    main()

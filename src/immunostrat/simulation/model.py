@@ -1,0 +1,562 @@
+"""The Reynolds 2006 reduced model of the acute inflammatory response and its batch RK4 integrator.
+
+Source: Reynolds A, Rubin J, Clermont G, Day J, Vodovotz Y, Ermentrout GB. A reduced mathematical model
+of the acute inflammatory response: I. Derivation of model and analysis of anti-inflammation.
+J Theor Biol 2006;242:220-236 (PMID 16584750; BioModels BIOMD0000000714). Equations, parameter values and
+initial conditions exactly as restated in ``shared/specs/insilico.md`` section 1.1; time is in hours.
+
+State ``y`` has shape ``(n_patients, 4)`` with columns ``P, N*, D, CA`` (pathogen, activated phagocytes,
+tissue damage, slow anti-inflammatory mediators). Every parameter may differ per patient: the integrator
+takes one array of shape ``(n_patients,)`` per parameter (:class:`PatientParameters`) and advances the whole
+batch together with a fixed-step classical RK4 (insilico.md section 5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+#: Column order of the state arrays.
+STATE_NAMES: tuple[str, ...] = ("P", "N_star", "D", "CA")
+
+#: Step size in hours. insilico.md section 5 measured 0 outcome-class mismatches against a dt = 0.05 h
+#: reference on 20,000 patients at dt = 0.5 h (and 1 flip at dt = 1.0 h); ``tests/simulation/test_model.py``
+#: re-checks the choice against a tight scipy ``solve_ivp`` (LSODA, rtol 1e-10) reference.
+DEFAULT_DT = 0.5
+
+#: Horizon of the published outcome classes: 720 h = 30 days (insilico.md section 7).
+OUTCOME_HORIZON_H = 720.0
+
+#: 28 days in hours: the mortality horizon of PROVIDE and ImmunoSep (domain.md A1/A2).
+DAY28_H = 28 * 24.0
+
+# Outcome classes (insilico.md section 1.1 "Known outcomes" and reynolds_check.classify).
+HEALTH = 0
+ASEPTIC_DEATH = 1
+SEPTIC_DEATH = 2
+PERSISTENT_INFECTION = 3
+OUTCOME_NAMES: tuple[str, ...] = ("health", "aseptic death", "septic death", "persistent infection")
+
+
+@dataclass(frozen=True)
+class ReynoldsParameters:
+    """Reynolds 2006 Table 1, as encoded in BIOMD0000000714 and Kitware Pulse ``ImmuneModel.cpp``.
+
+    All values and units are those of insilico.md section 1.1 (values [code], triple-checked; units
+    [memory]). Time unit: hours.
+    """
+
+    k_pg: float = 0.3  # /h pathogen growth rate; 0.3 is the BioModels default, the main "virulence" knob
+    p_inf: float = 20.0  # 10^6 cells/cc, pathogen carrying capacity
+    k_pm: float = 0.6  # /M-units/h, killing of P by the non-specific local response
+    k_mp: float = 0.01  # /P-units/h, exhaustion of the local response by P
+    s_m: float = 0.005  # M-units/h, source of the local response
+    mu_m: float = 0.002  # /h, decay of the local response
+    k_pn: float = 1.8  # /N*-units/h, killing of P by activated phagocytes
+    k_np: float = 0.1  # /P-units/h, activation of resting phagocytes by P
+    k_nn: float = 0.01  # /N*-units/h, activation by activated phagocytes (cytokine feedback)
+    k_nd: float = 0.02  # /D-units/h, activation by tissue damage (DAMP feedback)
+    s_nr: float = 0.08  # N_R-units/h, source of resting phagocytes
+    mu_nr: float = 0.12  # /h, decay of resting phagocytes
+    mu_n: float = 0.05  # /h, decay of activated phagocytes
+    k_dn: float = 0.35  # D-units/h, maximum rate of damage production by N*
+    x_dn: float = 0.06  # N*-units, N* giving half-maximal damage (Hill exponent 6)
+    mu_d: float = 0.02  # /h, damage repair rate
+    c_inf: float = 0.28  # CA-units, strength of CA inhibition
+    s_c: float = 0.0125  # CA-units/h, CA source
+    k_cn: float = 0.04  # CA-units/h, maximum CA production driven by N*/D
+    k_cnd: float = 48.0  # N*-units/D-units, weight of damage relative to N* in driving CA
+    mu_c: float = 0.1  # /h, CA decay
+
+    @property
+    def ca_baseline(self) -> float:
+        """Healthy CA level s_c/mu_c (= 0.125 with Table 1 values), the CA initial condition."""
+        return self.s_c / self.mu_c
+
+
+#: The published parameter set.
+REYNOLDS_2006 = ReynoldsParameters()
+
+PARAMETER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(ReynoldsParameters))
+
+
+@dataclass(frozen=True)
+class PatientParameters:
+    """One float64 array of shape ``(n_patients,)`` per Reynolds parameter (same names and units)."""
+
+    k_pg: FloatArray
+    p_inf: FloatArray
+    k_pm: FloatArray
+    k_mp: FloatArray
+    s_m: FloatArray
+    mu_m: FloatArray
+    k_pn: FloatArray
+    k_np: FloatArray
+    k_nn: FloatArray
+    k_nd: FloatArray
+    s_nr: FloatArray
+    mu_nr: FloatArray
+    mu_n: FloatArray
+    k_dn: FloatArray
+    x_dn: FloatArray
+    mu_d: FloatArray
+    c_inf: FloatArray
+    s_c: FloatArray
+    k_cn: FloatArray
+    k_cnd: FloatArray
+    mu_c: FloatArray
+
+    @property
+    def size(self) -> int:
+        return int(self.k_pg.shape[0])
+
+    def take(self, index: IntArray | BoolArray) -> PatientParameters:
+        """The parameters of a subset of patients (fancy or boolean index)."""
+        return PatientParameters(**{name: getattr(self, name)[index] for name in PARAMETER_NAMES})
+
+    def patient(self, i: int) -> ReynoldsParameters:
+        """Patient ``i``'s parameters as a scalar :class:`ReynoldsParameters`."""
+        return ReynoldsParameters(**{name: float(getattr(self, name)[i]) for name in PARAMETER_NAMES})
+
+    def with_values(self, **values: FloatArray) -> PatientParameters:
+        return replace(self, **{k: np.asarray(v, dtype=np.float64) for k, v in values.items()})
+
+
+def patient_parameters(
+    n: int, base: ReynoldsParameters = REYNOLDS_2006, **overrides: float | npt.ArrayLike
+) -> PatientParameters:
+    """Broadcast ``base`` to ``n`` patients; ``overrides`` give per-patient values (scalar or ``(n,)``)."""
+    unknown = set(overrides) - set(PARAMETER_NAMES)
+    if unknown:
+        raise ValueError(f"unknown Reynolds parameter(s): {sorted(unknown)}")
+    arrays: dict[str, FloatArray] = {}
+    for name in PARAMETER_NAMES:
+        value = overrides.get(name, getattr(base, name))
+        arr = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)).copy()
+        arrays[name] = arr
+    return PatientParameters(**arrays)
+
+
+def initial_state(p0: npt.ArrayLike, params: PatientParameters) -> FloatArray:
+    """Initial conditions of insilico.md 1.1: P(0) = inoculum, N*(0) = D(0) = 0, CA(0) = s_c/mu_c."""
+    n = params.size
+    y0 = np.zeros((n, 4))
+    y0[:, 0] = np.broadcast_to(np.asarray(p0, dtype=np.float64), (n,))
+    y0[:, 3] = params.s_c / params.mu_c
+    return y0
+
+
+@dataclass(frozen=True)
+class Effects:
+    """Therapy hooks at one time point (insilico.md section 4.1); each a scalar or an ``(n,)`` array.
+
+    ``il1``: fractional block of the N*->N* and D->N* activation terms (k_nn, k_nd times 1 - il1).
+    ``kpn_gain``: phagocytic killing k_pn times (1 + kpn_gain).
+    ``cinf_gain``: C_inf times (1 + cinf_gain): weaker CA deactivation of the pro-inflammatory drive.
+    ``ca_source``: exogenous CA-units/h added to dCA/dt.
+    ``kill``: extra first-order pathogen kill rate (/h) added to dP/dt.
+    """
+
+    il1: FloatArray | float = 0.0
+    kpn_gain: FloatArray | float = 0.0
+    cinf_gain: FloatArray | float = 0.0
+    ca_source: FloatArray | float = 0.0
+    kill: FloatArray | float = 0.0
+
+
+class EffectSchedule(Protocol):
+    """Per-patient therapy effects over time (implemented by :class:`therapies.Schedule`)."""
+
+    def effects_at(self, t: float) -> Effects | None:
+        """Effects acting at time ``t`` (hours), or None when no therapy acts on anyone."""
+        ...
+
+    def active_after(self, t: float) -> bool:
+        """Whether any effect acts on any patient at or after ``t``."""
+        ...
+
+    def take(self, index: IntArray | BoolArray) -> EffectSchedule:
+        """The schedule of a subset of the patients."""
+        ...
+
+
+class Observer(Protocol):
+    """Auxiliary read-outs integrated along the model without feeding back (e.g. biomarker filters).
+
+    ``initial`` returns the auxiliary state ``(n, n_aux)`` from the initial model state ``(n, 4)``;
+    ``update`` advances it over one step of length ``dt`` ending in model state ``y`` (columns P, N*, D, CA).
+    """
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    def initial(self, y: FloatArray, params: PatientParameters) -> FloatArray: ...
+
+    def update(
+        self, aux: FloatArray, y: FloatArray, dt: float, params: PatientParameters, effects: Effects | None
+    ) -> FloatArray: ...
+
+
+def rhs(t: float, y: npt.ArrayLike, params: ReynoldsParameters = REYNOLDS_2006) -> FloatArray:
+    """dy/dt of one patient (``y`` = [P, N*, D, CA]) for ``solve_ivp``: the equations of insilico.md 1.1."""
+    p = params
+    P, N, D, C = (float(v) for v in np.asarray(y, dtype=np.float64))
+    inhib = 1.0 + (C / p.c_inf) ** 2  # f(V) = V / (1 + (CA/C_inf)^2)
+    f_n = N / inhib
+    r = (p.k_nn * N + p.k_np * P + p.k_nd * D) / inhib
+    d_p = p.k_pg * P * (1.0 - P / p.p_inf) - p.k_pm * p.s_m * P / (p.mu_m + p.k_mp * P) - p.k_pn * f_n * P
+    d_n = p.s_nr * r / (p.mu_nr + r) - p.mu_n * N
+    d_d = p.k_dn * f_n**6 / (p.x_dn**6 + f_n**6) - p.mu_d * D
+    f_c = (N + p.k_cnd * D) / inhib
+    d_c = p.s_c + p.k_cn * f_c / (1.0 + f_c) - p.mu_c * C
+    return np.array([d_p, d_n, d_d, d_c])
+
+
+class _Rhs:
+    """The batch right-hand side with per-patient constants folded once (the hot loop of the integrator)."""
+
+    def __init__(self, p: PatientParameters) -> None:
+        self.p = p
+        self.k_pg = p.k_pg
+        self.k_pg_over_pinf = p.k_pg / p.p_inf
+        self.kill_m = p.k_pm * p.s_m  # numerator of the local-response kill term
+        self.mu_m = p.mu_m
+        self.k_mp = p.k_mp
+        self.k_np = p.k_np
+        self.s_nr = p.s_nr
+        self.mu_nr = p.mu_nr
+        self.mu_n = p.mu_n
+        self.k_dn = p.k_dn
+        self.x_dn6 = p.x_dn**6
+        self.mu_d = p.mu_d
+        self.s_c = p.s_c
+        self.k_cn = p.k_cn
+        self.k_cnd = p.k_cnd
+        self.mu_c = p.mu_c
+        self.set_effects(None)
+
+    def set_effects(self, e: Effects | None) -> None:
+        p = self.p
+        if e is None:
+            self.k_nn = p.k_nn
+            self.k_nd = p.k_nd
+            self.k_pn = p.k_pn
+            self.inv_cinf2 = 1.0 / (p.c_inf * p.c_inf)
+            self.extra_c: FloatArray | float = 0.0
+            self.extra_kill: FloatArray | float = 0.0
+            return
+        self.k_nn = p.k_nn * (1.0 - np.asarray(e.il1))
+        self.k_nd = p.k_nd * (1.0 - np.asarray(e.il1))
+        self.k_pn = p.k_pn * (1.0 + np.asarray(e.kpn_gain))
+        cinf = p.c_inf * (1.0 + np.asarray(e.cinf_gain))
+        self.inv_cinf2 = 1.0 / (cinf * cinf)
+        self.extra_c = np.asarray(e.ca_source, dtype=np.float64)
+        self.extra_kill = np.asarray(e.kill, dtype=np.float64)
+
+    def __call__(
+        self, P: FloatArray, N: FloatArray, D: FloatArray, C: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        inhib = 1.0 + C * C * self.inv_cinf2
+        inv = 1.0 / inhib
+        f_n = N * inv
+        r = (self.k_nn * N + self.k_np * P + self.k_nd * D) * inv
+        d_p = P * (
+            self.k_pg
+            - self.k_pg_over_pinf * P
+            - self.kill_m / (self.mu_m + self.k_mp * P)
+            - self.k_pn * f_n
+            - self.extra_kill
+        )
+        d_n = self.s_nr * r / (self.mu_nr + r) - self.mu_n * N
+        f2 = f_n * f_n
+        f6 = f2 * f2 * f2
+        d_d = self.k_dn * f6 / (self.x_dn6 + f6) - self.mu_d * D
+        f_c = (N + self.k_cnd * D) * inv
+        d_c = self.s_c + self.k_cn * f_c / (1.0 + f_c) - self.mu_c * C + self.extra_c
+        return d_p, d_n, d_d, d_c
+
+
+@dataclass(frozen=True)
+class DeathRule:
+    """Death = damage D at or above ``d_crit`` for at least ``hold_h`` hours (insilico.md section 3 proposal,
+    after Barber 2021's damage-threshold death time); D_crit = 10 lies far from both D = 0 and D = 17.4."""
+
+    d_crit: float = 10.0
+    hold_h: float = 6.0
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """What one batch integration returns.
+
+    ``times``: record times in hours ``(k,)``; ``states``: ``(n, k, 4)``; ``aux``: observer states
+    ``(n, k, n_aux)`` (``n_aux`` = 0 without observer); ``final``: state at ``t_end`` ``(n, 4)``;
+    ``death_time``: hours at which the death rule was first met (NaN when never); ``outcome``: class code
+    of the final state (:func:`classify`).
+    """
+
+    times: FloatArray
+    states: FloatArray
+    aux: FloatArray
+    aux_names: tuple[str, ...]
+    final: FloatArray
+    death_time: FloatArray
+    outcome: IntArray
+    t_end: float
+    dt: float
+
+    @property
+    def size(self) -> int:
+        return int(self.final.shape[0])
+
+    def died_by(self, hours: float) -> BoolArray:
+        """Whether the death rule was met at or before ``hours``."""
+        return np.asarray(np.nan_to_num(self.death_time, nan=np.inf) <= hours)
+
+
+def classify(y: npt.ArrayLike, p_tol: float = 1e-3, d_death: float = 5.0) -> IntArray:
+    """Outcome class of end states ``(n, 4)`` as in insilico.md / reynolds_check.py.
+
+    Health: P <= p_tol and D <= d_death; aseptic death: P cleared but D high; septic death: P persists with
+    high D; persistent infection: P persists with low D. The thresholds sit far from all attractors
+    (P ~ 0 vs >= 4.9, D ~ 0 vs ~ 17.4), so the classes do not depend on their exact values.
+    """
+    arr = np.atleast_2d(np.asarray(y, dtype=np.float64))
+    infected = arr[:, 0] > p_tol
+    damaged = arr[:, 2] > d_death
+    out = np.where(
+        infected,
+        np.where(damaged, SEPTIC_DEATH, PERSISTENT_INFECTION),
+        np.where(damaged, ASEPTIC_DEATH, HEALTH),
+    )
+    return out.astype(np.int64)
+
+
+def outcome_names(codes: npt.ArrayLike) -> list[str]:
+    return [OUTCOME_NAMES[int(c)] for c in np.asarray(codes).ravel()]
+
+
+def _healed(P: FloatArray, N: FloatArray, D: FloatArray, C: FloatArray, p: PatientParameters) -> BoolArray:
+    """Patients certainly at the health attractor: P, N*, D and CA - s_c/mu_c negligible and the health state
+    linearly stable (k_pg < k_pm s_m / mu_m, insilico.md 1.1; kept 10% inside that bound). From there the
+    untreated state only relaxes towards (0, 0, 0, s_c/mu_c)."""
+    stable = p.k_pg < 0.9 * p.k_pm * p.s_m / p.mu_m
+    near = (P < 1e-9) & (N < 1e-4) & (D < 1e-3) & (np.abs(C - p.s_c / p.mu_c) < 5e-4)
+    return np.asarray(near & stable)
+
+
+def integrate(
+    y0: npt.ArrayLike,
+    params: PatientParameters,
+    *,
+    t_end: float = OUTCOME_HORIZON_H,
+    dt: float = DEFAULT_DT,
+    schedule: EffectSchedule | None = None,
+    record_every: float = 24.0,
+    observer: Observer | None = None,
+    death_rule: DeathRule = DeathRule(),
+    drop_healed: bool = True,
+    drop_dead: bool = False,
+    chunk_size: int = 4096,
+    progress: Callable[[int, int], None] | None = None,
+) -> Trajectory:
+    """Integrate all patients of a batch together with fixed-step classical RK4.
+
+    ``y0`` is ``(n, 4)``. Effects are evaluated once per step at its midpoint (constant within a step), so
+    therapy windows act on whole steps: put their edges on the ``dt`` grid. Small negative P and N* from
+    round-off are clipped to 0 after each step (insilico.md section 5). ``record_every`` (hours, a multiple
+    of ``dt``) sets the sampling of ``states``/``aux``, starting at t = 0. Patients are processed in chunks
+    of ``chunk_size`` so that the working arrays stay in cache.
+
+    ``drop_healed``: at each record time, patients at the health attractor (:func:`_healed`) on whom no
+    therapy acts any more are frozen: later records repeat their state (each state within 1e-3 of the
+    attractor, so no class or observable band can change). ``drop_dead``: patients who met the death rule
+    are frozen the same way at the next record (for 28-day trials, where nothing after death is used; the
+    outcome class then describes the state at death). Pass both False for a full integration.
+    ``progress(done, total)`` is called after each chunk with patient counts.
+    """
+    y = np.array(y0, dtype=np.float64, copy=True)
+    if y.ndim != 2 or y.shape[1] != 4:
+        raise ValueError(f"y0 must have shape (n_patients, 4), got {y.shape}")
+    n = y.shape[0]
+    if params.size != n:
+        raise ValueError(f"params are for {params.size} patients, y0 for {n}")
+    n_steps = round(t_end / dt)
+    if n_steps < 1 or not math.isclose(n_steps * dt, t_end):
+        raise ValueError(f"t_end={t_end} is not a positive multiple of dt={dt}")
+    rec_stride = round(record_every / dt)
+    if rec_stride < 1 or not math.isclose(rec_stride * dt, record_every):
+        raise ValueError(f"record_every={record_every} must be a positive multiple of dt={dt}")
+    n_rec = n_steps // rec_stride + 1
+    aux_names = observer.names if observer is not None else ()
+    states = np.empty((n, n_rec, 4))
+    aux_all = np.empty((n, n_rec, len(aux_names)))
+    final = np.empty((n, 4))
+    death_time = np.full(n, np.nan)
+    size = max(1, chunk_size)
+    for start in range(0, n, size):
+        sel = np.arange(start, min(n, start + size))
+        _integrate_chunk(
+            y[sel],
+            params.take(sel),
+            schedule.take(sel) if schedule is not None else None,
+            observer,
+            death_rule,
+            n_steps=n_steps,
+            dt=dt,
+            rec_stride=rec_stride,
+            drop_healed=drop_healed,
+            drop_dead=drop_dead,
+            out_states=states,
+            out_aux=aux_all,
+            out_final=final,
+            out_death=death_time,
+            offset=start,
+        )
+        if progress is not None:
+            progress(int(sel[-1]) + 1, n)
+    return Trajectory(
+        times=np.arange(n_rec, dtype=np.float64) * (rec_stride * dt),
+        states=states,
+        aux=aux_all,
+        aux_names=aux_names,
+        final=final,
+        death_time=death_time,
+        outcome=classify(final),
+        t_end=n_steps * dt,
+        dt=dt,
+    )
+
+
+def _integrate_chunk(
+    y: FloatArray,
+    p: PatientParameters,
+    schedule: EffectSchedule | None,
+    observer: Observer | None,
+    death_rule: DeathRule,
+    *,
+    n_steps: int,
+    dt: float,
+    rec_stride: int,
+    drop_healed: bool,
+    drop_dead: bool,
+    out_states: FloatArray,
+    out_aux: FloatArray,
+    out_final: FloatArray,
+    out_death: FloatArray,
+    offset: int,
+) -> None:
+    m = y.shape[0]
+    n_rec = out_states.shape[1]
+    idx = np.arange(m) + offset  # global rows of the active patients
+    P, N, D, C = (np.ascontiguousarray(y[:, j]) for j in range(4))
+    aux = observer.initial(y, p) if observer is not None else np.empty((m, 0))
+    above_since = np.full(m, np.inf)
+    dead = np.zeros(m, dtype=np.bool_)
+    f = _Rhs(p)
+    out_states[idx, 0, :] = y
+    out_aux[idx, 0, :] = aux
+    half = 0.5 * dt
+    sixth = dt / 6.0
+    d_crit = death_rule.d_crit
+    hold = death_rule.hold_h - 1e-9
+    rec = 1
+    for step in range(1, n_steps + 1):
+        t0 = (step - 1) * dt
+        effects = schedule.effects_at(t0 + half) if schedule is not None else None
+        f.set_effects(effects)
+        k1p, k1n, k1d, k1c = f(P, N, D, C)
+        k2p, k2n, k2d, k2c = f(P + half * k1p, N + half * k1n, D + half * k1d, C + half * k1c)
+        k3p, k3n, k3d, k3c = f(P + half * k2p, N + half * k2n, D + half * k2d, C + half * k2c)
+        k4p, k4n, k4d, k4c = f(P + dt * k3p, N + dt * k3n, D + dt * k3d, C + dt * k3c)
+        P = P + sixth * (k1p + 2.0 * (k2p + k3p) + k4p)
+        N = N + sixth * (k1n + 2.0 * (k2n + k3n) + k4n)
+        D = D + sixth * (k1d + 2.0 * (k2d + k3d) + k4d)
+        C = C + sixth * (k1c + 2.0 * (k2c + k3c) + k4c)
+        np.maximum(P, 0.0, out=P)
+        np.maximum(N, 0.0, out=N)
+        t = step * dt
+        # Death rule: D >= d_crit held for hold_h hours.
+        above_since = np.where(d_crit <= D, np.minimum(above_since, t), np.inf)
+        newly = (t - above_since >= hold) & ~dead
+        if newly.any():
+            dead |= newly
+            out_death[idx[newly]] = t
+        if observer is not None:
+            aux = observer.update(aux, np.stack([P, N, D, C], axis=1), dt, p, effects)
+        if step % rec_stride == 0:
+            out_states[idx, rec, 0] = P
+            out_states[idx, rec, 1] = N
+            out_states[idx, rec, 2] = D
+            out_states[idx, rec, 3] = C
+            out_aux[idx, rec, :] = aux
+            if (drop_healed or drop_dead) and rec < n_rec - 1:
+                done = np.zeros(P.shape, dtype=np.bool_)
+                if drop_healed and (schedule is None or not schedule.active_after(t)):
+                    done |= _healed(P, N, D, C, p)
+                if drop_dead:
+                    done |= dead
+                if done.any():
+                    rows = idx[done]
+                    out_states[rows, rec + 1 :, :] = out_states[rows, rec : rec + 1, :]
+                    out_aux[rows, rec + 1 :, :] = out_aux[rows, rec : rec + 1, :]
+                    out_final[rows] = out_states[rows, rec, :]
+                    keep = ~done
+                    idx = idx[keep]
+                    P, N, D, C = P[keep], N[keep], D[keep], C[keep]
+                    aux = aux[keep]
+                    above_since = above_since[keep]
+                    dead = dead[keep]
+                    p = p.take(keep)
+                    f = _Rhs(p)
+                    if schedule is not None:
+                        schedule = schedule.take(keep)
+            rec += 1
+        if P.shape[0] == 0:
+            return
+    out_final[idx] = np.stack([P, N, D, C], axis=1)
+
+
+def simulate_outcomes(
+    k_pg: npt.ArrayLike,
+    p0: npt.ArrayLike,
+    *,
+    t_end: float = OUTCOME_HORIZON_H,
+    dt: float = DEFAULT_DT,
+    base: ReynoldsParameters = REYNOLDS_2006,
+    schedule: EffectSchedule | None = None,
+) -> Trajectory:
+    """Convenience: published parameters except per-patient ``k_pg`` and ``p0`` (broadcast together)."""
+    kk, pp = np.broadcast_arrays(np.atleast_1d(np.asarray(k_pg, float)), np.atleast_1d(np.asarray(p0, float)))
+    params = patient_parameters(kk.size, base, k_pg=kk)
+    return integrate(
+        initial_state(pp, params), params, t_end=t_end, dt=dt, schedule=schedule, record_every=t_end
+    )
+
+
+def solve_ivp_final(
+    params: ReynoldsParameters,
+    p0: float,
+    *,
+    t_end: float = OUTCOME_HORIZON_H,
+    method: str = "LSODA",
+    rtol: float = 1e-8,
+    atol: float = 1e-10,
+) -> FloatArray:
+    """Reference: one patient with scipy ``solve_ivp`` (no therapy); returns the state at ``t_end``."""
+    from scipy.integrate import solve_ivp
+
+    y0 = [p0, 0.0, 0.0, params.ca_baseline]
+    sol = solve_ivp(lambda t, y: rhs(t, y, params), (0.0, t_end), y0, method=method, rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"solve_ivp failed: {sol.message}")
+    return np.asarray(sol.y[:, -1], dtype=np.float64)

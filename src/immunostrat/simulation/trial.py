@@ -1,0 +1,412 @@
+"""In-silico trials: designs, potential outcomes of every virtual patient, N trials of n patients.
+
+Each virtual patient is deterministic, so its outcome under every therapy (its potential outcomes) is
+simulated once; a trial then draws patients from the virtual population, measures the biomarkers with assay
+noise, classifies, randomizes 1:1 in permuted blocks within stratum and reads each patient's outcome under
+the allocated arm. Power is the share of trials with a two-sided Fisher exact P < alpha in the direction of
+benefit (ImmunoSep's primary analysis, domain.md A1); the type I error is the share of trials with P < alpha
+when the treatment arm gets placebo outcomes (the null is true by construction).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .model import DAY28_H, BoolArray, FloatArray, IntArray, initial_state, integrate
+from .observables import BiomarkerObserver, daily_observables
+from .population import (
+    ENDOTYPE_NAMES,
+    IMMUNOPARALYSIS,
+    INTERMEDIATE,
+    MALS,
+    VirtualPopulation,
+    background_schedule,
+    generate_population,
+    protocol_therapies,
+    stratify,
+)
+from .therapies import Schedule, Therapy, combine, get_therapy
+
+#: Endpoints: name -> True when a higher rate is better.
+ENDPOINTS: dict[str, bool] = {
+    # ImmunoSep primary: day-1 SOFA minus mean SOFA of days 2-9 >= 1.4, death scores 24 (domain.md A1).
+    "sofa_response": True,
+    # PROVIDE primary / ImmunoSep secondary: 28-day mortality (domain.md A1/A2).
+    "mortality_28d": False,
+    # ImmunoSep secondary: infection resolution at day 15 (alive with the pathogen cleared here).
+    "infection_resolved_d15": True,
+}
+
+#: ImmunoSep primary endpoint threshold (domain.md A1).
+SOFA_RESPONSE_POINTS = 1.4
+#: Assay noise: log-normal CV of 15% for ferritin and mHLA-DR (insilico.md 3: CV about 10-20% [design]).
+ASSAY_CV = 0.15
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Per-patient endpoints under one therapy: boolean arrays of shape (n,), keyed like ENDPOINTS."""
+
+    therapy: str
+    values: Mapping[str, BoolArray]
+
+
+def endpoints_from_simulation(
+    vpop: VirtualPopulation, therapy: str | Therapy, *, chunk_size: int = 4096
+) -> Outcomes:
+    """Simulate every patient of ``vpop`` under ``therapy`` started at enrolment and score the endpoints."""
+    th = get_therapy(therapy)
+    c = vpop.cohort
+    start = 24.0 * vpop.enrolment_day
+    schedule = combine(Schedule.build(th, start, c.size), background_schedule(vpop.background, c.size))
+    traj = integrate(
+        initial_state(c.p0, c.params),
+        c.params,
+        t_end=DAY28_H,
+        record_every=24.0,
+        schedule=schedule,
+        observer=BiomarkerObserver(vpop.calibration),
+        drop_dead=True,
+        chunk_size=chunk_size,
+    )
+    obs = daily_observables(traj, c.traits, vpop.calibration)
+    d = vpop.enrolment_day
+    sofa = np.where(obs.alive, obs.sofa, 24).astype(np.float64)  # death scores 24 (domain.md A1)
+    later = sofa[:, d + 1 : d + 9].mean(axis=1)  # the 8 days after the baseline day
+    response = (sofa[:, d] - later) >= SOFA_RESPONSE_POINTS
+    died = traj.died_by(DAY28_H)
+    resolved15 = obs.infection_resolved[:, 15] & obs.alive[:, 15]
+    return Outcomes(
+        th.id, {"sofa_response": response, "mortality_28d": died, "infection_resolved_d15": resolved15}
+    )
+
+
+@dataclass(frozen=True)
+class TrialDesign:
+    """A two-arm trial design: placebo versus ``therapy`` (all-comers) or a therapy per endotype.
+
+    ``eligible``: endotypes enrolled (by measured biomarkers). ``therapy_by_endotype`` overrides
+    ``therapy`` for the listed endotypes (biomarker-guided).
+    """
+
+    id: str
+    name: str
+    therapy: str | Therapy | None = None
+    therapy_by_endotype: Mapping[int, str | Therapy] = field(default_factory=dict)
+    eligible: tuple[int, ...] = (MALS, IMMUNOPARALYSIS, INTERMEDIATE)
+    primary_endpoint: str = "sofa_response"
+    alpha: float = 0.05
+    block_size: int = 4
+
+    def therapy_for(self, endotype: int) -> str | Therapy:
+        if endotype in self.therapy_by_endotype:
+            return self.therapy_by_endotype[endotype]
+        if self.therapy is None:
+            raise ValueError(f"design {self.id} has no therapy for endotype {ENDOTYPE_NAMES[endotype]}")
+        return self.therapy
+
+    @property
+    def therapies(self) -> tuple[str | Therapy, ...]:
+        return tuple(dict.fromkeys(self.therapy_for(e) for e in self.eligible))
+
+
+DESIGNS: dict[str, TrialDesign] = {
+    d.id: d
+    for d in (
+        TrialDesign(
+            "all-comers-anti-inflammatory",
+            "All-comers anti-inflammatory: MSC secretome for every patient",
+            therapy="msc_secretome",
+        ),
+        TrialDesign("all-comers-msc", "All-comers mesenchymal stromal cells", therapy="msc"),
+        TrialDesign(
+            "all-comers-immunostimulation",
+            "All-comers immunostimulation: interferon-gamma for every patient",
+            therapy="interferon_gamma",
+        ),
+        TrialDesign(
+            "immunosep",
+            "Biomarker-guided (ImmunoSep): anakinra for MALS, interferon-gamma for immunoparalysis",
+            therapy_by_endotype=protocol_therapies(),
+            eligible=(MALS, IMMUNOPARALYSIS),
+        ),
+    )
+}
+
+
+def get_design(design: str | TrialDesign) -> TrialDesign:
+    if isinstance(design, TrialDesign):
+        return design
+    if design not in DESIGNS:
+        raise ValueError(f"unknown design {design!r}; expected one of {', '.join(DESIGNS)}")
+    return DESIGNS[design]
+
+
+class OutcomeTable:
+    """Potential outcomes of a virtual population under each therapy, simulated on first use."""
+
+    def __init__(self, vpop: VirtualPopulation) -> None:
+        self.vpop = vpop
+        self._cache: dict[str, Outcomes] = {}
+
+    def get(self, therapy: str | Therapy) -> Outcomes:
+        if isinstance(therapy, Therapy):
+            return self._cache.setdefault(therapy.id, endpoints_from_simulation(self.vpop, therapy))
+        if therapy not in self._cache:
+            self._cache[therapy] = endpoints_from_simulation(self.vpop, therapy)
+        return self._cache[therapy]
+
+
+@dataclass(frozen=True)
+class SubgroupEffect:
+    """Mean over trials of the treatment-minus-placebo rate in one measured endotype, per endpoint, plus the
+    in-silico individual effect in the whole VPop stratum (share rescued and share harmed on mortality)."""
+
+    endotype: str
+    mean_difference: dict[str, float]
+    n_per_trial: float
+    rescued: float
+    harmed: float
+
+    @property
+    def harm(self) -> bool:
+        """Net individual harm on 28-day mortality: more patients of the stratum killed than rescued by the
+        treatment (exact potential outcomes, free of the trials' sampling noise)."""
+        return self.harmed > self.rescued
+
+
+@dataclass(frozen=True)
+class TrialResults:
+    design: TrialDesign
+    n: int
+    trials: int
+    seed: int
+    power: float
+    type1_error: float
+    p_values: FloatArray
+    rates: dict[str, dict[str, float]]  # arm -> endpoint -> mean rate over trials
+    subgroups: dict[str, SubgroupEffect]
+    population_fit: str
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.design.name}: {self.trials} trials of n = {self.n} (seed {self.seed})",
+            f"power {self.power:.3f}, type I error {self.type1_error:.3f} "
+            f"(primary: {self.design.primary_endpoint}, alpha {self.design.alpha})",
+        ]
+        for arm, rates in self.rates.items():
+            lines.append(f"  {arm:10s} " + ", ".join(f"{k} {v:.3f}" for k, v in rates.items()))
+        for name, sg in self.subgroups.items():
+            diffs = ", ".join(f"{k} {v:+.3f}" for k, v in sg.mean_difference.items())
+            lines.append(
+                f"  subgroup {name:16s} n/trial {sg.n_per_trial:6.1f}: {diffs}; rescued {sg.rescued:.3f}, "
+                f"harmed {sg.harmed:.3f}{'  HARM' if sg.harm else ''}"
+            )
+        return "\n".join(lines)
+
+
+def _permuted_blocks(strata: IntArray, block: int, rng: np.random.Generator) -> BoolArray:
+    """1:1 allocation in permuted blocks within each stratum; True = treatment."""
+    treat = np.zeros(strata.size, dtype=np.bool_)
+    half = block // 2
+    for s in np.unique(strata):
+        rows = np.flatnonzero(strata == s)
+        n_blocks = -(-rows.size // block)
+        seq = np.concatenate(
+            [
+                rng.permutation(np.r_[np.ones(half, bool), np.zeros(block - half, bool)])
+                for _ in range(n_blocks)
+            ]
+        )
+        treat[rows] = seq[: rows.size]
+    return treat
+
+
+def _fisher_p(a: int, b: int, c: int, d: int) -> float:
+    from scipy.stats import fisher_exact
+
+    res = fisher_exact([[a, b], [c, d]], alternative="two-sided")
+    return float(res.pvalue)
+
+
+def simulate_trials(
+    design: str | TrialDesign,
+    n: int = 276,
+    trials: int = 1000,
+    seed: int = 0,
+    *,
+    population: VirtualPopulation | None = None,
+    outcomes: OutcomeTable | None = None,
+    population_size: int = 4000,
+    assay_cv: float = ASSAY_CV,
+    progress: Callable[[int, int], None] | None = None,
+) -> TrialResults:
+    """Run ``trials`` in-silico trials of ``n`` patients each (see the module docstring)."""
+    des = get_design(design)
+    if des.primary_endpoint not in ENDPOINTS:
+        raise ValueError(f"unknown endpoint {des.primary_endpoint!r}")
+    if n < 2 or trials < 1:
+        raise ValueError("need n >= 2 and trials >= 1")
+    vpop = population if population is not None else generate_population(population_size, seed)
+    table = outcomes if outcomes is not None else OutcomeTable(vpop)
+    placebo = table.get("placebo")
+    therapy_out = {name: table.get(name) for name in des.therapies}
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 6]))
+    c = vpop.cohort
+    sigma = math.sqrt(math.log1p(assay_cv * assay_cv)) if assay_cv > 0 else 0.0
+
+    endpoint_names = list(ENDPOINTS)
+    primary = des.primary_endpoint
+    higher_better = ENDPOINTS[primary]
+    p_values = np.empty(trials)
+    p_null = np.empty(trials)
+    benefit = np.zeros(trials, dtype=np.bool_)
+    arm_sums = {arm: dict.fromkeys(endpoint_names, 0.0) for arm in ("treatment", "placebo")}
+    sub_sums = {e: dict.fromkeys(endpoint_names, 0.0) for e in range(3)}
+    sub_counts = np.zeros(3)
+    sub_trials = np.zeros(3)
+    for t in range(trials):
+        idx, measured = _enrol(rng, c.ferritin, c.mhla_dr, sigma, des.eligible, n)
+        treat = _permuted_blocks(measured, des.block_size, rng)
+        got: dict[str, BoolArray] = {}
+        for ep in endpoint_names:
+            y_placebo = placebo.values[ep][idx]
+            y_treat = np.empty(n, dtype=np.bool_)
+            for e in np.unique(measured):
+                rows = measured == e
+                y_treat[rows] = therapy_out[des.therapy_for(int(e))].values[ep][idx[rows]]
+            got[ep] = np.where(treat, y_treat, y_placebo)
+            arm_sums["treatment"][ep] += float(got[ep][treat].mean())
+            arm_sums["placebo"][ep] += float(got[ep][~treat].mean())
+            for e in range(3):
+                rows = measured == e
+                if (rows & treat).any() and (rows & ~treat).any():
+                    sub_sums[e][ep] += float(got[ep][rows & treat].mean() - got[ep][rows & ~treat].mean())
+        for e in range(3):
+            rows = measured == e
+            if (rows & treat).any() and (rows & ~treat).any():
+                sub_trials[e] += 1
+            sub_counts[e] += rows.sum()
+        y = got[primary]
+        a, b = int(y[treat].sum()), int((~y[treat]).sum())
+        cc, d = int(y[~treat].sum()), int((~y[~treat]).sum())
+        p_values[t] = _fisher_p(a, b, cc, d)
+        rate_t, rate_p = a / max(a + b, 1), cc / max(cc + d, 1)
+        benefit[t] = rate_t > rate_p if higher_better else rate_t < rate_p
+        y0 = placebo.values[primary][idx]  # null: the treatment arm gets placebo outcomes
+        p_null[t] = _fisher_p(
+            int(y0[treat].sum()), int((~y0[treat]).sum()), int(y0[~treat].sum()), int((~y0[~treat]).sum())
+        )
+        if progress is not None:
+            progress(t + 1, trials)
+    power = float(np.mean((p_values < des.alpha) & benefit))
+    type1 = float(np.mean(p_null < des.alpha))
+    rates = {arm: {ep: v / trials for ep, v in sums.items()} for arm, sums in arm_sums.items()}
+    subgroups: dict[str, SubgroupEffect] = {}
+    for e in range(3):
+        if sub_trials[e] == 0:
+            continue
+        stratum = vpop.endotype == e
+        treated_death = therapy_out[des.therapy_for(e)].values["mortality_28d"] if e in des.eligible else None
+        if treated_death is None:
+            continue
+        base_death = placebo.values["mortality_28d"]
+        rescued = float(np.mean(base_death[stratum] & ~treated_death[stratum])) if stratum.any() else 0.0
+        harmed = float(np.mean(~base_death[stratum] & treated_death[stratum])) if stratum.any() else 0.0
+        subgroups[ENDOTYPE_NAMES[e]] = SubgroupEffect(
+            ENDOTYPE_NAMES[e],
+            {ep: sub_sums[e][ep] / sub_trials[e] for ep in endpoint_names},
+            float(sub_counts[e] / trials),
+            rescued,
+            harmed,
+        )
+    return TrialResults(des, n, trials, seed, power, type1, p_values, rates, subgroups, vpop.fit.table())
+
+
+def _enrol(
+    rng: np.random.Generator,
+    ferritin: FloatArray,
+    mhla_dr: FloatArray,
+    sigma: float,
+    eligible: Sequence[int],
+    n: int,
+) -> tuple[IntArray, IntArray]:
+    """Draw patients (with replacement) until ``n`` are eligible by their noisy measured endotype."""
+    picked: list[IntArray] = []
+    strata: list[IntArray] = []
+    got = 0
+    elig = np.asarray(eligible)
+    while got < n:
+        draw = rng.integers(0, ferritin.size, size=2 * n)
+        fer = ferritin[draw] * np.exp(rng.normal(0.0, sigma, draw.size))
+        hla = mhla_dr[draw] * np.exp(rng.normal(0.0, sigma, draw.size))
+        endo = stratify(fer, hla)
+        ok = np.isin(endo, elig)
+        picked.append(draw[ok])
+        strata.append(endo[ok])
+        got += int(ok.sum())
+    return np.concatenate(picked)[:n], np.concatenate(strata)[:n]
+
+
+def power_curve(
+    designs: Sequence[str | TrialDesign],
+    sizes: Sequence[int],
+    trials: int = 200,
+    seed: int = 0,
+    *,
+    population: VirtualPopulation | None = None,
+    population_size: int = 4000,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, list[float]]:
+    """Power of each design at each trial size, on one shared virtual population and outcome table."""
+    vpop = population if population is not None else generate_population(population_size, seed)
+    table = OutcomeTable(vpop)
+    out: dict[str, list[float]] = {}
+    total = len(designs) * len(sizes)
+    done = 0
+    for d in designs:
+        des = get_design(d)
+        out[des.id] = []
+        for size in sizes:
+            res = simulate_trials(des, size, trials, seed, population=vpop, outcomes=table)
+            out[des.id].append(res.power)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+    return out
+
+
+def potential_outcome_summary(
+    vpop: VirtualPopulation, therapies: Sequence[str | Therapy], outcomes: OutcomeTable | None = None
+) -> dict[str, dict[str, dict[str, float]]]:
+    """therapy -> endotype -> endpoint -> rate over the whole VPop stratum (no sampling noise)."""
+    table = outcomes if outcomes is not None else OutcomeTable(vpop)
+    res: dict[str, dict[str, dict[str, float]]] = {}
+    for th in therapies:
+        o = table.get(th)
+        key = th.id if isinstance(th, Therapy) else th
+        res[key] = {}
+        for e, name in enumerate(ENDOTYPE_NAMES):
+            m = vpop.endotype == e
+            res[key][name] = {ep: float(np.mean(v[m])) if m.any() else math.nan for ep, v in o.values.items()}
+    return res
+
+
+__all__ = [
+    "DESIGNS",
+    "ENDPOINTS",
+    "OutcomeTable",
+    "Outcomes",
+    "SubgroupEffect",
+    "TrialDesign",
+    "TrialResults",
+    "endpoints_from_simulation",
+    "get_design",
+    "potential_outcome_summary",
+    "power_curve",
+    "simulate_trials",
+]

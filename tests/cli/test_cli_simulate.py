@@ -1,0 +1,66 @@
+"""`immunostrat simulate` through the real command line (small sizes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from typer.testing import CliRunner
+
+from immunostrat.cli import app
+
+runner = CliRunner()
+
+
+def test_simulate_trial_prints_power_and_subgroups() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            "trial",
+            "--design",
+            "immunosep",
+            "--n",
+            "100",
+            "--trials",
+            "5",
+            "--population-size",
+            "400",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "power" in result.stdout
+        and "subgroup MALS" in result.stdout
+        and "subgroup immunoparalysis" in result.stdout
+    )
+
+
+def test_simulate_population_writes_patients_and_observations(tmp_path: Path) -> None:
+    patients, observations = tmp_path / "vpop.parquet", tmp_path / "obs.parquet"
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            "population",
+            "--size",
+            "60",
+            "--seed",
+            "3",
+            "--output",
+            str(patients),
+            "--observations",
+            str(observations),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "chi-square" in result.stdout
+    frame = pl.read_parquet(patients)
+    assert frame.height == 60
+    obs = pl.read_parquet(observations)
+    assert {"ferritin", "mhla_dr"} <= set(obs["concept"].unique())
+
+
+def test_unknown_design_is_an_error() -> None:
+    result = runner.invoke(app, ["simulate", "trial", "--design", "magic"])
+    assert result.exit_code == 2 and "unknown design" in result.output
