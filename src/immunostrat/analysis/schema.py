@@ -100,6 +100,7 @@ from typing import Any, Literal
 import polars as pl
 
 from immunostrat.errors import InputError
+from immunostrat.scores.sofa import SOFA_COMPONENTS as SCORE_SOFA_COMPONENTS
 
 SCHEMA_VERSION = "1.0"
 
@@ -108,14 +109,7 @@ Kind = Literal["str", "int", "float", "bool", "datetime"]
 INFECTION_STATUS_ORDER: tuple[str, ...] = ("resolution", "intermediate", "failure", "superinfection")
 """Day-15 infection status, best -> worst (ImmunoSep JAMA 2025 Table 2; domain.md A1)."""
 
-SOFA_COMPONENTS: tuple[str, ...] = (
-    "sofa_respiration",
-    "sofa_coagulation",
-    "sofa_liver",
-    "sofa_cardiovascular",
-    "sofa_cns",
-    "sofa_renal",
-)
+SOFA_COMPONENTS: tuple[str, ...] = tuple(f"sofa_{c}" for c in SCORE_SOFA_COMPONENTS)
 
 
 @dataclass(frozen=True)

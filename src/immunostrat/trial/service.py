@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from immunostrat.errors import InputError
+from immunostrat.scores.sofa import SOFA_COMPONENTS
 from immunostrat.trial import audit, eligibility, randomization
 from immunostrat.trial.audit import Actor
 from immunostrat.trial.models import (
@@ -54,14 +55,7 @@ from immunostrat.trial.schemas import (
     UserIn,
 )
 
-SOFA_FIELDS = (
-    "sofa_respiration",
-    "sofa_coagulation",
-    "sofa_liver",
-    "sofa_cardiovascular",
-    "sofa_cns",
-    "sofa_renal",
-)
+SOFA_FIELDS = tuple(f"sofa_{c}" for c in SOFA_COMPONENTS)
 # concept id -> assessment column (canonical units of the concept dictionary)
 ASSESSMENT_BIOMARKERS = {
     "ferritin": "ferritin_ng_ml",
