@@ -5,8 +5,10 @@ therapies, trial designs and the batch integrators (numpy, optional JAX, Ray/Das
 from .jax_backend import integrate_jax
 from .model import (
     DEFAULT_DT,
+    MONOCYTE_DEACTIVATION,
     OUTCOME_NAMES,
     REYNOLDS_2006,
+    DeactivationParameters,
     DeathRule,
     Effects,
     PatientParameters,
@@ -55,9 +57,11 @@ __all__ = [
     "DEFAULT_DT",
     "DESIGNS",
     "ENDOTYPE_NAMES",
+    "MONOCYTE_DEACTIVATION",
     "OUTCOME_NAMES",
     "REYNOLDS_2006",
     "BiomarkerObserver",
+    "DeactivationParameters",
     "DeathRule",
     "Effect",
     "Effects",

@@ -61,7 +61,7 @@ def _build(n_rec: int, stride: int, dt: float, hooks: tuple[int, ...], d_crit: f
             return tot
 
         def rhs(P: Any, N: Any, D: Any, C: Any, e: list[Any]) -> tuple[Any, Any, Any, Any]:
-            il1, kpn_gain, cinf_gain, ca_source, kill = e
+            il1, kpn_gain, cinf_gain, ca_source, kill = e[:5]  # hla_gain: deactivation extension only
             cinf = par["c_inf"] * (1.0 + cinf_gain)
             inv = 1.0 / (1.0 + C * C / (cinf * cinf))
             f_n = N * inv

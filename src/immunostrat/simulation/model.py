@@ -9,6 +9,10 @@ State ``y`` has shape ``(n_patients, 4)`` with columns ``P, N*, D, CA`` (pathoge
 tissue damage, slow anti-inflammatory mediators). Every parameter may differ per patient: the integrator
 takes one array of shape ``(n_patients,)`` per parameter (:class:`PatientParameters`) and advances the whole
 batch together with a fixed-step classical RK4 (insilico.md section 5).
+
+Optional structural extension, **not in Reynolds 2006** (insilico.md section 6): a slow monocyte
+deactivation state H (an HLA-DR-like competence, :class:`DeactivationParameters`), passed to
+:func:`integrate` as ``deactivation=``. Without it (the default) the model is exactly the published one.
 """
 
 from __future__ import annotations
@@ -90,6 +94,73 @@ PARAMETER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(ReynoldsParamete
 
 
 @dataclass(frozen=True)
+class DeactivationParameters:
+    """Monocyte deactivation: a structural extension of Reynolds 2006 (insilico.md section 6), [design].
+
+    A fifth state H in [0, 1], the HLA-DR-like competence of monocytes (mHLA-DR proportional to H), driven by
+    the anti-inflammatory mediators CA and feeding back on phagocytic killing::
+
+        dH/dt  = k_rec (1 - H) - k_rec (CA / C_H)^2 H,      k_rec = 1 / tau_rec_h
+        C_H    = c_h_scale * C_inf * (1 + cinf_gain) * (1 + hla_gain)
+        k_pn  -> k_pn (1 + kpn_gain) H / H_0,               H_0 = 1 / (1 + (s_c / (mu_c C_H))^2)
+
+    * Quasi-steady state H = 1 / (1 + (CA/C_H)^2): the static mHLA-DR map of insilico.md 3. The marker is
+      mHLA-DR = 20,000 AB/C x H / H_0 (``observables.daily_observables``), the map's healthy level.
+    * Kinetics: deactivation is fast when CA is high (time constant tau_rec / (1 + (CA/C_H)^2): hours) and
+      recovery slow once CA is back (about tau_rec / (1 + (0.125/C_H)^2)): the fall within a day and the
+      recovery over days of Monneret's mHLA-DR monitoring (domain.md A3: Monneret 2006, ICM 32:1175,
+      survivors recover between day 1-2 and day 3-4). ``tau_rec_h`` = 48 h [design within "days"].
+    * Killing by activated phagocytes scales with H / H_0: deactivated monocytes kill less (the IIRABM's
+      "immune-suppressed" monocytes, insilico.md 2). At health H = H_0, so the healthy state and its
+      stability are those of Reynolds 2006.
+    * ``c_h_scale`` = 0.46, calibrated to one independent target: 42.9% (PROVIDE's immunoparalysis share)
+      of the plausible pool below 5,000 AB/C at enrolment (scan 0.44 / 0.46 / 0.48 -> 46.3 / 42.8 / 39.6%;
+      with C_H = C_inf only 3.0%). Nothing was fitted to trial results.
+    * IFN-gamma (``hla_gain``) raises C_H: :func:`ifn_hla_gain` (2.22) brings mHLA-DR at the death
+      attractors' CA (0.523) back to 15,000 AB/C, the usual lower limit of immunocompetence (domain.md A3;
+      Docke 1997: IFN-gamma restored monocyte HLA-DR).
+    * Integration: dH/dt is stiff at high CA, so :func:`integrate` advances H with its exact exponential
+      update for frozen CA; :func:`rhs_deactivation` is the scalar system for ``solve_ivp`` references.
+    """
+
+    tau_rec_h: float = 48.0
+    c_h_scale: float = 0.46
+
+    @property
+    def k_rec(self) -> float:
+        return 1.0 / self.tau_rec_h
+
+    def c_h(self, params: PatientParameters) -> FloatArray:
+        """Each patient's C_H without therapy (CA-units)."""
+        return np.asarray(self.c_h_scale * params.c_inf, dtype=np.float64)
+
+    def h_baseline(self, params: PatientParameters) -> FloatArray:
+        """H_0: the healthy steady state of H (at CA = s_c / mu_c), also its initial condition."""
+        x = (params.s_c / params.mu_c) / self.c_h(params)
+        return np.asarray(1.0 / (1.0 + x * x), dtype=np.float64)
+
+
+#: The extension's calibrated parameter set (see :class:`DeactivationParameters`).
+MONOCYTE_DEACTIVATION = DeactivationParameters()
+
+
+def ifn_hla_gain(
+    deactivation: DeactivationParameters = MONOCYTE_DEACTIVATION,
+    ca: float = 0.523,
+    restored_fraction: float = 15_000 / 20_000,
+    healthy_ca: float = 0.125,
+    c_inf: float = 0.28,
+) -> float:
+    """The ``hla_gain`` at which the quasi-steady mHLA-DR at CA = ``ca`` (the death attractors' level) is
+    ``restored_fraction`` of its healthy value (15,000 of 20,000 AB/C: the lower limit of immunocompetence,
+    domain.md A3), for a Table 1 patient: H/H_0 = (1 + x_0^2) / (1 + x^2) with x = CA / C_H."""
+    c_h = deactivation.c_h_scale * c_inf
+    x0 = healthy_ca / c_h
+    x = math.sqrt((1.0 + x0 * x0) / restored_fraction - 1.0)
+    return ca / x / c_h - 1.0
+
+
+@dataclass(frozen=True)
 class PatientParameters:
     """One float64 array of shape ``(n_patients,)`` per Reynolds parameter (same names and units)."""
 
@@ -164,6 +235,8 @@ class Effects:
     ``cinf_gain``: C_inf times (1 + cinf_gain): weaker CA deactivation of the pro-inflammatory drive.
     ``ca_source``: exogenous CA-units/h added to dCA/dt.
     ``kill``: extra first-order pathogen kill rate (/h) added to dP/dt.
+    ``hla_gain``: deactivation extension only: the CA level that deactivates monocytes, C_H, times
+    (1 + hla_gain) (IFN-gamma restores mHLA-DR); no effect on the pure Reynolds model.
     """
 
     il1: FloatArray | float = 0.0
@@ -171,6 +244,7 @@ class Effects:
     cinf_gain: FloatArray | float = 0.0
     ca_source: FloatArray | float = 0.0
     kill: FloatArray | float = 0.0
+    hla_gain: FloatArray | float = 0.0
 
 
 class EffectSchedule(Protocol):
@@ -221,11 +295,42 @@ def rhs(t: float, y: npt.ArrayLike, params: ReynoldsParameters = REYNOLDS_2006) 
     return np.array([d_p, d_n, d_d, d_c])
 
 
+def rhs_deactivation(
+    t: float,
+    y: npt.ArrayLike,
+    params: ReynoldsParameters = REYNOLDS_2006,
+    deactivation: DeactivationParameters | None = None,
+) -> FloatArray:
+    """dy/dt of one patient of the monocyte-deactivation extension (``y`` = [P, N*, D, CA, H]; no therapy),
+    for ``solve_ivp`` references (see :class:`DeactivationParameters` for the equations)."""
+    de = deactivation if deactivation is not None else MONOCYTE_DEACTIVATION
+    p = params
+    P, N, D, C, H = (float(v) for v in np.asarray(y, dtype=np.float64))
+    c_h = de.c_h_scale * p.c_inf
+    h0 = 1.0 / (1.0 + (p.ca_baseline / c_h) ** 2)
+    inhib = 1.0 + (C / p.c_inf) ** 2
+    f_n = N / inhib
+    r = (p.k_nn * N + p.k_np * P + p.k_nd * D) / inhib
+    kill_n = p.k_pn * f_n * H / h0
+    d_p = p.k_pg * P * (1.0 - P / p.p_inf) - p.k_pm * p.s_m * P / (p.mu_m + p.k_mp * P) - kill_n * P
+    d_n = p.s_nr * r / (p.mu_nr + r) - p.mu_n * N
+    d_d = p.k_dn * f_n**6 / (p.x_dn**6 + f_n**6) - p.mu_d * D
+    f_c = (N + p.k_cnd * D) / inhib
+    d_c = p.s_c + p.k_cn * f_c / (1.0 + f_c) - p.mu_c * C
+    d_h = de.k_rec * (1.0 - H - (C / c_h) ** 2 * H)
+    return np.array([d_p, d_n, d_d, d_c, d_h])
+
+
 class _Rhs:
     """The batch right-hand side with per-patient constants folded once (the hot loop of the integrator)."""
 
-    def __init__(self, p: PatientParameters) -> None:
+    def __init__(self, p: PatientParameters, deactivation: DeactivationParameters | None = None) -> None:
         self.p = p
+        self.deact = deactivation
+        if deactivation is not None:
+            self.k_rec = deactivation.k_rec
+            self.c_h = deactivation.c_h(p)
+            self.inv_h0 = 1.0 / deactivation.h_baseline(p)
         self.k_pg = p.k_pg
         self.k_pg_over_pinf = p.k_pg / p.p_inf
         self.kill_m = p.k_pm * p.s_m  # numerator of the local-response kill term
@@ -253,6 +358,8 @@ class _Rhs:
             self.inv_cinf2 = 1.0 / (p.c_inf * p.c_inf)
             self.extra_c: FloatArray | float = 0.0
             self.extra_kill: FloatArray | float = 0.0
+            if self.deact is not None:
+                self.inv_ch2 = 1.0 / (self.c_h * self.c_h)
             return
         self.k_nn = p.k_nn * (1.0 - np.asarray(e.il1))
         self.k_nd = p.k_nd * (1.0 - np.asarray(e.il1))
@@ -261,6 +368,9 @@ class _Rhs:
         self.inv_cinf2 = 1.0 / (cinf * cinf)
         self.extra_c = np.asarray(e.ca_source, dtype=np.float64)
         self.extra_kill = np.asarray(e.kill, dtype=np.float64)
+        if self.deact is not None:
+            c_h = self.c_h * (1.0 + np.asarray(e.cinf_gain)) * (1.0 + np.asarray(e.hla_gain))
+            self.inv_ch2 = 1.0 / (c_h * c_h)
 
     def __call__(
         self, P: FloatArray, N: FloatArray, D: FloatArray, C: FloatArray
@@ -274,6 +384,30 @@ class _Rhs:
             - self.k_pg_over_pinf * P
             - self.kill_m / (self.mu_m + self.k_mp * P)
             - self.k_pn * f_n
+            - self.extra_kill
+        )
+        d_n = self.s_nr * r / (self.mu_nr + r) - self.mu_n * N
+        f2 = f_n * f_n
+        f6 = f2 * f2 * f2
+        d_d = self.k_dn * f6 / (self.x_dn6 + f6) - self.mu_d * D
+        f_c = (N + self.k_cnd * D) * inv
+        d_c = self.s_c + self.k_cn * f_c / (1.0 + f_c) - self.mu_c * C + self.extra_c
+        return d_p, d_n, d_d, d_c
+
+    def with_deactivation(
+        self, P: FloatArray, N: FloatArray, D: FloatArray, C: FloatArray, H: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """dP, dN*, dD, dCA of the extended system (:class:`DeactivationParameters`): killing scaled by
+        H/H_0. H itself is advanced by the integrator's exponential update (dH/dt is stiff at high CA)."""
+        inhib = 1.0 + C * C * self.inv_cinf2
+        inv = 1.0 / inhib
+        f_n = N * inv
+        r = (self.k_nn * N + self.k_np * P + self.k_nd * D) * inv
+        d_p = P * (
+            self.k_pg
+            - self.k_pg_over_pinf * P
+            - self.kill_m / (self.mu_m + self.k_mp * P)
+            - self.k_pn * f_n * H * self.inv_h0
             - self.extra_kill
         )
         d_n = self.s_nr * r / (self.mu_nr + r) - self.mu_n * N
@@ -345,12 +479,22 @@ def outcome_names(codes: npt.ArrayLike) -> list[str]:
     return [OUTCOME_NAMES[int(c)] for c in np.asarray(codes).ravel()]
 
 
-def _healed(P: FloatArray, N: FloatArray, D: FloatArray, C: FloatArray, p: PatientParameters) -> BoolArray:
+def _healed(
+    P: FloatArray,
+    N: FloatArray,
+    D: FloatArray,
+    C: FloatArray,
+    p: PatientParameters,
+    H: FloatArray | None = None,
+    deactivation: DeactivationParameters | None = None,
+) -> BoolArray:
     """Patients certainly at the health attractor: P, N*, D and CA - s_c/mu_c negligible and the health state
     linearly stable (k_pg < k_pm s_m / mu_m, insilico.md 1.1; kept 10% inside that bound). From there the
     untreated state only relaxes towards (0, 0, 0, s_c/mu_c)."""
     stable = p.k_pg < 0.9 * p.k_pm * p.s_m / p.mu_m
     near = (P < 1e-9) & (N < 1e-4) & (D < 1e-3) & (np.abs(C - p.s_c / p.mu_c) < 5e-4)
+    if H is not None and deactivation is not None:
+        near &= np.abs(H - deactivation.h_baseline(p)) < 1e-3
     return np.asarray(near & stable)
 
 
@@ -368,6 +512,7 @@ def integrate(
     drop_dead: bool = False,
     chunk_size: int = 4096,
     progress: Callable[[int, int], None] | None = None,
+    deactivation: DeactivationParameters | None = None,
 ) -> Trajectory:
     """Integrate all patients of a batch together with fixed-step classical RK4.
 
@@ -383,6 +528,10 @@ def integrate(
     are frozen the same way at the next record (for 28-day trials, where nothing after death is used; the
     outcome class then describes the state at death). Pass both False for a full integration.
     ``progress(done, total)`` is called after each chunk with patient counts.
+
+    ``deactivation``: integrate the monocyte-deactivation extension (:class:`DeactivationParameters`, not
+    in Reynolds 2006): H starts at its healthy level H_0 and ``states``/``final`` get a fifth column, H.
+    ``y0`` is still ``(n, 4)``. None (the default) is the published model.
     """
     y = np.array(y0, dtype=np.float64, copy=True)
     if y.ndim != 2 or y.shape[1] != 4:
@@ -398,9 +547,12 @@ def integrate(
         raise ValueError(f"record_every={record_every} must be a positive multiple of dt={dt}")
     n_rec = n_steps // rec_stride + 1
     aux_names = observer.names if observer is not None else ()
-    states = np.empty((n, n_rec, 4))
+    n_state = 4 if deactivation is None else 5
+    if deactivation is not None:
+        y = np.concatenate([y, deactivation.h_baseline(params)[:, None]], axis=1)
+    states = np.empty((n, n_rec, n_state))
     aux_all = np.empty((n, n_rec, len(aux_names)))
-    final = np.empty((n, 4))
+    final = np.empty((n, n_state))
     death_time = np.full(n, np.nan)
     size = max(1, chunk_size)
     for start in range(0, n, size):
@@ -421,6 +573,7 @@ def integrate(
             out_final=final,
             out_death=death_time,
             offset=start,
+            deactivation=deactivation,
         )
         if progress is not None:
             progress(int(sel[-1]) + 1, n)
@@ -454,15 +607,18 @@ def _integrate_chunk(
     out_final: FloatArray,
     out_death: FloatArray,
     offset: int,
+    deactivation: DeactivationParameters | None = None,
 ) -> None:
     m = y.shape[0]
     n_rec = out_states.shape[1]
     idx = np.arange(m) + offset  # global rows of the active patients
     P, N, D, C = (np.ascontiguousarray(y[:, j]) for j in range(4))
+    ext = deactivation is not None
+    H = np.ascontiguousarray(y[:, 4]) if ext else np.empty(0)
     aux = observer.initial(y, p) if observer is not None else np.empty((m, 0))
     above_since = np.full(m, np.inf)
     dead = np.zeros(m, dtype=np.bool_)
-    f = _Rhs(p)
+    f = _Rhs(p, deactivation)
     out_states[idx, 0, :] = y
     out_aux[idx, 0, :] = aux
     half = 0.5 * dt
@@ -474,10 +630,30 @@ def _integrate_chunk(
         t0 = (step - 1) * dt
         effects = schedule.effects_at(t0 + half) if schedule is not None else None
         f.set_effects(effects)
-        k1p, k1n, k1d, k1c = f(P, N, D, C)
-        k2p, k2n, k2d, k2c = f(P + half * k1p, N + half * k1n, D + half * k1d, C + half * k1c)
-        k3p, k3n, k3d, k3c = f(P + half * k2p, N + half * k2n, D + half * k2d, C + half * k2c)
-        k4p, k4n, k4d, k4c = f(P + dt * k3p, N + dt * k3n, D + dt * k3d, C + dt * k3c)
+        if ext:
+            # H is linear in itself for given CA and stiff when CA >> C_H (rate k_rec (1 + (CA/C_H)^2)), so
+            # it is advanced by its exact exponential update instead of RK4: within the step's stages it
+            # follows that update with CA frozen at the step start, and the step's update uses the mean of
+            # (CA/C_H)^2 at both ends (exact for constant CA).
+            x2_0 = C * C * f.inv_ch2
+            h_inf = 1.0 / (1.0 + x2_0)
+            decay = np.exp(-f.k_rec * (1.0 + x2_0) * half)
+            h_mid = h_inf + (H - h_inf) * decay
+            h_end = h_inf + (H - h_inf) * decay * decay
+            g = f.with_deactivation
+            k1p, k1n, k1d, k1c = g(P, N, D, C, H)
+            k2p, k2n, k2d, k2c = g(P + half * k1p, N + half * k1n, D + half * k1d, C + half * k1c, h_mid)
+            k3p, k3n, k3d, k3c = g(P + half * k2p, N + half * k2n, D + half * k2d, C + half * k2c, h_mid)
+            k4p, k4n, k4d, k4c = g(P + dt * k3p, N + dt * k3n, D + dt * k3d, C + dt * k3c, h_end)
+            c_end = C + sixth * (k1c + 2.0 * (k2c + k3c) + k4c)
+            x2 = 0.5 * (x2_0 + c_end * c_end * f.inv_ch2)
+            h_inf = 1.0 / (1.0 + x2)
+            H = h_inf + (H - h_inf) * np.exp(-f.k_rec * (1.0 + x2) * dt)
+        else:
+            k1p, k1n, k1d, k1c = f(P, N, D, C)
+            k2p, k2n, k2d, k2c = f(P + half * k1p, N + half * k1n, D + half * k1d, C + half * k1c)
+            k3p, k3n, k3d, k3c = f(P + half * k2p, N + half * k2n, D + half * k2d, C + half * k2c)
+            k4p, k4n, k4d, k4c = f(P + dt * k3p, N + dt * k3n, D + dt * k3d, C + dt * k3c)
         P = P + sixth * (k1p + 2.0 * (k2p + k3p) + k4p)
         N = N + sixth * (k1n + 2.0 * (k2n + k3n) + k4n)
         D = D + sixth * (k1d + 2.0 * (k2d + k3d) + k4d)
@@ -492,17 +668,20 @@ def _integrate_chunk(
             dead |= newly
             out_death[idx[newly]] = t
         if observer is not None:
-            aux = observer.update(aux, np.stack([P, N, D, C], axis=1), dt, p, effects)
+            cols = [P, N, D, C, H] if ext else [P, N, D, C]
+            aux = observer.update(aux, np.stack(cols, axis=1), dt, p, effects)
         if step % rec_stride == 0:
             out_states[idx, rec, 0] = P
             out_states[idx, rec, 1] = N
             out_states[idx, rec, 2] = D
             out_states[idx, rec, 3] = C
+            if ext:
+                out_states[idx, rec, 4] = H
             out_aux[idx, rec, :] = aux
             if (drop_healed or drop_dead) and rec < n_rec - 1:
                 done = np.zeros(P.shape, dtype=np.bool_)
                 if drop_healed and (schedule is None or not schedule.active_after(t)):
-                    done |= _healed(P, N, D, C, p)
+                    done |= _healed(P, N, D, C, p, H if ext else None, deactivation)
                 if drop_dead:
                     done |= dead
                 if done.any():
@@ -513,17 +692,19 @@ def _integrate_chunk(
                     keep = ~done
                     idx = idx[keep]
                     P, N, D, C = P[keep], N[keep], D[keep], C[keep]
+                    if ext:
+                        H = H[keep]
                     aux = aux[keep]
                     above_since = above_since[keep]
                     dead = dead[keep]
                     p = p.take(keep)
-                    f = _Rhs(p)
+                    f = _Rhs(p, deactivation)
                     if schedule is not None:
                         schedule = schedule.take(keep)
             rec += 1
         if P.shape[0] == 0:
             return
-    out_final[idx] = np.stack([P, N, D, C], axis=1)
+    out_final[idx] = np.stack([P, N, D, C, H] if ext else [P, N, D, C], axis=1)
 
 
 def simulate_outcomes(

@@ -9,7 +9,8 @@ virtual and real patients:
   damage variable, not six organs, so the per-organ SOFA inputs (PaO2/FiO2, platelets, ...) are not
   emitted: inventing six organ values from one number would only look more precise.
 * ``ferritin`` (ng/mL): the MALS marker, from the IL-1-mediated feedback activation.
-* ``mhla_dr`` (AB/C, antibodies bound per monocyte): the immunoparalysis marker, from filtered CA.
+* ``mhla_dr`` (AB/C, antibodies bound per monocyte): the immunoparalysis marker, from filtered CA; with the
+  monocyte-deactivation extension (``model.DeactivationParameters``) it is H_max times the model state H.
 * ``infection_resolved`` (binary 0/1): pathogen below the classification tolerance.
 
 Observations are daily: day ``k`` is hour ``24 k`` after infection onset, anchored to a fixed epoch
@@ -30,6 +31,9 @@ from .model import Effects, FloatArray, PatientParameters, Trajectory
 
 #: Fixed time anchor of virtual patients (hour 0 = infection onset), recorded in ``source``.
 EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
+
+#: Healthy CA level s_c/mu_c of Reynolds 2006 Table 1 (the calibration point of the mHLA-DR map).
+HEALTHY_CA = 0.125
 
 #: SOFA maximum (6 organs x 4 points; Vincent 1996, domain.md B1).
 SOFA_MAX = 24
@@ -189,7 +193,14 @@ def daily_observables(
     days = np.rint(traj.times / 24.0).astype(np.int64)
     sofa = sofa_from_damage(traj.states[:, :, 2], traits.chronic_sofa[:, None], cal)
     ferritin = ferritin_from_filter(traj.aux[:, :, 0], traits.ferritin0[:, None], cal)
-    hla = hla_dr_from_ca(traj.aux[:, :, 1], traj.aux[:, :, 2], traits.hla_max[:, None])
+    if traj.states.shape[2] >= 5:
+        # deactivation extension (model.DeactivationParameters): mHLA-DR is the healthy level of the static
+        # map (H_max / (1 + (0.125/0.28)^2), ~20,000 AB/C) times H / H_0, H_0 carried in the H column's
+        # first record (every patient starts at H_0)
+        healthy = traits.hla_max / (1.0 + (HEALTHY_CA / 0.28) ** 2)
+        hla = healthy[:, None] * traj.states[:, :, 4] / traj.states[:, :1, 4]
+    else:
+        hla = hla_dr_from_ca(traj.aux[:, :, 1], traj.aux[:, :, 2], traits.hla_max[:, None])
     resolved = traj.states[:, :, 0] <= cal.infection_tol
     death = np.nan_to_num(traj.death_time, nan=np.inf)
     alive = traj.times[None, :] < death[:, None]

@@ -28,6 +28,7 @@ from .model import (
     DAY28_H,
     REYNOLDS_2006,
     BoolArray,
+    DeactivationParameters,
     FloatArray,
     IntArray,
     PatientParameters,
@@ -199,8 +200,10 @@ def sample_cohort(
     cal: ObservableCalibration | None = None,
     enrolment_day: int = ENROLMENT_DAY,
     background: str | Therapy | None = STANDARD_OF_CARE,
+    deactivation: DeactivationParameters | None = None,
 ) -> Cohort:
-    """Draw ``n`` patients from the priors and simulate their 28-day course on background therapy only."""
+    """Draw ``n`` patients from the priors and simulate their 28-day course on background therapy only
+    (with the monocyte-deactivation extension when ``deactivation`` is given)."""
     pri = priors if priors is not None else PopulationPriors()
     c = cal if cal is not None else ObservableCalibration()
     draws = {name: prior.sample(rng, n) for name, prior in pri.parameters.items()}
@@ -215,6 +218,7 @@ def sample_cohort(
         observer=BiomarkerObserver(c),
         schedule=background_schedule(background, n),
         drop_dead=True,
+        deactivation=deactivation,
     )
     obs = daily_observables(traj, traits, c)
     d = enrolment_day
@@ -279,6 +283,9 @@ class VirtualPopulation:
     enrolment_day: int
     calibration: ObservableCalibration
     background: str | None = STANDARD_OF_CARE
+    #: None: pure Reynolds 2006; else the monocyte-deactivation extension the VPop was built with (therapy
+    #: simulations of this VPop use the same model).
+    deactivation: DeactivationParameters | None = None
 
     @property
     def size(self) -> int:
@@ -318,15 +325,25 @@ def _fit(
     )
 
 
-def _plausible_batch(
-    job: tuple[int, int, int, PopulationPriors | None, ObservableCalibration, int, str | None],
-) -> tuple[Cohort, IntArray, FloatArray]:
+_Job = tuple[
+    int,
+    int,
+    int,
+    PopulationPriors | None,
+    ObservableCalibration,
+    int,
+    str | None,
+    DeactivationParameters | None,
+]
+
+
+def _plausible_batch(job: _Job) -> tuple[Cohort, IntArray, FloatArray]:
     """Batch ``index`` of the population with ``seed``: its plausible patients, their (endotype, death)
     cells and one acceptance uniform each. Its random stream depends only on (seed, index), so any executor
     returns the same batch (top-level and picklable for process pools and Dask workers)."""
-    seed, index, batch, priors, cal, enrolment_day, background = job
+    seed, index, batch, priors, cal, enrolment_day, background, deactivation = job
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    cohort = sample_cohort(batch, rng, priors, cal, enrolment_day, background)
+    cohort = sample_cohort(batch, rng, priors, cal, enrolment_day, background, deactivation)
     cohort = cohort.take(cohort.alive_at_enrolment & (cohort.sofa >= 2))
     endo = stratify(cohort.ferritin, cohort.mhla_dr)
     return cohort, endo * 2 + cohort.died28.astype(np.int64), rng.random(cohort.size)
@@ -346,8 +363,12 @@ def generate_population(
     executor: Executor | None = None,
     parallel_batches: int = 4,
     progress: Callable[[int, int], None] | None = None,
+    deactivation: DeactivationParameters | None = None,
 ) -> VirtualPopulation:
     """Sample, filter and accept until ``size`` virtual patients are accepted; reproducible from ``seed``.
+
+    ``deactivation``: build the VPop on the monocyte-deactivation extension (``model.DeactivationParameters``,
+    e.g. ``MONOCYTE_DEACTIVATION``) instead of the pure Reynolds 2006 model.
 
     Batches of plausible patients accumulate in a pool; after each batch the cell densities of the whole
     pool give alpha and the acceptance probabilities, and each pooled patient is kept when its own fixed
@@ -378,7 +399,10 @@ def generate_population(
         if n_sampled >= limit:
             raise RuntimeError(f"fewer than {size} patients accepted after {n_sampled} draws")
         width = max(1, parallel_batches) if executor is not None else 1
-        jobs = [(seed, index + k, batch, priors, cal, enrolment_day, background) for k in range(width)]
+        jobs: list[_Job] = [
+            (seed, index + k, batch, priors, cal, enrolment_day, background, deactivation)
+            for k in range(width)
+        ]
         index += width
         results = (
             executor.map(_plausible_batch, jobs) if executor is not None else map(_plausible_batch, jobs)
@@ -407,7 +431,7 @@ def generate_population(
     cohort_all = _concat(pool).take(rows)
     endo_all = (cell[rows] // 2).astype(np.int64)
     fit = _fit(endo_all, cohort_all.died28, tg, n_sampled, int(cell.size), alpha)
-    return VirtualPopulation(cohort_all, endo_all, fit, seed, enrolment_day, cal, background)
+    return VirtualPopulation(cohort_all, endo_all, fit, seed, enrolment_day, cal, background, deactivation)
 
 
 def _concat(parts: list[Cohort]) -> Cohort:
@@ -488,6 +512,7 @@ def population_observations(vpop: VirtualPopulation, therapy: str | Therapy | No
         observer=BiomarkerObserver(vpop.calibration),
         schedule=sched,
         drop_dead=True,
+        deactivation=vpop.deactivation,
     )
     obs = daily_observables(traj, c.traits, vpop.calibration)
     return observations_frame(obs, [f"vp{i:06d}" for i in range(c.size)])

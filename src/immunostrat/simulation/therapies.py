@@ -24,7 +24,7 @@ from immunostrat.errors import InputError
 
 from .model import BoolArray, Effects, FloatArray, IntArray
 
-HOOKS: tuple[str, ...] = ("il1", "kpn_gain", "cinf_gain", "ca_source", "kill")
+HOOKS: tuple[str, ...] = ("il1", "kpn_gain", "cinf_gain", "ca_source", "kill", "hla_gain")
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ def endpoints_from_simulation(
         observer=BiomarkerObserver(vpop.calibration),
         drop_dead=True,
         chunk_size=chunk_size,
+        deactivation=vpop.deactivation,
     )
     obs = daily_observables(traj, c.traits, vpop.calibration)
     d = vpop.enrolment_day
@@ -119,6 +120,11 @@ DESIGNS: dict[str, TrialDesign] = {
     for d in (
         TrialDesign(
             "all-comers-anti-inflammatory",
+            "All-comers non-specific anti-inflammatory (steroid-like) for every patient",
+            therapy="anti_inflammatory",
+        ),
+        TrialDesign(
+            "all-comers-msc-secretome",
             "All-comers anti-inflammatory: MSC secretome for every patient",
             therapy="msc_secretome",
         ),
