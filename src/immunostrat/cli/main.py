@@ -244,6 +244,10 @@ def _register() -> None:
 
     app.add_typer(simulate_commands.simulate_app, name="simulate")
 
+    from immunostrat.cli import cohort_commands
+
+    app.add_typer(cohort_commands.cohort_app, name="cohort")
+
 
 _register()
 

@@ -1,3 +1,36 @@
 """The per-stay plan over whole ICU databases (Ibis on DuckDB or Spark): hourly grid, windows,
-scores, Sepsis-3 onset and the immune-endotype timeline.
+scores, Sepsis-3 onset and the immune-endotype timeline; synthetic scale data for benchmarks.
 """
+
+from immunostrat.cohort.engine import (
+    ENGINES,
+    TABLES,
+    CohortResult,
+    ParquetInput,
+    Progress,
+    build_cohort,
+    connect,
+    spark_session,
+    write_tables,
+)
+from immunostrat.cohort.summary import CohortSummary, cohort_summary, format_summary
+from immunostrat.cohort.synthetic import SyntheticInfo, stays_for_rows, synthetic_input, write_synthetic
+
+__all__ = [
+    "ENGINES",
+    "TABLES",
+    "CohortResult",
+    "CohortSummary",
+    "ParquetInput",
+    "Progress",
+    "SyntheticInfo",
+    "build_cohort",
+    "cohort_summary",
+    "connect",
+    "format_summary",
+    "spark_session",
+    "stays_for_rows",
+    "synthetic_input",
+    "write_synthetic",
+    "write_tables",
+]

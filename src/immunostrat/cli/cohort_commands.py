@@ -1,0 +1,109 @@
+"""`immunostrat cohort build|summary`: the cohort engine over a whole ICU database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from immunostrat.errors import InputError
+
+console = Console(stderr=True)
+out = Console()
+cohort_app = typer.Typer(
+    help="SOFA, Sepsis-3 and immune endotypes over whole ICU databases.", no_args_is_help=True
+)
+
+
+def _fail(error: Exception) -> None:
+    console.print(f"[bold red]error:[/] {error}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+@cohort_app.command("build")
+def build(
+    source: Annotated[
+        str, typer.Option("--source", help="mimic-iv | eicu | physionet2019 | omop | fhir | long")
+    ],
+    path: Annotated[Path, typer.Option("--path", help="The database folder or file.")],
+    output: Annotated[
+        Path, typer.Option("--output", help="Folder for stays, hourly_sofa, sepsis3, endotypes.")
+    ],
+    engine: Annotated[str, typer.Option("--engine", help="duckdb (embedded) or spark (local[2])")] = "duckdb",
+    protocol: Annotated[
+        str, typer.Option("--protocol", help="Protocol id for the endotype timeline.")
+    ] = "immunosep-2025",
+    meds: Annotated[
+        Path | None, typer.Option("--meds", help="MIMIC-IV: MEDS event file with chart values.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="PhysioNet 2019: read at most N files.")
+    ] = None,
+) -> None:
+    """Build the cohort tables (Parquet) and print a summary with the missing-concept report."""
+    from immunostrat.cohort import ENGINES, build_cohort, format_summary
+    from immunostrat.sources import SOURCES, load_source
+
+    if source not in SOURCES:
+        _fail(InputError("unknown source", field="--source", value=source, expected=" | ".join(SOURCES)))
+    if engine not in ENGINES:
+        _fail(InputError("unknown engine", field="--engine", value=engine, expected=" | ".join(ENGINES)))
+    options: dict[str, Any] = {}
+    if meds is not None:
+        options["meds_path"] = meds
+    if limit is not None:
+        options["limit"] = limit
+    try:
+        with console.status(f"reading {source} from {path}"):
+            data = load_source(source, path, **options)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("cohort plan", total=None)
+
+            def update(step: str, done: int, total: int) -> None:
+                bar.update(task, description=step, completed=done, total=total)
+
+            result = build_cohort(
+                data, protocol_id=protocol, engine=engine, output_dir=output, progress=update
+            )
+    except (InputError, ValueError, KeyError) as error:
+        _fail(error)
+    typer.echo(format_summary(result.summary))
+    absent = [c for c in data.report if c.status != "present"]
+    if absent:
+        table = Table(title=f"concepts absent from {source}")
+        table.add_column("concept")
+        table.add_column("why")
+        for status in absent:
+            table.add_row(status.concept, status.detail)
+        Console(width=max(out.width, 120)).print(table)
+    console.print(f"wrote {output}/: stays, hourly_sofa, sepsis3, endotypes (.parquet), summary.json")
+
+
+@cohort_app.command("summary")
+def summary(
+    directory: Annotated[Path, typer.Argument(help="A folder written by `cohort build`.")],
+) -> None:
+    """Print the summary and plot endotype prevalence, SOFA trajectories and 28-day mortality."""
+    from immunostrat.cohort import cohort_summary
+
+    if not (directory / "summary.json").exists():
+        _fail(
+            InputError(
+                "not a cohort folder", file=str(directory), expected="a folder written by cohort build"
+            )
+        )
+    result = cohort_summary(directory)
+    typer.echo(result.text())
+    for figure in result.figures:
+        console.print(f"wrote {figure}")

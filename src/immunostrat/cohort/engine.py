@@ -1,0 +1,662 @@
+"""The cohort plan: one Ibis expression graph from (stays, canonical observations) to hourly SOFA,
+Sepsis-3 onset and the immune-endotype timeline, executed unchanged on DuckDB or PySpark.
+
+Hourly grid. Each stay gets one row per hour boundary ``T`` from ``ceil_hour(icu_intime)`` to
+``ceil_hour(icu_outtime)``. The row at ``T`` summarises the trailing 24 h, ``(T - 24 h, T]``, exactly the
+bedside window ``scores.windows.windows_at(T, 24)``. Observations are first reduced to hourly buckets
+``(T - 1 h, T]`` (bucket = ``ceil_hour(time)``); the 24-h worst value is then a RANGE window over the
+bucket time with interval bounds (``range=(-23 h, 0)``: the 24 buckets ending at ``T``). Observations up to
+``LOOKBACK`` before the first grid hour (ED labs, pre-ICU gases) feed the first windows. A stay without
+``icu_outtime`` ends at its last observation.
+
+Worst values (the rules of ``scores/windows.py``, on the hourly grid):
+
+- platelets, GCS, MAP, recorded ``urine_output_24h``: minimum; bilirubin, creatinine: maximum (exact).
+- respiration: each PaO2 is paired with the latest FiO2 charted in the preceding 4 h and the latest
+  respiratory-support status of the preceding 24 h (found with RANGE windows over the event times plus
+  an equi-join back on that time, not an as-of join), scored with the SOFA expressions; a window keeps
+  the pairing with the most respiration points, then the lowest ratio (exact). Ties at one instant: the
+  lowest PaO2 and the highest FiO2 count.
+- vasopressors (dopamine, dobutamine, epinephrine, norepinephrine): a charted rate runs until the next
+  charted rate of that drug (the last one until the end of the grid) and counts only when it ran for at
+  least ``vasopressor_min_hours`` (sofa-1996.yaml); the interval is spread over the hourly buckets it
+  touches and the window takes the highest rate running at any moment in it (exact). Rates charted
+  more than ``LOOKBACK`` before the first grid hour are not carried into the stay.
+- urine output: charted volumes summed over the 24 h window when the stay's urine charting covers it
+  (first urine event <= window start + 2 h and last >= window end - 2 h); sums are rounded to 1e-6 mL
+  so that engines summing in a different order agree. ``urine_output_24h`` = the smaller of that sum and
+  any recorded 24-h volume.
+- biomarkers of the protocol (ferritin, mHLA-DR): the latest value charted at or before ``T`` and not
+  older than the protocol's ``freshness_hours`` (else null, i.e. stale or missing) - the inputs of
+  ``protocols.endotype_expression``.
+
+Scores come from ``immunostrat.scores.sofa`` and the protocol from ``protocols.classify_frame``, both
+applied to the Ibis table through narwhals: no band or threshold is written here.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ibis
+import ibis.expr.types as ir
+import polars as pl
+
+from immunostrat.protocols import Protocol, classify_frame, load_protocol
+from immunostrat.scores import SOFA_INPUTS, SOFA_OUTPUTS, load_definition, sofa
+from immunostrat.sources import STAYS_SCHEMA, ConceptStatus, SourceData
+
+Progress = Callable[[str, int, int], None]
+"""``progress(step_description, steps_done, steps_total)``; called before and after each step."""
+
+ENGINES = ("duckdb", "spark")
+HOUR = ibis.interval(hours=1)
+LOOKBACK_HOURS = 48
+FIO2_LOOKBACK_HOURS = 4
+SUPPORT_LOOKBACK_HOURS = 24
+URINE_COVERAGE_SLACK_HOURS = 2
+WINDOW_HOURS = 24
+
+VASOPRESSORS = ("dopamine_rate", "dobutamine_rate", "epinephrine_rate", "norepinephrine_rate")
+WORST_MIN = ("platelets", "gcs", "map", "urine_output_24h")
+WORST_MAX = ("bilirubin", "creatinine")
+RESPIRATION = ("pao2", "fio2", "mechanical_ventilation")
+INFECTION = ("antibiotic", "culture")
+SOFA_CONCEPTS = (*RESPIRATION, *WORST_MIN, *WORST_MAX, *VASOPRESSORS, "urine_output")
+TABLES = ("stays", "hourly_sofa", "sepsis3", "endotypes")
+_T = pl.Datetime("us", "UTC")
+
+
+@dataclass
+class ParquetInput:
+    """A source already in Parquet (e.g. the synthetic generator's output): the stays table
+    (:data:`STAYS_SCHEMA` columns) and canonical long observations whose ``patient_id`` is the stay id.
+    Paths may be files, directories or globs; nothing is loaded into Python memory."""
+
+    stays: str | Path
+    observations: str | Path
+    source: str = "long"
+    report: list[ConceptStatus] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CohortResult:
+    """The four cohort tables (polars, sorted) and the summary (JSON-serialisable dict)."""
+
+    stays: pl.DataFrame
+    hourly_sofa: pl.DataFrame
+    sepsis3: pl.DataFrame
+    endotypes: pl.DataFrame
+    summary: dict[str, Any]
+    output_dir: Path | None = None
+
+    def tables(self) -> dict[str, pl.DataFrame]:
+        return {name: getattr(self, name) for name in TABLES}
+
+
+# --------------------------------------------------------------------------------------------- engines
+
+
+def spark_session(
+    master: str = "local[2]", shuffle_partitions: int = 4, config: dict[str, str] | None = None
+) -> Any:
+    """A PySpark session set up for the cohort plan (UTC session time zone, Arrow transfers, no console
+    progress bars); ``config`` adds or overrides settings. Returns the active session if there is one
+    (its time zone is set to UTC)."""
+    from pyspark.sql import SparkSession
+
+    settings = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.shuffle.partitions": str(shuffle_partitions),
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        **(config or {}),
+    }
+    builder = SparkSession.builder.master(master).appName("immunostrat-cohort")
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.conf.set("spark.sql.session.timeZone", "UTC")
+    return session
+
+
+def connect(engine: str = "duckdb", *, spark: Any = None, threads: int | None = None) -> Any:
+    """An Ibis backend for ``engine`` ("duckdb": embedded, in memory; "spark": PySpark)."""
+    if engine == "duckdb":
+        con = ibis.duckdb.connect(**({"threads": threads} if threads else {}))
+        con.raw_sql("SET TimeZone = 'UTC'")
+        return con
+    if engine == "spark":
+        return ibis.pyspark.connect(spark if spark is not None else spark_session())
+    raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+
+
+# ------------------------------------------------------------------------------------------- the plan
+
+
+# The worst PaO2/FiO2 pairing of a window (most respiration points, then the lowest ratio) as one
+# number, so that one windowed MAX finds it: points * 1e8 + (1e7 - ratio). Ratios are rounded to 1e-6 and
+# below 1e7 (PaO2 <= 800 mmHg, FiO2 >= 0.21 by the concept dictionary); at 4e8 a float64 resolves 6e-8,
+# so decoding (floor, subtract, round to 1e-6) gives back the exact ratio.
+_RESP_POINTS_SCALE = 1e8
+_RESP_RATIO_CAP = 1e7
+
+
+def _ceil_hour(t: ir.TimestampValue) -> ir.TimestampValue:
+    """The end of the hourly bucket ``(T - 1 h, T]`` holding ``t``."""
+    return (t - ibis.interval(microseconds=1)).truncate("h") + HOUR
+
+
+def _drop_right(table: ir.Table) -> ir.Table:
+    return table.drop(*[c for c in table.columns if c.endswith("_right")])
+
+
+def _least(a: ir.NumericValue, b: ir.NumericValue) -> ir.NumericValue:
+    """Smaller of two values ignoring nulls (spelled out: engines differ on LEAST with nulls)."""
+    return ibis.cases((a.isnull(), b), (b.isnull(), a), (a <= b, a), else_=b)
+
+
+@dataclass
+class Plan:
+    """The Ibis expressions of one cohort build (built once, executed on any backend)."""
+
+    bounds: ir.Table
+    hourly: ir.Table
+    concept_counts: ir.Table
+    infection: ir.Table
+    biomarkers: tuple[str, ...]
+
+
+def plan_hourly(
+    stays: ir.Table, observations: ir.Table, protocol: Protocol, *, open_stays: bool = False
+) -> Plan:
+    """The hourly SOFA + endotype plan (see the module docstring for the rules).
+
+    ``open_stays``: some stays lack ``icu_outtime``; their grid then ends at their last observation
+    (else at ``icu_intime``: one hour)."""
+    sofa_spec = load_definition("sofa")
+    min_run = ibis.interval(minutes=round(float(sofa_spec["vasopressor_min_hours"]) * 60))
+    biomarkers = tuple(protocol.requires)
+    fresh = {c: float(protocol.requires[c].freshness_hours) for c in biomarkers}
+    fresh_buckets = max([math.floor(h) for h in fresh.values()] or [0])
+    lookback = max(LOOKBACK_HOURS, math.ceil(max(fresh.values() or [0.0])) + 1)
+    keep_buckets = max(WINDOW_HOURS - 1, fresh_buckets)
+
+    s = stays.filter(stays.icu_intime.notnull())
+    end = s.icu_outtime
+    if open_stays:
+        last = observations.group_by(stay_id=observations.patient_id.cast("string")).agg(
+            _last_obs=observations.time.max()
+        )
+        s = _drop_right(s.left_join(last, "stay_id"))
+        end = s.icu_outtime.coalesce(s._last_obs)
+    outtime = ibis.cases(
+        (end.isnull(), s.icu_intime),
+        (end < s.icu_intime, s.icu_intime),
+        else_=end,
+    )
+    bounds = s.select(
+        stay_id=s.stay_id,
+        grid_first=_ceil_hour(s.icu_intime),
+        grid_last=_ceil_hour(outtime),
+    )
+    bounds = bounds.mutate(lo=bounds.grid_first - ibis.interval(hours=lookback))
+
+    needed = sorted({*SOFA_CONCEPTS, *biomarkers})
+    obs = observations.select(
+        stay_id=observations.patient_id.cast("string"),
+        time=observations.time,
+        concept=observations.concept,
+        value=observations.value.cast("float64"),
+    )
+    obs = obs.filter(obs.time.notnull() & obs.value.notnull())
+    concept_counts = obs.group_by("concept").agg(rows=obs.concept.count())
+    infection = obs.filter(obs.concept.isin(INFECTION))
+    o_all = obs.filter(obs.concept.isin(needed)).inner_join(bounds, "stay_id")
+    o_all = o_all.filter(o_all.time > o_all.lo)
+    o = o_all.filter(o_all.time <= o_all.grid_last)
+    o = o.mutate(bucket=_ceil_hour(o.time))
+
+    def where(concept: str) -> ir.BooleanValue:
+        return o.concept == concept
+
+    # -- simple worst values, urine events, biomarker times: one pass over the observations
+    aggs: dict[str, Any] = {}
+    for c in WORST_MIN:
+        aggs[c] = o.value.min(where=where(c))
+    for c in WORST_MAX:
+        aggs[c] = o.value.max(where=where(c))
+    aggs["urine_sum"] = o.value.sum(where=where("urine_output"))  # null when no urine event
+    for c in biomarkers:
+        aggs[f"{c}__t"] = o.time.max(where=where(c))
+    simple = o.group_by(["stay_id", "bucket"]).agg(**aggs)
+
+    # -- respiration: PaO2 paired with the latest FiO2 (4 h) and support status (24 h)
+    r = o.filter(o.concept.isin(RESPIRATION))
+    r = r.group_by(["stay_id", "time"]).agg(
+        pao2=r.value.min(where=r.concept == "pao2"),
+        fio2=r.value.max(where=(r.concept == "fio2") & (r.value > 0)),
+        vent=r.value.max(where=r.concept == "mechanical_ventilation"),
+    )
+    w_fio2 = ibis.window(
+        group_by=r.stay_id, order_by=r.time, range=(-ibis.interval(hours=FIO2_LOOKBACK_HOURS), 0)
+    )
+    w_vent = ibis.window(
+        group_by=r.stay_id, order_by=r.time, range=(-ibis.interval(hours=SUPPORT_LOOKBACK_HOURS), 0)
+    )
+    r = r.mutate(
+        fio2_time=r.time.max(where=r.fio2.notnull()).over(w_fio2),
+        vent_time=r.time.max(where=r.vent.notnull()).over(w_vent),
+    )
+    fio2_at = r.filter(r.fio2.notnull()).select(f_stay=r.stay_id, f_time=r.time, f_value=r.fio2)
+    vent_at = r.filter(r.vent.notnull()).select(v_stay=r.stay_id, v_time=r.time, v_value=r.vent)
+    pa = r.filter(r.pao2.notnull() & r.fio2_time.notnull())
+    pa = pa.inner_join(fio2_at, [pa.stay_id == fio2_at.f_stay, pa.fio2_time == fio2_at.f_time])
+    pa = pa.left_join(vent_at, [pa.stay_id == vent_at.v_stay, pa.vent_time == vent_at.v_time])
+    pairs = pa.select(
+        stay_id=pa.stay_id,
+        time=pa.time,
+        pao2_fio2_ratio=(pa.pao2 / pa.f_value).round(6),
+        mechanical_ventilation=pa.v_value.fill_null(0.0),
+    )
+    scored = sofa(pairs)
+    scored = scored.mutate(bucket=_ceil_hour(scored.time))
+    # One sortable number per pairing: more points first, then the lower ratio (see _RESP_POINTS_SCALE).
+    key = scored.sofa_respiration.cast("float64") * _RESP_POINTS_SCALE + (
+        _RESP_RATIO_CAP - scored.pao2_fio2_ratio
+    )
+    resp = scored.group_by(["stay_id", "bucket"]).agg(resp_key=key.max())
+
+    # -- vasopressors: charted rate runs until the next one; >= min_run; spread over hourly buckets
+    v = o_all.filter(o_all.concept.isin(VASOPRESSORS))
+    v = v.group_by(["stay_id", "concept", "time", "grid_first", "grid_last"]).agg(value=v.value.max())
+    v = v.mutate(until=v.time.lead().over(ibis.window(group_by=[v.stay_id, v.concept], order_by=v.time)))
+    v = v.filter((v.value > 0) & (v.time <= v.grid_last) & (v.until.isnull() | (v.until >= v.time + min_run)))
+    first_bucket = ibis.greatest(_ceil_hour(v.time), v.grid_first - ibis.interval(hours=keep_buckets))
+    last_bucket = ibis.cases(
+        (v.until.isnull(), v.grid_last), else_=ibis.least(_ceil_hour(v.until), v.grid_last)
+    )
+    v = v.mutate(first_bucket=first_bucket, last_bucket=last_bucket)
+    v = v.filter(v.first_bucket <= v.last_bucket)
+    v = v.mutate(bucket=ibis.range(v.first_bucket, v.last_bucket + HOUR, HOUR).unnest())
+    vaso = v.group_by(["stay_id", "bucket"]).agg(
+        **{c: v.value.max(where=v.concept == c) for c in VASOPRESSORS}
+    )
+
+    # -- urine charting span per stay (all urine events of the stay)
+    u = obs.filter(obs.concept == "urine_output")
+    urine_span = u.group_by("stay_id").agg(u_first=u.time.min(), u_last=u.time.max())
+
+    # -- every (stay, bucket) that matters: the grid and the buckets holding data
+    grid = bounds.select(
+        "stay_id", bucket=ibis.range(bounds.grid_first, bounds.grid_last + HOUR, HOUR).unnest()
+    )
+    keys = (
+        grid.union(simple.select("stay_id", "bucket"), distinct=True)
+        .union(resp.select("stay_id", "bucket"), distinct=True)
+        .union(vaso.select("stay_id", "bucket"), distinct=True)
+    )
+    keys = keys.inner_join(bounds, "stay_id")
+    keys = keys.filter(
+        (keys.bucket >= keys.grid_first - ibis.interval(hours=keep_buckets)) & (keys.bucket <= keys.grid_last)
+    )
+    wide = _drop_right(keys.left_join(simple, ["stay_id", "bucket"]))
+    wide = _drop_right(wide.left_join(resp, ["stay_id", "bucket"]))
+    wide = _drop_right(wide.left_join(vaso, ["stay_id", "bucket"]))
+    wide = _drop_right(wide.left_join(urine_span, "stay_id"))
+
+    w24 = ibis.window(
+        group_by=wide.stay_id, order_by=wide.bucket, range=(-ibis.interval(hours=WINDOW_HOURS - 1), 0)
+    )
+    wf = ibis.window(
+        group_by=wide.stay_id, order_by=wide.bucket, range=(-ibis.interval(hours=fresh_buckets), 0)
+    )
+    cols: dict[str, Any] = {}
+    for c in WORST_MIN:
+        cols[c] = wide[c].min().over(w24)
+    for c in WORST_MAX:
+        cols[c] = wide[c].max().over(w24)
+    for c in VASOPRESSORS:
+        cols[c] = wide[c].max().over(w24)
+    cols["_urine_sum"] = wide.urine_sum.sum().over(w24)
+    cols["_resp_key"] = wide.resp_key.max().over(w24)
+    for c in biomarkers:
+        cols[f"{c}__t"] = wide[f"{c}__t"].max().over(wf)
+    win = wide.select("stay_id", "bucket", "grid_first", "u_first", "u_last", **cols)
+    win = win.filter(win.bucket >= win.grid_first)
+
+    slack = ibis.interval(hours=URINE_COVERAGE_SLACK_HOURS)
+    covered = (
+        win._urine_sum.notnull()
+        & (win.u_first <= win.bucket - ibis.interval(hours=WINDOW_HOURS) + slack)
+        & (win.u_last > win.bucket - slack)
+    )
+    urine_sum = ibis.cases((covered, win._urine_sum.round(6)), else_=ibis.null("float64"))
+    resp_points = (win._resp_key / _RESP_POINTS_SCALE).floor()
+    ratio = (_RESP_RATIO_CAP - (win._resp_key - resp_points * _RESP_POINTS_SCALE)).round(6)
+    vent = ibis.cases((win._resp_key.isnull(), ibis.null("float64")), (resp_points >= 3, 1.0), else_=0.0)
+    hourly = win.mutate(
+        urine_output_24h=_least(win.urine_output_24h, urine_sum),
+        pao2_fio2_ratio=ratio,
+        mechanical_ventilation=vent,
+    )
+
+    # -- latest fresh biomarker values: equi-join back on the latest time within freshness
+    for c in biomarkers:
+        b = o.filter(o.concept == c)
+        b = b.group_by(["stay_id", "time"]).agg(value=b.value.max())
+        b = b.select(b_stay=b.stay_id, b_time=b.time, b_value=b.value)
+        t_col = hourly[f"{c}__t"]
+        joined = hourly.left_join(b, [hourly.stay_id == b.b_stay, t_col == b.b_time])
+        is_fresh = joined[f"{c}__t"] >= joined.bucket - ibis.interval(seconds=round(fresh[c] * 3600))
+        hourly = joined.mutate(**{c: ibis.cases((is_fresh, joined.b_value), else_=ibis.null("float64"))})
+        hourly = hourly.drop("b_stay", "b_time", "b_value", f"{c}__t")
+
+    hourly = hourly.mutate(
+        hour=ibis.row_number().over(ibis.window(group_by=hourly.stay_id, order_by=hourly.bucket))
+    )
+    hourly = hourly.select(
+        "stay_id",
+        time=hourly.bucket,
+        hour=hourly.hour.cast("int64"),
+        **{c: hourly[c].cast("float64") for c in SOFA_INPUTS},
+        **{c: hourly[c].cast("float64") for c in biomarkers},
+    )
+    hourly = sofa(hourly)
+    hourly = classify_frame(protocol, hourly, column="endotype")
+    return Plan(
+        bounds=bounds,
+        hourly=hourly,
+        concept_counts=concept_counts,
+        infection=infection,
+        biomarkers=biomarkers,
+    )
+
+
+def plan_suspicion(infection: ir.Table) -> ir.Table:
+    """First suspected infection per stay (Seymour 2016, windows from sepsis3.yaml): an antibiotic with
+    a culture in the following 24 h (onset = antibiotic) or a culture with an antibiotic in the following
+    72 h (onset = culture); forward RANGE windows over the event times."""
+    spec = load_definition("sepsis3")
+    e = infection.filter(infection.value >= 1)
+    e = e.group_by(["stay_id", "time"]).agg(
+        abx=(e.concept == "antibiotic").any(), cult=(e.concept == "culture").any()
+    )
+    w_abx = ibis.window(
+        group_by=e.stay_id,
+        order_by=e.time,
+        range=(0, ibis.interval(hours=int(spec["culture_after_antibiotic_hours"]))),
+    )
+    w_cult = ibis.window(
+        group_by=e.stay_id,
+        order_by=e.time,
+        range=(0, ibis.interval(hours=int(spec["antibiotic_after_culture_hours"]))),
+    )
+    e = e.mutate(
+        culture_after=e.time.min(where=e.cult).over(w_abx),
+        antibiotic_after=e.time.min(where=e.abx).over(w_cult),
+    )
+    from_abx = e.filter(e.abx & e.culture_after.notnull()).select(
+        "stay_id", onset=e.time, antibiotic_time=e.time, culture_time=e.culture_after
+    )
+    from_cult = e.filter(e.cult & e.antibiotic_after.notnull()).select(
+        "stay_id", onset=e.time, antibiotic_time=e.antibiotic_after, culture_time=e.time
+    )
+    cand = from_abx.union(from_cult, distinct=False)
+    cand = cand.mutate(first=cand.onset.min().over(ibis.window(group_by=cand.stay_id)))
+    cand = cand.filter(cand.onset == cand.first)
+    return cand.group_by("stay_id").agg(
+        suspicion_time=cand.onset.min(),
+        antibiotic_time=cand.antibiotic_time.min(),
+        culture_time=cand.culture_time.min(),
+    )
+
+
+def plan_sepsis3(stays: ir.Table, hourly: ir.Table, suspicion: ir.Table) -> ir.Table:
+    """Sepsis-3 per stay: first suspected infection and a SOFA rise >= ``sofa_rise`` over the baseline
+    from ``sofa_window_before_hours`` before to ``sofa_window_after_hours`` after it (sepsis3.yaml)."""
+    spec = load_definition("sepsis3")
+    rise = int(spec["sofa_rise"])
+    baseline = int(spec["baseline_sofa"])
+    h = hourly.select("stay_id", "time", "sofa_total").inner_join(suspicion, "stay_id")
+    h = h.filter(
+        (h.time >= h.suspicion_time - ibis.interval(hours=int(spec["sofa_window_before_hours"])))
+        & (h.time <= h.suspicion_time + ibis.interval(hours=int(spec["sofa_window_after_hours"])))
+    )
+    per = h.group_by("stay_id").agg(
+        sofa_max_in_window=h.sofa_total.max(),
+        sofa_rise_time=h.time.min(where=h.sofa_total - baseline >= rise),
+    )
+    out = stays.select("stay_id")
+    out = _drop_right(out.left_join(suspicion, "stay_id"))
+    out = _drop_right(out.left_join(per, "stay_id"))
+    septic = out.suspicion_time.notnull() & out.sofa_rise_time.notnull()
+    return out.mutate(
+        baseline_sofa=ibis.literal(baseline).cast("int64"),
+        sepsis3=septic,
+        sepsis_time=ibis.cases((septic, out.suspicion_time), else_=ibis.null("timestamp")),
+    )
+
+
+def plan_endotypes(hourly: ir.Table, biomarkers: Sequence[str]) -> ir.Table:
+    """Endotype timeline: the first hour of each stay and every hour where the endotype changes, with
+    ``first_of_endotype`` marking the first time a stay entered each endotype."""
+    h = hourly.select("stay_id", "time", "hour", "endotype", "therapy", *biomarkers)
+    h = h.mutate(previous_endotype=h.endotype.lag().over(ibis.window(group_by=h.stay_id, order_by=h.time)))
+    ch = h.filter(h.previous_endotype.isnull() | (h.previous_endotype != h.endotype))
+    nth = ibis.row_number().over(ibis.window(group_by=[ch.stay_id, ch.endotype], order_by=ch.time))
+    return ch.mutate(first_of_endotype=nth == 0)
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+def _normalise(table: pl.DataFrame) -> pl.DataFrame:
+    """Same dtypes whatever engine produced the frame: UTC microsecond timestamps, int64 integers."""
+    exprs = []
+    for name, dtype in table.schema.items():
+        if isinstance(dtype, pl.Datetime):
+            col = pl.col(name)
+            col = (
+                col.dt.replace_time_zone("UTC")
+                if dtype.time_zone is None
+                else col.dt.convert_time_zone("UTC")
+            )
+            exprs.append(col.cast(_T))
+        elif dtype in (pl.Int8, pl.Int16, pl.Int32, pl.UInt8, pl.UInt16, pl.UInt32):
+            exprs.append(pl.col(name).cast(pl.Int64))
+        elif dtype == pl.Float32:
+            exprs.append(pl.col(name).cast(pl.Float64))
+    return table.with_columns(exprs) if exprs else table
+
+
+def _collect(con: Any, expr: ir.Table, sort: Sequence[str]) -> pl.DataFrame:
+    frame = pl.from_arrow(con.to_pyarrow(expr))
+    assert isinstance(frame, pl.DataFrame)
+    return _normalise(frame).sort(list(sort))
+
+
+def _stays_frame(stays: pl.DataFrame) -> pl.DataFrame:
+    missing = [c for c in STAYS_SCHEMA if c not in stays.columns]
+    frame = stays.with_columns([pl.lit(None, dtype=STAYS_SCHEMA[c]).alias(c) for c in missing])
+    return _normalise(frame.select(list(STAYS_SCHEMA)).cast(STAYS_SCHEMA))  # type: ignore[arg-type]
+
+
+def build_cohort(
+    source_data: SourceData | ParquetInput,
+    protocol_id: str = "immunosep-2025",
+    engine: str = "duckdb",
+    output_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    *,
+    spark: Any = None,
+    threads: int | None = None,
+) -> CohortResult:
+    """Run the cohort plan on ``engine`` and return (and, with ``output_dir``, write) the tables.
+
+    ``output_dir`` receives ``stays.parquet``, ``hourly_sofa.parquet``, ``sepsis3.parquet``,
+    ``endotypes.parquet`` and ``summary.json``, written to a temporary folder renamed on success.
+    ``progress(step, done, total)`` is called as the steps advance (for a progress bar).
+    """
+    from immunostrat.cohort.summary import summarise
+
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    protocol = load_protocol(protocol_id)
+    steps = ["stage inputs", "hourly SOFA and endotypes", "Sepsis-3", "endotype timeline", "summary"]
+    if output_dir is not None:
+        steps.append("write tables")
+    total = len(steps)
+
+    def tick(i: int) -> None:
+        if progress is not None:
+            progress(steps[min(i, total - 1)], i, total)
+
+    work = Path(tempfile.mkdtemp(prefix="immunostrat-cohort-"))
+    try:
+        tick(0)
+        if isinstance(source_data, SourceData):
+            stays_pl = _stays_frame(source_data.stays)
+            obs_path = work / "observations.parquet"
+            source_data.observations.select("patient_id", "time", "concept", "value").write_parquet(obs_path)
+            obs_src: str = str(obs_path)
+            report, notes, source_name = source_data.report, source_data.notes, source_data.source
+        else:
+            stays_pl = _stays_frame(pl.read_parquet(source_data.stays))
+            obs_src = str(source_data.observations)
+            report, notes, source_name = source_data.report, source_data.notes, source_data.source
+        stays_path = work / "stays.parquet"
+        stays_pl.write_parquet(stays_path)
+        con = connect(engine, spark=spark, threads=threads)
+        stays_t = con.read_parquet(str(stays_path))
+        obs_t = con.read_parquet(obs_src)
+        plan = plan_hourly(stays_t, obs_t, protocol, open_stays=bool(stays_pl["icu_outtime"].null_count()))
+        tick(1)
+        hourly = _collect(con, plan.hourly, ["stay_id", "time"])
+        counts = _collect(con, plan.concept_counts, ["concept"])
+        hourly_path = work / "hourly.parquet"
+        hourly.select(
+            "stay_id", "time", "hour", "sofa_total", "endotype", "therapy", *plan.biomarkers
+        ).write_parquet(hourly_path)
+        hourly_t = con.read_parquet(str(hourly_path))
+        tick(2)
+        suspicion = plan_suspicion(plan.infection)
+        sepsis = _collect(con, plan_sepsis3(stays_t, hourly_t, suspicion), ["stay_id"])
+        tick(3)
+        endotypes = _collect(con, plan_endotypes(hourly_t, plan.biomarkers), ["stay_id", "time"])
+        tick(4)
+        present = dict(zip(counts["concept"].to_list(), counts["rows"].to_list(), strict=True))
+        sepsis = _sepsis_reasons(sepsis, present)
+        stays_out, summary = summarise(
+            stays=stays_pl,
+            hourly=hourly,
+            sepsis3=sepsis,
+            endotypes=endotypes,
+            concept_rows=present,
+            report=report,
+            notes=notes,
+            source=source_name,
+            engine=engine,
+            protocol=protocol,
+        )
+        result = CohortResult(
+            stays=stays_out, hourly_sofa=hourly, sepsis3=sepsis, endotypes=endotypes, summary=summary
+        )
+        if output_dir is not None:
+            tick(5)
+            result.output_dir = write_tables(result, output_dir)
+        if progress is not None:
+            progress("done", total, total)
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _sepsis_reasons(sepsis: pl.DataFrame, present: dict[str, int]) -> pl.DataFrame:
+    spec = load_definition("sepsis3")
+    lacking = [c for c in INFECTION if not present.get(c)]
+    assessable = not lacking
+    note = (
+        f"source has no {' or '.join(lacking)} events: suspected infection not assessable" if lacking else ""
+    )
+    reason = (
+        pl.when(pl.lit(not assessable))
+        .then(pl.lit(f"not assessable: {note}"))
+        .when(pl.col("suspicion_time").is_null())
+        .then(pl.lit("no suspected infection (antibiotic + culture)"))
+        .when(pl.col("sofa_rise_time").is_null())
+        .then(pl.lit(f"no SOFA rise >= {int(spec['sofa_rise'])} in the window"))
+        .otherwise(pl.lit("suspected infection with SOFA rise"))
+    )
+    return sepsis.with_columns(
+        pl.col("sepsis3").fill_null(False),
+        reason.alias("sepsis3_reason"),
+        pl.lit(assessable).alias("sepsis3_assessable"),
+        pl.lit(spec["id"]).alias("sepsis3_variant"),
+    ).select(
+        "stay_id",
+        "sepsis3",
+        "sepsis_time",
+        "suspicion_time",
+        "antibiotic_time",
+        "culture_time",
+        "sofa_rise_time",
+        "sofa_max_in_window",
+        "baseline_sofa",
+        "sepsis3_reason",
+        "sepsis3_assessable",
+        "sepsis3_variant",
+    )
+
+
+def write_tables(result: CohortResult, output_dir: str | Path) -> Path:
+    """Write the tables and summary.json into ``output_dir`` atomically (temp folder, then rename)."""
+    import json
+
+    target = Path(output_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for name, frame in result.tables().items():
+            frame.write_parquet(tmp / f"{name}.parquet")
+        (tmp / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str), encoding="utf-8")
+        old: Path | None = None
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            target.rename(old)
+        tmp.rename(target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+HOURLY_COLUMNS = ("stay_id", "time", "hour", *SOFA_INPUTS, *SOFA_OUTPUTS)
+__all__ = [
+    "ENGINES",
+    "HOURLY_COLUMNS",
+    "CohortResult",
+    "ParquetInput",
+    "Plan",
+    "Progress",
+    "build_cohort",
+    "connect",
+    "plan_endotypes",
+    "plan_hourly",
+    "plan_sepsis3",
+    "plan_suspicion",
+    "spark_session",
+    "write_tables",
+]

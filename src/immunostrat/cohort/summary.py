@@ -1,0 +1,277 @@
+"""Cohort summary (counts, missing concepts, 28-day mortality by endotype) and its figures."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from immunostrat.protocols import Protocol
+from immunostrat.scores import SOFA_INPUTS, load_definition
+from immunostrat.sources import ConceptStatus
+
+MORTALITY_DAYS = 28
+TRAJECTORY_HOURS = 7 * 24
+
+
+def _stay_endotypes(endotypes: pl.DataFrame) -> pl.DataFrame:
+    """Per stay: the first known (non-unknown) endotype and when it was first seen."""
+    known = endotypes.filter(pl.col("endotype") != "unknown").sort("stay_id", "time")
+    return known.group_by("stay_id", maintain_order=True).agg(
+        pl.col("endotype").first().alias("first_endotype"),
+        pl.col("time").first().alias("first_endotype_time"),
+    )
+
+
+def summarise(
+    *,
+    stays: pl.DataFrame,
+    hourly: pl.DataFrame,
+    sepsis3: pl.DataFrame,
+    endotypes: pl.DataFrame,
+    concept_rows: dict[str, int],
+    report: list[ConceptStatus],
+    notes: list[str],
+    source: str,
+    engine: str,
+    protocol: Protocol,
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The stays table with per-stay outcomes, and the summary dict (JSON-serialisable)."""
+    hours = hourly.group_by("stay_id").agg(pl.len().cast(pl.Int64).alias("grid_hours"))
+    first = _stay_endotypes(endotypes)
+    septic = sepsis3.select("stay_id", "sepsis3", "sepsis_time")
+    horizon = timedelta(days=MORTALITY_DAYS)
+    stays_out = (
+        stays.join(hours, on="stay_id", how="left")
+        .join(septic, on="stay_id", how="left")
+        .join(first, on="stay_id", how="left")
+        .with_columns(
+            pl.col("grid_hours").fill_null(0),
+            pl.col("sepsis3").fill_null(False),
+            pl.col("first_endotype").fill_null("unknown"),
+            (
+                pl.col("death_time").is_not_null() & (pl.col("death_time") - pl.col("icu_intime") <= horizon)
+            ).alias("death_28d"),
+        )
+        .sort("stay_id")
+    )
+    ever = (
+        endotypes.select("stay_id", "endotype")
+        .unique()
+        .group_by("endotype")
+        .agg(pl.len().alias("n"))
+        .sort("endotype")
+    )
+    first_counts = stays_out.group_by("first_endotype").agg(pl.len().alias("n")).sort("first_endotype")
+    mortality = (
+        stays_out.group_by("first_endotype")
+        .agg(pl.len().alias("stays"), pl.col("death_28d").sum().alias("deaths"))
+        .with_columns((pl.col("deaths") / pl.col("stays")).round(4).alias("mortality"))
+        .sort("first_endotype")
+    )
+    by_status = {c.concept: c for c in report}
+    wanted = [*SOFA_INPUTS_SOURCES, "antibiotic", "culture", *protocol.requires]
+    missing = []
+    for concept in dict.fromkeys(wanted):
+        rows = int(concept_rows.get(concept, 0))
+        status = by_status.get(concept)
+        if rows == 0 or (status is not None and status.status != "present"):
+            missing.append(
+                {
+                    "concept": concept,
+                    "rows": rows,
+                    "status": status.status if status is not None else "absent",
+                    "detail": status.detail if status is not None else "no observations in this source",
+                }
+            )
+    septic_n = int(stays_out["sepsis3"].sum())
+    assessable = bool(sepsis3["sepsis3_assessable"].all()) if sepsis3.height else True
+    summary: dict[str, Any] = {
+        "source": source,
+        "engine": engine,
+        "protocol": {"id": protocol.id, "version": protocol.version},
+        "sofa_variant": load_definition("sofa")["id"],
+        "sepsis3_variant": load_definition("sepsis3")["id"],
+        "stays": stays_out.height,
+        "stays_with_hourly_sofa": int((stays_out["grid_hours"] > 0).sum()),
+        "patient_hours": hourly.height,
+        "septic_stays": septic_n,
+        "sepsis3_assessable": assessable,
+        "sepsis3_note": "" if assessable else str(sepsis3["sepsis3_reason"][0]) if sepsis3.height else "",
+        "endotype_stays_ever": dict(zip(ever["endotype"].to_list(), ever["n"].to_list(), strict=True)),
+        "endotype_first_known": dict(
+            zip(first_counts["first_endotype"].to_list(), first_counts["n"].to_list(), strict=True)
+        ),
+        "missing_concepts": missing,
+        "mortality_28d_by_endotype": {
+            row["first_endotype"]: {
+                "stays": int(row["stays"]),
+                "deaths": int(row["deaths"]),
+                "mortality": None if row["mortality"] is None else float(row["mortality"]),
+            }
+            for row in mortality.iter_rows(named=True)
+        },
+        "notes": list(notes),
+    }
+    return stays_out, summary
+
+
+# Concepts the SOFA inputs come from (urine_output feeds urine_output_24h; pao2 + fio2 the ratio).
+SOFA_INPUTS_SOURCES = tuple(
+    dict.fromkeys(
+        c
+        for name in SOFA_INPUTS
+        for c in (
+            ("pao2", "fio2")
+            if name == "pao2_fio2_ratio"
+            else ("urine_output",)
+            if name == "urine_output_24h"
+            else (name,)
+        )
+    )
+)
+
+
+@dataclass
+class CohortSummary:
+    summary: dict[str, Any]
+    figures: list[Path] = field(default_factory=list)
+
+    def text(self) -> str:
+        return format_summary(self.summary)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A short plain-text rendering of the summary (for the CLI)."""
+    lines = [
+        f"source {summary['source']} on {summary['engine']}, protocol {summary['protocol']['id']} "
+        f"{summary['protocol']['version']}",
+        f"stays: {summary['stays']} ({summary['patient_hours']} patient-hours of SOFA)",
+        f"septic stays (Sepsis-3): {summary['septic_stays']}"
+        + ("" if summary["sepsis3_assessable"] else f" - {summary['sepsis3_note']}"),
+        "endotype (first known per stay): "
+        + ", ".join(f"{k} {v}" for k, v in summary["endotype_first_known"].items()),
+        "endotype (ever, stays): " + ", ".join(f"{k} {v}" for k, v in summary["endotype_stays_ever"].items()),
+        "28-day mortality by first known endotype: "
+        + ", ".join(
+            f"{k} {v['deaths']}/{v['stays']}" for k, v in summary["mortality_28d_by_endotype"].items()
+        ),
+    ]
+    if summary["missing_concepts"]:
+        lines.append(
+            "missing concepts: "
+            + ", ".join(f"{m['concept']} ({m['detail'] or m['status']})" for m in summary["missing_concepts"])
+        )
+    return "\n".join(lines)
+
+
+def cohort_summary(output_dir: str | Path) -> CohortSummary:
+    """Read a cohort folder written by ``build_cohort`` and write figures next to the tables:
+    ``endotype_prevalence.png``, ``sofa_trajectories.png``, ``mortality_28d.png`` and ``summary.html``
+    (the three as interactive plotly charts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import plotly.graph_objects as go
+
+    folder = Path(output_dir)
+    summary: dict[str, Any] = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    stays = pl.read_parquet(folder / "stays.parquet")
+    hourly = pl.read_parquet(folder / "hourly_sofa.parquet", columns=["stay_id", "hour", "sofa_total"])
+
+    ever = summary["endotype_stays_ever"]
+    first_known = summary["endotype_first_known"]
+    names = sorted(set(ever) | set(first_known))
+    mort = summary["mortality_28d_by_endotype"]
+    traj = (
+        hourly.filter(pl.col("hour") < TRAJECTORY_HOURS)
+        .join(stays.select("stay_id", "first_endotype"), on="stay_id")
+        .group_by("first_endotype", "hour")
+        .agg(pl.col("sofa_total").mean().alias("mean"), pl.len().alias("n"))
+        .sort("first_endotype", "hour")
+    )
+    figures: list[Path] = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(names, [ever.get(n, 0) for n in names], label="ever", alpha=0.6)
+    ax.bar(names, [first_known.get(n, 0) for n in names], label="first known", alpha=0.6)
+    ax.set_ylabel("stays")
+    ax.set_title("Endotype prevalence")
+    ax.legend()
+    fig.tight_layout()
+    figures.append(folder / "endotype_prevalence.png")
+    fig.savefig(figures[-1], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for (name,), part in traj.group_by("first_endotype", maintain_order=True):
+        ax.plot(part["hour"].to_list(), part["mean"].to_list(), label=str(name))
+    ax.set_xlabel("hours since ICU admission")
+    ax.set_ylabel("mean SOFA (trailing 24 h)")
+    ax.set_title("SOFA trajectories by first known endotype")
+    ax.legend()
+    fig.tight_layout()
+    figures.append(folder / "sofa_trajectories.png")
+    fig.savefig(figures[-1], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    mnames = sorted(mort)
+    ax.bar(mnames, [100 * (mort[n]["mortality"] or 0.0) for n in mnames])
+    for i, n in enumerate(mnames):
+        ax.annotate(
+            f"{mort[n]['deaths']}/{mort[n]['stays']}", (i, 100 * (mort[n]["mortality"] or 0.0)), ha="center"
+        )
+    ax.set_ylabel("28-day mortality (%)")
+    ax.set_title("28-day mortality by first known endotype")
+    fig.tight_layout()
+    figures.append(folder / "mortality_28d.png")
+    fig.savefig(figures[-1], dpi=100)
+    plt.close(fig)
+
+    charts = [
+        go.Figure(
+            [
+                go.Bar(name="ever", x=names, y=[ever.get(n, 0) for n in names]),
+                go.Bar(name="first known", x=names, y=[first_known.get(n, 0) for n in names]),
+            ],
+            layout={"title": "Endotype prevalence (stays)"},
+        ),
+        go.Figure(
+            [
+                go.Scatter(name=str(name), x=part["hour"].to_list(), y=part["mean"].to_list(), mode="lines")
+                for (name,), part in traj.group_by("first_endotype", maintain_order=True)
+            ],
+            layout={"title": "Mean SOFA by hour since ICU admission, by first known endotype"},
+        ),
+        go.Figure(
+            [
+                go.Bar(
+                    x=mnames,
+                    y=[100 * (mort[n]["mortality"] or 0.0) for n in mnames],
+                    text=[f"{mort[n]['deaths']}/{mort[n]['stays']}" for n in mnames],
+                )
+            ],
+            layout={"title": "28-day mortality (%) by first known endotype"},
+        ),
+    ]
+    parts = [chart.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, chart in enumerate(charts)]
+    html = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<title>immunostrat cohort summary</title></head><body>"
+        f"<h1>Cohort summary</h1><pre>{_escape(format_summary(summary))}</pre>"
+        + "".join(parts)
+        + "</body></html>"
+    )
+    figures.append(folder / "summary.html")
+    figures[-1].write_text(html, encoding="utf-8")
+    return CohortSummary(summary=summary, figures=figures)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
