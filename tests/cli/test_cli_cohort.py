@@ -68,3 +68,31 @@ def test_mimic_demo_finds_the_mals_stay(tmp_path: Path) -> None:
     assert "stays: 140" in result.stdout
     assert "mals 1" in result.stdout
     assert "mhla_dr" in result.stdout  # reported absent, with the reason
+
+
+def test_physionet_partial_sofa_and_label_agreement(tmp_path: Path) -> None:
+    root = SHARED / "physionet-challenge-2019"
+    if not root.exists():
+        pytest.skip(f"PhysioNet 2019 files not found at {root}")
+    out = tmp_path / "pn"
+    result = runner.invoke(
+        app,
+        [
+            "cohort",
+            "build",
+            "--source",
+            "physionet2019",
+            "--path",
+            str(root),
+            "--limit",
+            "300",
+            "--output",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "stays: 300" in result.stdout
+    assert "not assessable" in result.stdout  # no antibiotics or cultures in these files
+    assert "gcs" in result.stdout  # a missing SOFA component, reported
+    assert "agreement with the source's sepsis label" in result.stdout
+    assert (out / "label_agreement.json").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,7 +46,7 @@ def build(
     ] = None,
 ) -> None:
     """Build the cohort tables (Parquet) and print a summary with the missing-concept report."""
-    from immunostrat.cohort import ENGINES, build_cohort, format_summary
+    from immunostrat.cohort import ENGINES, build_cohort, format_agreement, format_summary, label_agreement
     from immunostrat.sources import SOURCES, load_source
 
     if source not in SOURCES:
@@ -79,6 +80,10 @@ def build(
     except (InputError, ValueError, KeyError) as error:
         _fail(error)
     typer.echo(format_summary(result.summary))
+    if "sepsis_onset" in data.tables:
+        agreement = label_agreement(result.hourly_sofa, data.tables["sepsis_onset"])
+        typer.echo(format_agreement(agreement))
+        (output / "label_agreement.json").write_text(json.dumps(agreement, indent=2) + "\n", encoding="utf-8")
     absent = [c for c in data.report if c.status != "present"]
     if absent:
         table = Table(title=f"concepts absent from {source}")

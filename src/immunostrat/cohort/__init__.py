@@ -2,6 +2,7 @@
 scores, Sepsis-3 onset and the immune-endotype timeline; synthetic scale data for benchmarks.
 """
 
+from immunostrat.cohort.agreement import format_agreement, label_agreement
 from immunostrat.cohort.engine import (
     ENGINES,
     TABLES,
@@ -27,7 +28,9 @@ __all__ = [
     "build_cohort",
     "cohort_summary",
     "connect",
+    "format_agreement",
     "format_summary",
+    "label_agreement",
     "spark_session",
     "stays_for_rows",
     "synthetic_input",
