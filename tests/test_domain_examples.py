@@ -75,9 +75,12 @@ def test_a3_percent_positive_is_never_converted_into_ab_per_cell() -> None:
 
 def test_a3_monitoring_grades_at_8000_and_15000() -> None:
     monitoring = load_protocol("mhla-dr-monitoring")
-    grade = lambda v: (
-        classify_patient(monitoring, _records([("mhla_dr", v, "AB/C", 0)]), patient_id="p").endotype
-    )  # noqa: E731
+
+    def grade(value: float) -> str:
+        return classify_patient(
+            monitoring, _records([("mhla_dr", value, "AB/C", 0)]), patient_id="p"
+        ).endotype
+
     assert [grade(v) for v in (7999, 8000, 14999, 15000)] == ["low", "reduced", "reduced", "immunocompetent"]
 
 
