@@ -47,7 +47,7 @@ def band_points(
 
 
 def as_narwhals(frame: Any) -> Any:
-    """Wrap a native frame (polars, pandas, DuckDB, Ibis, PySpark) for narwhals expressions."""
+    """Wrap a native frame (polars, DuckDB, Ibis, PySpark) for narwhals expressions."""
     return nw.from_native(frame)
 
 

@@ -94,7 +94,7 @@ def sofa_expressions() -> list[nw.Expr]:
 
 
 def sofa(frame: FrameT) -> FrameT:
-    """Add the SOFA columns to ``frame`` (polars, pandas, DuckDB, Ibis or PySpark; same type back).
+    """Add the SOFA columns to ``frame`` (polars, DuckDB, Ibis or PySpark; same type back).
 
     Missing organ systems score 0 (the usual convention) and are counted in ``sofa_missing`` and
     named in ``sofa_missing_components``; ``sofa_variant`` records the definition used.
