@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from immunostrat.cli.output import fail
 from immunostrat.errors import InputError
 
 console = Console(stderr=True)
@@ -16,11 +17,6 @@ out = Console()
 design_app = typer.Typer(help="Design the next trial.", no_args_is_help=True)
 samplesize_app = typer.Typer(help="Sample size with the assumptions printed.", no_args_is_help=True)
 design_app.add_typer(samplesize_app, name="samplesize")
-
-
-def _fail(error: Exception) -> None:
-    console.print(f"[bold red]error:[/] {error}", highlight=False)
-    raise typer.Exit(code=2)
 
 
 def analyze(
@@ -39,7 +35,7 @@ def analyze(
         with console.status(f"analysing {data} with plan {plan}"):
             results = run(data, plan, report, pdf, json_path)
     except (InputError, KeyError, FileNotFoundError) as error:
-        _fail(error)
+        fail(error)
     table = Table(title=f"{plan}: endpoints ({results.get('primary_population', 'itt')})")
     for col in ("endpoint", "role", "arms", "estimate (95% CI)", "P"):
         table.add_column(col, overflow="fold", no_wrap=col == "endpoint")
@@ -88,7 +84,7 @@ def published(
     try:
         result = reproduce(record)
     except (KeyError, FileNotFoundError) as error:
-        _fail(
+        fail(
             InputError(
                 f"unknown published record {record!r}",
                 field="record",
@@ -128,7 +124,7 @@ def samplesize_proportions(
     try:
         result = sample_size_two_proportions(p_treated, p_control, alpha, power, dropout, method)
     except ValueError as error:
-        _fail(error)
+        fail(error)
     typer.echo(result.text())
 
 
@@ -154,7 +150,7 @@ def samplesize_survival(
             method=method,
         )
     except ValueError as error:
-        _fail(error)
+        fail(error)
     typer.echo(result.text())
 
 
@@ -174,5 +170,5 @@ def samplesize_repeated(
     try:
         result = sample_size_repeated_measures(difference, sd, visits, correlation, alpha, power, dropout)
     except ValueError as error:
-        _fail(error)
+        fail(error)
     typer.echo(result.text())

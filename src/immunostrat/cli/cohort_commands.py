@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from immunostrat.cli.output import fail
 from immunostrat.errors import InputError
 
 console = Console(stderr=True)
@@ -18,11 +19,6 @@ out = Console()
 cohort_app = typer.Typer(
     help="SOFA, Sepsis-3 and immune endotypes over whole ICU databases.", no_args_is_help=True
 )
-
-
-def _fail(error: Exception) -> None:
-    console.print(f"[bold red]error:[/] {error}", highlight=False)
-    raise typer.Exit(code=2)
 
 
 @cohort_app.command("build")
@@ -50,9 +46,9 @@ def build(
     from immunostrat.sources import SOURCES, load_source
 
     if source not in SOURCES:
-        _fail(InputError("unknown source", field="--source", value=source, expected=" | ".join(SOURCES)))
+        fail(InputError("unknown source", field="--source", value=source, expected=" | ".join(SOURCES)))
     if engine not in ENGINES:
-        _fail(InputError("unknown engine", field="--engine", value=engine, expected=" | ".join(ENGINES)))
+        fail(InputError("unknown engine", field="--engine", value=engine, expected=" | ".join(ENGINES)))
     options: dict[str, Any] = {}
     if meds is not None:
         options["meds_path"] = meds
@@ -78,7 +74,7 @@ def build(
                 data, protocol_id=protocol, engine=engine, output_dir=output, progress=update
             )
     except (InputError, ValueError, KeyError) as error:
-        _fail(error)
+        fail(error)
     typer.echo(format_summary(result.summary))
     if "sepsis_onset" in data.tables:
         agreement = label_agreement(result.hourly_sofa, data.tables["sepsis_onset"])
@@ -103,7 +99,7 @@ def summary(
     from immunostrat.cohort import cohort_summary
 
     if not (directory / "summary.json").exists():
-        _fail(
+        fail(
             InputError(
                 "not a cohort folder", file=str(directory), expected="a folder written by cohort build"
             )

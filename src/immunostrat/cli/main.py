@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from immunostrat import __version__
-from immunostrat.cli.output import write_table
+from immunostrat.cli.output import fail, write_table
 from immunostrat.concepts import ObservationSet, load_concepts, read_observations
 from immunostrat.errors import InputError
 from immunostrat.protocols import Classification, classify_all, list_protocols, load_protocol
@@ -30,11 +30,6 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 out = Console()
-
-
-def _fail(error: InputError) -> None:
-    console.print(f"[bold red]error:[/] {error}", highlight=False)
-    raise typer.Exit(code=2)
 
 
 def _parse_duration_hours(text: str) -> float:
@@ -119,7 +114,7 @@ def score(
         frame = compute_scores(data, score, _parse_at(at), every_hours)
         write_table(frame, output)
     except InputError as error:
-        _fail(error)
+        fail(error)
     if output != "-":
         console.print(f"wrote {frame.height} row(s) to {output}")
 
@@ -179,7 +174,7 @@ def classify(
         else:
             write_table(frame, target, records=records)
     except InputError as error:
-        _fail(error)
+        fail(error)
     if output != "-":
         console.print(f"wrote {len(results)} classification(s) to {output}")
 
@@ -224,7 +219,7 @@ def demo(
     try:
         run_demo(output_dir, out)
     except InputError as error:
-        _fail(error)
+        fail(error)
 
 
 def _register() -> None:

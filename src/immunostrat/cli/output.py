@@ -8,11 +8,23 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import polars as pl
+import typer
+from rich.console import Console
 
 from immunostrat.errors import InputError
+
+ERRORS = Console(stderr=True)
+
+
+def fail(error: Exception, code: int = 2) -> NoReturn:
+    """One line on stderr, no traceback, and the exit code (2: bad input; 1: refused by the service)."""
+    message = str(error) if isinstance(error, InputError) else (getattr(error, "message", None) or str(error))
+    ERRORS.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=code)
+
 
 ISO_UTC = "%Y-%m-%dT%H:%M:%SZ"  # every time in the program is UTC
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".json": "json"}

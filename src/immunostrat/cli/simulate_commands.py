@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from immunostrat.cli.output import fail
+
 console = Console(stderr=True)
 out = Console()
 simulate_app = typer.Typer(help="In-silico trials on Reynolds 2006 virtual patients.", no_args_is_help=True)
@@ -35,11 +37,6 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
-def _fail(error: Exception) -> None:
-    console.print(f"[bold red]error:[/] {error}", highlight=False)
-    raise typer.Exit(code=2)
-
-
 @simulate_app.command("population")
 def population(
     size: Annotated[int, typer.Option("--size", help="Accepted virtual patients.")] = 2000,
@@ -53,7 +50,7 @@ def population(
     ] = None,
 ) -> None:
     """Sample a virtual population matched to PROVIDE's endotype prevalence and mortality; report the fit."""
-    from immunostrat.cli.output import write_table
+    from immunostrat.cli.output import fail, write_table
     from immunostrat.simulation import (
         population_frame,
         population_observations,
@@ -62,7 +59,7 @@ def population(
     )
 
     if size < 1:
-        _fail(ValueError("--size must be at least 1"))
+        fail(ValueError("--size must be at least 1"))
     with progress_bar("simulating virtual patients") as update:
         if cluster:
             vpop = simulate_population_distributed(
@@ -95,14 +92,14 @@ def trial(
     from immunostrat.simulation import DESIGNS, simulate_trials
 
     if design not in DESIGNS:
-        _fail(ValueError(f"unknown design {design!r}; one of {', '.join(DESIGNS)}"))
+        fail(ValueError(f"unknown design {design!r}; one of {', '.join(DESIGNS)}"))
     try:
         with progress_bar(f"simulating {trials} trials") as update:
             results = simulate_trials(
                 design, n, trials, seed, population_size=population_size, progress=update
             )
     except ValueError as error:
-        _fail(error)
+        fail(error)
     typer.echo(results.summary())
 
 
@@ -121,7 +118,7 @@ def plots(
     try:
         size_list = [int(s) for s in sizes.split(",") if s.strip()]
     except ValueError:
-        _fail(ValueError(f"--sizes must be comma-separated integers, got {sizes!r}"))
+        fail(ValueError(f"--sizes must be comma-separated integers, got {sizes!r}"))
     output_dir.mkdir(parents=True, exist_ok=True)
     with progress_bar("outcome map") as update:
         outcome = plot_outcome_map(output_dir / "outcome_map.png", progress=update)

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from immunostrat.cli.output import fail
 from immunostrat.errors import InputError
 
 console = Console(stderr=True)
@@ -17,12 +18,6 @@ trial_app = typer.Typer(help="Set up trials, users and exports.", no_args_is_hel
 audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
 
 DbOpt = Annotated[str, typer.Option("--db", help="Database URL: sqlite:///trial.db or postgresql://...")]
-
-
-def _fail(error: Exception, code: int = 2) -> None:
-    message = str(error) if isinstance(error, InputError) else (getattr(error, "message", None) or str(error))
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code=code)
 
 
 def serve(
@@ -57,9 +52,9 @@ def serve(
         out.print(f"serving on http://{host}:{port} (OpenAPI at /openapi.json, CDS Hooks at /cds-services)")
         run_server(db, host=host, port=port)
     except InputError as error:
-        _fail(error)
+        fail(error)
     except TrialError as error:
-        _fail(error, code=1)
+        fail(error, code=1)
 
 
 @trial_app.command("init")
@@ -87,9 +82,9 @@ def trial_init(
             credentials = (admin, password)
         setup = init_trial(db, spec or EXAMPLE_SPEC, admin=credentials)
     except InputError as error:
-        _fail(error)
+        fail(error)
     except TrialError as error:
-        _fail(error, code=1)
+        fail(error, code=1)
     out.print(f"trial {setup.code} (id {setup.trial_id}) with {setup.n_kits} kits")
     out.print(f"randomization seed (shown once; keep it in escrow): {setup.seed_hex}")
 
@@ -111,9 +106,9 @@ def trial_export(
         trial_ref: int | str = int(trial) if trial.isdigit() else trial
         path = export_trial(db, trial_ref, blinded, output, fmt=fmt)  # type: ignore[arg-type]
     except InputError as error:
-        _fail(error)
+        fail(error)
     except TrialError as error:
-        _fail(error, code=1)
+        fail(error, code=1)
     out.print(f"wrote {'blinded' if blinded else 'unblinded'} export to {path}")
 
 
@@ -140,9 +135,9 @@ def trial_user(
         trial_ref: int | str | None = None if trial is None else (int(trial) if trial.isdigit() else trial)
         user_id = create_user(db, username, secret, role, trial=trial_ref, site=site)
     except InputError as error:
-        _fail(error)
+        fail(error)
     except TrialError as error:
-        _fail(error, code=1)
+        fail(error, code=1)
     out.print(f"user {username} ({role}) created with id {user_id}")
 
 
@@ -154,7 +149,7 @@ def audit_verify(db: DbOpt) -> None:
     try:
         result = verify_audit(db)
     except InputError as error:
-        _fail(error)
+        fail(error)
     out.print(str(result))
     if not result.ok:
         raise typer.Exit(code=1)
