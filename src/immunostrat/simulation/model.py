@@ -373,17 +373,25 @@ class _Rhs:
             self.inv_ch2 = 1.0 / (c_h * c_h)
 
     def __call__(
-        self, P: FloatArray, N: FloatArray, D: FloatArray, C: FloatArray
+        self,
+        P: FloatArray,
+        N: FloatArray,
+        D: FloatArray,
+        C: FloatArray,
+        kill_scale: FloatArray | None = None,
     ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """dP, dN*, dD, dCA. ``kill_scale`` multiplies phagocyte killing (the deactivation extension's
+        H/H_0); None is the Reynolds 2006 system."""
         inhib = 1.0 + C * C * self.inv_cinf2
         inv = 1.0 / inhib
         f_n = N * inv
         r = (self.k_nn * N + self.k_np * P + self.k_nd * D) * inv
+        phagocyte_kill = self.k_pn * f_n if kill_scale is None else self.k_pn * f_n * kill_scale
         d_p = P * (
             self.k_pg
             - self.k_pg_over_pinf * P
             - self.kill_m / (self.mu_m + self.k_mp * P)
-            - self.k_pn * f_n
+            - phagocyte_kill
             - self.extra_kill
         )
         d_n = self.s_nr * r / (self.mu_nr + r) - self.mu_n * N
@@ -399,24 +407,7 @@ class _Rhs:
     ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
         """dP, dN*, dD, dCA of the extended system (:class:`DeactivationParameters`): killing scaled by
         H/H_0. H itself is advanced by the integrator's exponential update (dH/dt is stiff at high CA)."""
-        inhib = 1.0 + C * C * self.inv_cinf2
-        inv = 1.0 / inhib
-        f_n = N * inv
-        r = (self.k_nn * N + self.k_np * P + self.k_nd * D) * inv
-        d_p = P * (
-            self.k_pg
-            - self.k_pg_over_pinf * P
-            - self.kill_m / (self.mu_m + self.k_mp * P)
-            - self.k_pn * f_n * H * self.inv_h0
-            - self.extra_kill
-        )
-        d_n = self.s_nr * r / (self.mu_nr + r) - self.mu_n * N
-        f2 = f_n * f_n
-        f6 = f2 * f2 * f2
-        d_d = self.k_dn * f6 / (self.x_dn6 + f6) - self.mu_d * D
-        f_c = (N + self.k_cnd * D) * inv
-        d_c = self.s_c + self.k_cn * f_c / (1.0 + f_c) - self.mu_c * C + self.extra_c
-        return d_p, d_n, d_d, d_c
+        return self(P, N, D, C, kill_scale=H * self.inv_h0)
 
 
 @dataclass(frozen=True)
