@@ -17,16 +17,9 @@ import polars as pl
 
 from immunostrat.protocols.model import Classification, Condition, Dose, Protocol, Reason, Regimen, Rule
 from immunostrat.protocols.renal import cockcroft_gault
-from immunostrat.scores.expressions import as_narwhals
+from immunostrat.scores.expressions import as_narwhals, compare
 
 FrameT = TypeVar("FrameT")
-
-_OPS = {
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-}
 
 
 def _history(observations: pl.DataFrame, concept: str, at: datetime | None) -> list[tuple[datetime, float]]:
@@ -60,7 +53,7 @@ def _evaluate(
             outcome="stale",
             note=f"older than {protocol.requires[condition.concept].freshness_hours:g} h",
         )
-    met = _OPS[condition.op](value, condition.threshold)
+    met = bool(compare(value, condition.op, condition.threshold))
     if not met or condition.consecutive == 1:
         return Reason(**base, value=value, time=time, outcome="met" if met else "not met")
     low, high = condition.apart_hours or (0.0, 0.0)
@@ -69,7 +62,7 @@ def _evaluate(
         gap = (chain[-1][0] - earlier_time).total_seconds() / 3600.0
         if gap < low:
             continue
-        if gap > high or not _OPS[condition.op](earlier_value, condition.threshold):
+        if gap > high or not compare(earlier_value, condition.op, condition.threshold):
             break
         chain.append((earlier_time, earlier_value))
         if len(chain) == condition.consecutive:
@@ -262,7 +255,7 @@ def endotype_expression(protocol: Protocol) -> nw.Expr:
     for rule in reversed(protocol.rules):
         if any(c.consecutive > 1 for c in rule.all):
             raise ValueError(f"rule {rule.id} needs sample history; use classify_patient")
-        checks = [_OPS[c.op](nw.col(c.concept), c.threshold) for c in rule.all]
+        checks = [compare(nw.col(c.concept), c.op, c.threshold) for c in rule.all]
         met = nw.all_horizontal(*[c.fill_null(False) for c in checks], ignore_nulls=False)
         failed = nw.any_horizontal(*[(~c).fill_null(False) for c in checks], ignore_nulls=False)
         result = (

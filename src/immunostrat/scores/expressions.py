@@ -19,8 +19,9 @@ _OPS = {
 }
 
 
-def compare(expr: nw.Expr, op: str, threshold: float) -> nw.Expr:
-    """``expr OP threshold`` for one of < <= > >=."""
+def compare(expr: Any, op: str, threshold: float) -> Any:
+    """``expr OP threshold`` for one of < <= > >=: a narwhals expression for an expression, a bool for a
+    number (protocol rules evaluate single values with the same table)."""
     try:
         return _OPS[op](expr, threshold)
     except KeyError:
