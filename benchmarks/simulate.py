@@ -11,8 +11,10 @@ parameters at Table 1 (the population of insilico.md section 5), each integrated
 
 Rates are patients per CPU-second (``time.process_time``, all threads of this process), so a shared,
 loaded machine does not distort them and they compare directly with the IIRABM's core-seconds; wall-clock
-rates are printed beside them. The JAX row is printed when jax is installed (``integrate_jax``, float64,
-outcome classes checked equal to numpy on every patient).
+rates are printed beside them. The JAX and numba rows are printed when jax / numba are installed
+(``integrate_jax``, ``integrate_numba``: float64, full integration, compilation in an untimed warm-up call,
+outcome classes checked equal to numpy on every patient). RATIO on the last line is that of the fastest CPU
+engine per CPU-second (named in the details) over solve_ivp.
 Usage: ``python benchmarks/simulate.py [--quick]``; the last line is
 ``benchmark simulate: RATIOx solve_ivp (details)``.
 """
@@ -74,7 +76,7 @@ def main() -> None:
     repeats = 1 if args.quick else 2
     kpg, p0 = _patients(n_batch, seed=2026)
 
-    # warm-up (imports, allocator, JAX compilation) on a few patients, not timed
+    # warm-up (imports, allocator, JAX and numba compilation) on a few patients, not timed
     _rate(integrate, kpg[:64], p0[:64], 1)
     solve_ivp_final(ReynoldsParameters(k_pg=0.5), 1.0, t_end=24.0)
     jax_ok = importlib.util.find_spec("jax") is not None
@@ -82,6 +84,11 @@ def main() -> None:
         from immunostrat.simulation.jax_backend import integrate_jax
 
         _rate(integrate_jax, kpg[:1024], p0[:1024], 1, chunk_size=1024)  # compiles the chunk shape
+    numba_ok = importlib.util.find_spec("numba") is not None
+    if numba_ok:
+        from immunostrat.simulation.numba_backend import integrate_numba
+
+        _rate(integrate_numba, kpg[:64], p0[:64], 1)  # one kernel for every batch size
 
     cpu_full, wall_full, out_full = _rate(integrate, kpg, p0, repeats, drop_healed=False)
     cpu_fast, wall_fast, out_fast = _rate(integrate, kpg, p0, repeats, drop_healed=True)
@@ -93,6 +100,11 @@ def main() -> None:
         if not np.array_equal(out_jax, out_full):
             raise SystemExit("JAX and numpy outcome classes differ")
         rates["jax"] = cpu_jax
+    if numba_ok:
+        cpu_nb, wall_nb, out_nb = _rate(integrate_numba, kpg, p0, repeats)
+        if not np.array_equal(out_nb, out_full):
+            raise SystemExit("numba and numpy outcome classes differ")
+        rates["numba"] = cpu_nb
 
     c0, w0 = time.process_time(), time.perf_counter()
     ref = np.stack(
@@ -117,6 +129,8 @@ def main() -> None:
     ]
     if jax_ok:
         rows.append(("JAX RK4 dt 0.5 h (CPU, float64)", cpu_jax, wall_jax))
+    if numba_ok:
+        rows.append(("numba RK4 dt 0.5 h (CPU, float64)", cpu_nb, wall_nb))
     rows.append((f"scipy solve_ivp LSODA 1e-8, 1 at a time ({n_ref})", rate_ref, wall_ref))
     for name, cpu, wall in rows:
         print(f"{name:46s} {cpu:14.1f} {wall:17.1f} {cpu / rate_ref:12.1f}")
@@ -131,14 +145,17 @@ def main() -> None:
             print("dask: installed; it fans out population batches (simulation.sweep), not timed here")
     best = max(rates, key=lambda k: rates[k])
     ratio = rates[best] / rate_ref
-    jax_txt = (
-        f"JAX {rates['jax']:.0f}/s = {rates['jax'] / rate_ref:.0f}x; " if jax_ok else "JAX not installed; "
+    backend_txt = "".join(
+        f"{label} {rates[key]:.0f}/s = {rates[key] / rate_ref:.0f}x; "
+        if key in rates
+        else f"{label} not installed; "
+        for key, label in (("jax", "JAX"), ("numba", "numba"))
     )
     print(
         f"benchmark simulate: {ratio:.0f}x solve_ivp ({best} RK4 {rates[best]:.0f} patients per CPU-s vs "
         f"solve_ivp LSODA {rate_ref:.1f}; numpy {cpu_full:.0f}/s = {cpu_full / rate_ref:.0f}x, healed frozen "
-        f"{cpu_fast:.0f}/s; {jax_txt}{n_batch} patients, 28 days, dt {DEFAULT_DT} h, {n_ref} cross-checked, "
-        f"0 class mismatches; "
+        f"{cpu_fast:.0f}/s; {backend_txt}{n_batch} patients, 28 days, dt {DEFAULT_DT} h, "
+        f"{n_ref} cross-checked, 0 class mismatches; "
         f"IIRABM {rates[best] / iirabm[0]:,.0f}-{rates[best] / iirabm[1]:,.0f}x per core; "
         f"{os.cpu_count()} CPUs)"
     )

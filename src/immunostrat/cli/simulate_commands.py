@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +16,15 @@ from immunostrat.cli.output import fail
 console = Console(stderr=True)
 out = Console()
 simulate_app = typer.Typer(help="In-silico trials on Reynolds 2006 virtual patients.", no_args_is_help=True)
+
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="reynolds2006 (published) | deactivation (+ monocyte deactivation) | full (+ ICU-acquired "
+        "infections); see docs/simulation.md.",
+    ),
+]
 
 
 @contextmanager
@@ -48,6 +57,7 @@ def population(
     cluster: Annotated[
         str | None, typer.Option("--cluster", help="Dask scheduler address (or 'local').")
     ] = None,
+    model: ModelOption = "reynolds2006",
 ) -> None:
     """Sample a virtual population matched to PROVIDE's endotype prevalence and mortality; report the fit."""
     from immunostrat.cli.output import fail, write_table
@@ -60,13 +70,14 @@ def population(
 
     if size < 1:
         fail(ValueError("--size must be at least 1"))
+    variant = _variant(model)
     with progress_bar("simulating virtual patients") as update:
         if cluster:
             vpop = simulate_population_distributed(
-                size, seed, address=None if cluster == "local" else cluster, progress=update
+                size, seed, address=None if cluster == "local" else cluster, progress=update, **variant
             )
         else:
-            vpop = simulate_population(size, seed, progress=update)
+            vpop = simulate_population(size, seed, progress=update, **variant)
     typer.echo(vpop.fit.table())
     if output is not None:
         write_table(population_frame(vpop), str(output))
@@ -87,17 +98,19 @@ def trial(
     population_size: Annotated[
         int, typer.Option("--population-size", help="Virtual population drawn from.")
     ] = 4000,
+    model: ModelOption = "reynolds2006",
 ) -> None:
     """Run N in-silico trials of one design: power, type I error, rates per arm, harm per subgroup."""
-    from immunostrat.simulation import DESIGNS, simulate_trials
+    from immunostrat.simulation import DESIGNS, generate_population, simulate_trials
 
     if design not in DESIGNS:
         fail(ValueError(f"unknown design {design!r}; one of {', '.join(DESIGNS)}"))
+    variant = _variant(model)
     try:
+        with progress_bar("simulating virtual patients") as update:
+            vpop = generate_population(population_size, seed, progress=update, **variant)
         with progress_bar(f"simulating {trials} trials") as update:
-            results = simulate_trials(
-                design, n, trials, seed, population_size=population_size, progress=update
-            )
+            results = simulate_trials(design, n, trials, seed, population=vpop, progress=update)
     except ValueError as error:
         fail(error)
     typer.echo(results.summary())
@@ -111,9 +124,16 @@ def plots(
     ] = "100,200,276,400",
     trials: Annotated[int, typer.Option("--trials")] = 200,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    model: ModelOption = "reynolds2006",
 ) -> None:
     """Outcome map over initial load and virulence, and power curves of every design."""
-    from immunostrat.simulation import DESIGNS, plot_outcome_map, plot_power_curves, power_curve
+    from immunostrat.simulation import (
+        DESIGNS,
+        generate_population,
+        plot_outcome_map,
+        plot_power_curves,
+        power_curve,
+    )
 
     try:
         size_list = [int(s) for s in sizes.split(",") if s.strip()]
@@ -123,6 +143,20 @@ def plots(
     with progress_bar("outcome map") as update:
         outcome = plot_outcome_map(output_dir / "outcome_map.png", progress=update)
     with progress_bar("power curves") as update:
-        curves = power_curve(list(DESIGNS), size_list, trials, seed, progress=update)
-    power = plot_power_curves(output_dir / "power_curves.png", size_list, curves)
+        vpop = generate_population(4000, seed, **_variant(model))
+        curves = power_curve(list(DESIGNS), size_list, trials, seed, population=vpop, progress=update)
+    name = "power_curves.png" if model == "reynolds2006" else f"power_curves_{model}.png"
+    power = plot_power_curves(
+        output_dir / name, size_list, curves, title=f"In-silico trial power ({model} model, {trials} trials)"
+    )
     out.print(f"wrote {outcome} and {power}")
+
+
+def _variant(model: str) -> dict[str, Any]:
+    """The population keyword arguments of ``--model`` (a clear CLI error for an unknown name)."""
+    from immunostrat.simulation.population import model_variant
+
+    try:
+        return dict(model_variant(model))
+    except ValueError as error:
+        fail(error)

@@ -1,5 +1,5 @@
 """In-silico trials: Reynolds 2006 virtual patients, observables, virtual populations,
-therapies, trial designs and the batch integrators (numpy, optional JAX, Ray/Dask).
+therapies, trial designs and the batch integrators (numpy, optional JAX and numba, Ray/Dask).
 """
 
 from .jax_backend import integrate_jax
@@ -8,11 +8,14 @@ from .model import (
     MONOCYTE_DEACTIVATION,
     OUTCOME_NAMES,
     REYNOLDS_2006,
+    SECONDARY_INFECTION,
     DeactivationParameters,
     DeathRule,
     Effects,
     PatientParameters,
     ReynoldsParameters,
+    SecondaryDraws,
+    SecondaryInfection,
     Trajectory,
     classify,
     initial_state,
@@ -21,6 +24,7 @@ from .model import (
     simulate_outcomes,
     solve_ivp_final,
 )
+from .numba_backend import integrate_numba
 from .observables import (
     BiomarkerObserver,
     ObservableCalibration,
@@ -31,10 +35,12 @@ from .observables import (
 from .plots import outcome_map, plot_outcome_map, plot_power_curves
 from .population import (
     ENDOTYPE_NAMES,
+    MODEL_VARIANTS,
     PopulationPriors,
     PopulationTargets,
     VirtualPopulation,
     generate_population,
+    model_variant,
     population_frame,
     population_observations,
     simulate_population,
@@ -57,9 +63,11 @@ __all__ = [
     "DEFAULT_DT",
     "DESIGNS",
     "ENDOTYPE_NAMES",
+    "MODEL_VARIANTS",
     "MONOCYTE_DEACTIVATION",
     "OUTCOME_NAMES",
     "REYNOLDS_2006",
+    "SECONDARY_INFECTION",
     "BiomarkerObserver",
     "DeactivationParameters",
     "DeathRule",
@@ -72,6 +80,8 @@ __all__ = [
     "PopulationTargets",
     "ReynoldsParameters",
     "Schedule",
+    "SecondaryDraws",
+    "SecondaryInfection",
     "Therapy",
     "Trajectory",
     "TrialDesign",
@@ -85,7 +95,9 @@ __all__ = [
     "initial_state",
     "integrate",
     "integrate_jax",
+    "integrate_numba",
     "load_therapies",
+    "model_variant",
     "observations_frame",
     "outcome_map",
     "patient_parameters",

@@ -161,6 +161,67 @@ def ifn_hla_gain(
 
 
 @dataclass(frozen=True)
+class SecondaryInfection:
+    """ICU-acquired (secondary) infection: a second structural extension [design], on top of the monocyte
+    deactivation one (its hazard reads H). Reynolds 2006 has one infection; the clinic's harm route for the
+    immunoparalysed is a new infection while mHLA-DR stays low (domain.md A3: Monneret 2006; Ann Intensive
+    Care 2022;12:39), so an anti-inflammatory drug can only harm them through it.
+
+    * Hazard (/h) from ``at_risk_from_h`` (48 h after onset: an infection is ICU-acquired when it appears more
+      than 48 h after admission, the ECDC/CDC convention) to ``at_risk_until_h`` (day 28) while alive and not
+      yet re-infected: ``hazard_per_h`` x ``hazard_ratio_low`` when mHLA-DR is low, i.e. H / H_0 below
+      ``low_fraction`` = 8,000 / 20,000 AB/C (< 8,000 AB/C persisting predicts ICU-acquired infection: Ann
+      Intensive Care 2022;12:39), else ``hazard_per_h``. ``hazard_ratio_low`` = 2.52: the adjusted hazard
+      ratio of low mHLA-DR at day 3-4 for nosocomial infection after septic shock (Landelle C, et al.
+      Intensive Care Med 2010;36:1859-66; 2.18 at day 6-9).
+    * Event: the cumulative hazard reaches the patient's exposure E ~ Exp(1) (:class:`SecondaryDraws`; one
+      draw per patient, shared by every therapy, so arms differ only through the hazard they cause). The
+      hazard is read at each step's start.
+    * At the event the pathogen P rises by ``inoculum_scale`` x the patient's relative inoculum (log-normal,
+      the primary inoculum's prior), with the patient's own growth rate k_pg [design: one pathogen growth
+      parameter per patient], and standard-of-care antibiotics for it start ``abx_delay_h`` later at the
+      background regimen (therapies.yaml ``standard_of_care``: ln 5 / 24 h for 7 days).
+    * Calibration (:data:`SECONDARY_INFECTION`), to two independent targets, no treatment effect among them:
+      ``hazard_per_h`` so that 31.7% of the ImmunoSep-eligible placebo patients have a secondary infection by
+      day 15 (ImmunoSep placebo superinfection 46/145, domain.md A1), and ``inoculum_scale`` so that the
+      attributable 28-day mortality of a secondary infection (potential outcomes with and without it) is
+      13% (Melsen WG, et al. Lancet Infect Dis 2013;13:665-71, ventilator-associated pneumonia, individual
+      data of 24 trials). See docs/simulation.md.
+    """
+
+    hazard_per_h: float
+    inoculum_scale: float
+    hazard_ratio_low: float = 2.52
+    low_fraction: float = 8_000 / 20_000
+    at_risk_from_h: float = 48.0
+    at_risk_until_h: float = 28 * 24.0
+    abx_delay_h: float = 12.0
+    abx_kill_per_h: float = math.log(5.0) / 24.0
+    abx_duration_h: float = 168.0
+
+
+#: The calibrated secondary-infection extension (see :class:`SecondaryInfection`).
+SECONDARY_INFECTION = SecondaryInfection(hazard_per_h=0.0025, inoculum_scale=12.0)
+
+
+@dataclass(frozen=True)
+class SecondaryDraws:
+    """Per-patient random draws of :class:`SecondaryInfection`, shape ``(n,)`` each: ``exposure`` ~ Exp(1)
+    (the cumulative hazard at which the infection happens) and ``relative_inoculum`` (log-normal)."""
+
+    exposure: FloatArray
+    relative_inoculum: FloatArray
+
+    @classmethod
+    def none(cls, n: int) -> SecondaryDraws:
+        """Draws under which no secondary infection ever happens (infinite exposure)."""
+        return cls(np.full(n, np.inf), np.zeros(n))
+
+    def take(self, index: IntArray | BoolArray) -> SecondaryDraws:
+        return SecondaryDraws(self.exposure[index], self.relative_inoculum[index])
+
+
+@dataclass(frozen=True)
 class PatientParameters:
     """One float64 array of shape ``(n_patients,)`` per Reynolds parameter (same names and units)."""
 
@@ -347,6 +408,8 @@ class _Rhs:
         self.k_cn = p.k_cn
         self.k_cnd = p.k_cnd
         self.mu_c = p.mu_c
+        #: per-patient kill (/h) of the antibiotics for a secondary infection, set by the integrator per step
+        self.own_kill: FloatArray | float = 0.0
         self.set_effects(None)
 
     def set_effects(self, e: Effects | None) -> None:
@@ -393,6 +456,7 @@ class _Rhs:
             - self.kill_m / (self.mu_m + self.k_mp * P)
             - phagocyte_kill
             - self.extra_kill
+            - self.own_kill
         )
         d_n = self.s_nr * r / (self.mu_nr + r) - self.mu_n * N
         f2 = f_n * f_n
@@ -426,7 +490,7 @@ class Trajectory:
     ``times``: record times in hours ``(k,)``; ``states``: ``(n, k, 4)``; ``aux``: observer states
     ``(n, k, n_aux)`` (``n_aux`` = 0 without observer); ``final``: state at ``t_end`` ``(n, 4)``;
     ``death_time``: hours at which the death rule was first met (NaN when never); ``outcome``: class code
-    of the final state (:func:`classify`).
+    of the final state (:func:`classify`); ``secondary_time``: see :class:`SecondaryInfection`.
     """
 
     times: FloatArray
@@ -438,10 +502,18 @@ class Trajectory:
     outcome: IntArray
     t_end: float
     dt: float
+    #: hours at which a secondary infection began (NaN: none); None when integrated without them
+    secondary_time: FloatArray | None = None
 
     @property
     def size(self) -> int:
         return int(self.final.shape[0])
+
+    def secondary_by(self, hours: float) -> BoolArray:
+        """Whether a secondary infection began at or before ``hours`` (all False without the extension)."""
+        if self.secondary_time is None:
+            return np.zeros(self.size, dtype=np.bool_)
+        return np.asarray(np.nan_to_num(self.secondary_time, nan=np.inf) <= hours)
 
     def died_by(self, hours: float) -> BoolArray:
         """Whether the death rule was met at or before ``hours``."""
@@ -504,6 +576,8 @@ def integrate(
     chunk_size: int = 4096,
     progress: Callable[[int, int], None] | None = None,
     deactivation: DeactivationParameters | None = None,
+    secondary: SecondaryInfection | None = None,
+    secondary_draws: SecondaryDraws | None = None,
 ) -> Trajectory:
     """Integrate all patients of a batch together with fixed-step classical RK4.
 
@@ -523,6 +597,10 @@ def integrate(
     ``deactivation``: integrate the monocyte-deactivation extension (:class:`DeactivationParameters`, not
     in Reynolds 2006): H starts at its healthy level H_0 and ``states``/``final`` get a fifth column, H.
     ``y0`` is still ``(n, 4)``. None (the default) is the published model.
+
+    ``secondary`` with ``secondary_draws``: ICU-acquired infections (:class:`SecondaryInfection`; needs
+    ``deactivation``). Healed patients are then frozen only once no infection can happen any more (their
+    remaining hazard at H = H_0 cannot reach their exposure), so freezing still changes nothing.
     """
     y = np.array(y0, dtype=np.float64, copy=True)
     if y.ndim != 2 or y.shape[1] != 4:
@@ -539,6 +617,12 @@ def integrate(
     n_rec = n_steps // rec_stride + 1
     aux_names = observer.names if observer is not None else ()
     n_state = 4 if deactivation is None else 5
+    if secondary is not None:
+        if deactivation is None:
+            raise ValueError("secondary infections need the monocyte-deactivation extension (deactivation=)")
+        if secondary_draws is None or secondary_draws.exposure.shape != (n,):
+            raise ValueError(f"secondary infections need secondary_draws for {n} patients")
+    sec_time = np.full(n, np.nan) if secondary is not None else None
     if deactivation is not None:
         y = np.concatenate([y, deactivation.h_baseline(params)[:, None]], axis=1)
     states = np.empty((n, n_rec, n_state))
@@ -565,6 +649,11 @@ def integrate(
             out_death=death_time,
             offset=start,
             deactivation=deactivation,
+            secondary=secondary,
+            draws=secondary_draws.take(sel)
+            if secondary is not None and secondary_draws is not None
+            else None,
+            out_secondary=sec_time,
         )
         if progress is not None:
             progress(int(sel[-1]) + 1, n)
@@ -578,6 +667,7 @@ def integrate(
         outcome=classify(final),
         t_end=n_steps * dt,
         dt=dt,
+        secondary_time=sec_time,
     )
 
 
@@ -599,6 +689,9 @@ def _integrate_chunk(
     out_death: FloatArray,
     offset: int,
     deactivation: DeactivationParameters | None = None,
+    secondary: SecondaryInfection | None = None,
+    draws: SecondaryDraws | None = None,
+    out_secondary: FloatArray | None = None,
 ) -> None:
     m = y.shape[0]
     n_rec = out_states.shape[1]
@@ -610,6 +703,13 @@ def _integrate_chunk(
     above_since = np.full(m, np.inf)
     dead = np.zeros(m, dtype=np.bool_)
     f = _Rhs(p, deactivation)
+    sec = secondary is not None and draws is not None and out_secondary is not None
+    if sec:
+        assert secondary is not None and draws is not None and out_secondary is not None
+        exposure = draws.exposure.copy()
+        inoculum = secondary.inoculum_scale * draws.relative_inoculum
+        cum_hazard = np.zeros(m)
+        t_sec = np.full(m, np.nan)
     out_states[idx, 0, :] = y
     out_aux[idx, 0, :] = aux
     half = 0.5 * dt
@@ -621,6 +721,14 @@ def _integrate_chunk(
         t0 = (step - 1) * dt
         effects = schedule.effects_at(t0 + half) if schedule is not None else None
         f.set_effects(effects)
+        if sec:
+            assert secondary is not None
+            t_mid = t0 + half
+            on = (t_mid >= t_sec + secondary.abx_delay_h) & (
+                t_mid < t_sec + (secondary.abx_delay_h + secondary.abx_duration_h)
+            )  # NaN t_sec compares False
+            f.own_kill = np.where(on, secondary.abx_kill_per_h, 0.0)
+            h_rel_start = H * f.inv_h0
         if ext:
             # H is linear in itself for given CA and stiff when CA >> C_H (rate k_rec (1 + (CA/C_H)^2)), so
             # it is advanced by its exact exponential update instead of RK4: within the step's stages it
@@ -658,6 +766,19 @@ def _integrate_chunk(
         if newly.any():
             dead |= newly
             out_death[idx[newly]] = t
+        if sec:
+            assert secondary is not None and out_secondary is not None
+            if t0 >= secondary.at_risk_from_h - 1e-9 and t <= secondary.at_risk_until_h + 1e-9:
+                at_risk = ~dead & np.isnan(t_sec)
+                rate = secondary.hazard_per_h * np.where(
+                    h_rel_start < secondary.low_fraction, secondary.hazard_ratio_low, 1.0
+                )
+                cum_hazard += np.where(at_risk, rate * dt, 0.0)
+                hit = at_risk & (cum_hazard >= exposure)
+                if hit.any():
+                    P = P + np.where(hit, inoculum, 0.0)
+                    t_sec[hit] = t
+                    out_secondary[idx[hit]] = t
         if observer is not None:
             cols = [P, N, D, C, H] if ext else [P, N, D, C]
             aux = observer.update(aux, np.stack(cols, axis=1), dt, p, effects)
@@ -672,7 +793,15 @@ def _integrate_chunk(
             if (drop_healed or drop_dead) and rec < n_rec - 1:
                 done = np.zeros(P.shape, dtype=np.bool_)
                 if drop_healed and (schedule is None or not schedule.active_after(t)):
-                    done |= _healed(P, N, D, C, p, H if ext else None, deactivation)
+                    healed = _healed(P, N, D, C, p, H if ext else None, deactivation)
+                    if sec:
+                        assert secondary is not None
+                        # at H = H_0 the hazard is the baseline one until the window closes
+                        left = secondary.hazard_per_h * max(
+                            0.0, secondary.at_risk_until_h - max(t, secondary.at_risk_from_h)
+                        )
+                        healed &= ~np.isnan(t_sec) | (cum_hazard + left < exposure)
+                    done |= healed
                 if drop_dead:
                     done |= dead
                 if done.any():
@@ -688,6 +817,9 @@ def _integrate_chunk(
                     aux = aux[keep]
                     above_since = above_since[keep]
                     dead = dead[keep]
+                    if sec:
+                        exposure, inoculum = exposure[keep], inoculum[keep]
+                        cum_hazard, t_sec = cum_hazard[keep], t_sec[keep]
                     p = p.take(keep)
                     f = _Rhs(p, deactivation)
                     if schedule is not None:

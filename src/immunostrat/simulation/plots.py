@@ -75,7 +75,12 @@ def plot_outcome_map(
     return out
 
 
-def plot_power_curves(path: str | Path, sizes: Sequence[int], power: Mapping[str, Sequence[float]]) -> Path:
+def plot_power_curves(
+    path: str | Path,
+    sizes: Sequence[int],
+    power: Mapping[str, Sequence[float]],
+    title: str = "In-silico trial power",
+) -> Path:
     """PNG of power against trial size, one line per design (from :func:`trial.power_curve`)."""
     import matplotlib
 
@@ -89,7 +94,7 @@ def plot_power_curves(path: str | Path, sizes: Sequence[int], power: Mapping[str
     ax.set_xlabel("patients per trial (n)")
     ax.set_ylabel("power")
     ax.set_ylim(0, 1)
-    ax.set_title("In-silico trial power")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     out = _save(fig, path)
     plt.close(fig)

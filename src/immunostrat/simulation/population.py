@@ -32,6 +32,8 @@ from .model import (
     FloatArray,
     IntArray,
     PatientParameters,
+    SecondaryDraws,
+    SecondaryInfection,
     initial_state,
     integrate,
     patient_parameters,
@@ -48,6 +50,23 @@ def background_schedule(background: str | Therapy | None, n: int) -> Schedule | 
     if background is None:
         return None
     return Schedule.build(get_therapy(background), 0.0, n)
+
+
+#: Model variants by name (docs/simulation.md): the published Reynolds 2006 model, plus monocyte
+#: deactivation (insilico.md 6), plus ICU-acquired infections on top of that ("full").
+MODEL_VARIANTS: tuple[str, ...] = ("reynolds2006", "deactivation", "full")
+
+
+def model_variant(name: str) -> dict[str, DeactivationParameters | SecondaryInfection | None]:
+    """``generate_population`` keyword arguments (``deactivation``, ``secondary``) of a named variant."""
+    from .model import MONOCYTE_DEACTIVATION, SECONDARY_INFECTION
+
+    if name not in MODEL_VARIANTS:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_VARIANTS)}")
+    return {
+        "deactivation": MONOCYTE_DEACTIVATION if name != "reynolds2006" else None,
+        "secondary": SECONDARY_INFECTION if name == "full" else None,
+    }
 
 
 #: Endotype codes, in the precedence order of the ImmunoSep protocol (domain.md A1: MALS first).
@@ -174,6 +193,10 @@ class Cohort:
     alive_at_enrolment: BoolArray
     died28: BoolArray
     outcome: IntArray
+    #: secondary-infection draws (model.SecondaryDraws) when built with that extension
+    secondary_draws: SecondaryDraws | None = None
+    #: hours at which the untreated course's secondary infection began (NaN: none); None without it
+    secondary_time: FloatArray | None = None
 
     @property
     def size(self) -> int:
@@ -190,6 +213,8 @@ class Cohort:
             self.alive_at_enrolment[index],
             self.died28[index],
             self.outcome[index],
+            self.secondary_draws.take(index) if self.secondary_draws is not None else None,
+            self.secondary_time[index] if self.secondary_time is not None else None,
         )
 
 
@@ -201,15 +226,21 @@ def sample_cohort(
     enrolment_day: int = ENROLMENT_DAY,
     background: str | Therapy | None = STANDARD_OF_CARE,
     deactivation: DeactivationParameters | None = None,
+    secondary: SecondaryInfection | None = None,
 ) -> Cohort:
     """Draw ``n`` patients from the priors and simulate their 28-day course on background therapy only
-    (with the monocyte-deactivation extension when ``deactivation`` is given)."""
+    (with the monocyte-deactivation extension when ``deactivation`` is given, and ICU-acquired infections
+    when ``secondary`` is: exposure ~ Exp(1), relative inoculum from the primary inoculum's prior). The
+    secondary draws come after all others, so without them a seed gives the same patients as before."""
     pri = priors if priors is not None else PopulationPriors()
     c = cal if cal is not None else ObservableCalibration()
     draws = {name: prior.sample(rng, n) for name, prior in pri.parameters.items()}
     params = patient_parameters(n, REYNOLDS_2006, **draws)
     p0 = pri.p0.sample(rng, n)
     traits = PatientTraits(np.zeros(n), pri.ferritin0.sample(rng, n), pri.hla_max.sample(rng, n))
+    sec_draws = (
+        SecondaryDraws(rng.exponential(1.0, n), pri.p0.sample(rng, n)) if secondary is not None else None
+    )
     traj = integrate(
         initial_state(p0, params),
         params,
@@ -219,6 +250,8 @@ def sample_cohort(
         schedule=background_schedule(background, n),
         drop_dead=True,
         deactivation=deactivation,
+        secondary=secondary,
+        secondary_draws=sec_draws,
     )
     obs = daily_observables(traj, traits, c)
     d = enrolment_day
@@ -232,6 +265,8 @@ def sample_cohort(
         alive_at_enrolment=obs.alive[:, d],
         died28=traj.died_by(DAY28_H),
         outcome=traj.outcome,
+        secondary_draws=sec_draws,
+        secondary_time=traj.secondary_time,
     )
 
 
@@ -286,6 +321,8 @@ class VirtualPopulation:
     #: None: pure Reynolds 2006; else the monocyte-deactivation extension the VPop was built with (therapy
     #: simulations of this VPop use the same model).
     deactivation: DeactivationParameters | None = None
+    #: None: no ICU-acquired infections; else model.SecondaryInfection (needs ``deactivation``)
+    secondary: SecondaryInfection | None = None
 
     @property
     def size(self) -> int:
@@ -334,6 +371,7 @@ _Job = tuple[
     int,
     str | None,
     DeactivationParameters | None,
+    SecondaryInfection | None,
 ]
 
 
@@ -341,9 +379,9 @@ def _plausible_batch(job: _Job) -> tuple[Cohort, IntArray, FloatArray]:
     """Batch ``index`` of the population with ``seed``: its plausible patients, their (endotype, death)
     cells and one acceptance uniform each. Its random stream depends only on (seed, index), so any executor
     returns the same batch (top-level and picklable for process pools and Dask workers)."""
-    seed, index, batch, priors, cal, enrolment_day, background, deactivation = job
+    seed, index, batch, priors, cal, enrolment_day, background, deactivation, secondary = job
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    cohort = sample_cohort(batch, rng, priors, cal, enrolment_day, background, deactivation)
+    cohort = sample_cohort(batch, rng, priors, cal, enrolment_day, background, deactivation, secondary)
     cohort = cohort.take(cohort.alive_at_enrolment & (cohort.sofa >= 2))
     endo = stratify(cohort.ferritin, cohort.mhla_dr)
     return cohort, endo * 2 + cohort.died28.astype(np.int64), rng.random(cohort.size)
@@ -364,11 +402,13 @@ def generate_population(
     parallel_batches: int = 4,
     progress: Callable[[int, int], None] | None = None,
     deactivation: DeactivationParameters | None = None,
+    secondary: SecondaryInfection | None = None,
 ) -> VirtualPopulation:
     """Sample, filter and accept until ``size`` virtual patients are accepted; reproducible from ``seed``.
 
     ``deactivation``: build the VPop on the monocyte-deactivation extension (``model.DeactivationParameters``,
-    e.g. ``MONOCYTE_DEACTIVATION``) instead of the pure Reynolds 2006 model.
+    e.g. ``MONOCYTE_DEACTIVATION``) instead of the pure Reynolds 2006 model; ``secondary`` adds ICU-acquired
+    infections on top of it (``model.SecondaryInfection``, e.g. ``SECONDARY_INFECTION``).
 
     Batches of plausible patients accumulate in a pool; after each batch the cell densities of the whole
     pool give alpha and the acceptance probabilities, and each pooled patient is kept when its own fixed
@@ -380,6 +420,8 @@ def generate_population(
     """
     if size < 1:
         raise ValueError("size must be >= 1")
+    if secondary is not None and deactivation is None:
+        raise ValueError("secondary infections need the monocyte-deactivation extension (deactivation=)")
     tg = targets if targets is not None else PopulationTargets()
     cal = calibration if calibration is not None else ObservableCalibration()
     # Safety stop [design]: observed acceptance is ~3-4% of draws (alpha ~0.08 x ~45% plausible), so 500
@@ -400,7 +442,7 @@ def generate_population(
             raise RuntimeError(f"fewer than {size} patients accepted after {n_sampled} draws")
         width = max(1, parallel_batches) if executor is not None else 1
         jobs: list[_Job] = [
-            (seed, index + k, batch, priors, cal, enrolment_day, background, deactivation)
+            (seed, index + k, batch, priors, cal, enrolment_day, background, deactivation, secondary)
             for k in range(width)
         ]
         index += width
@@ -431,7 +473,9 @@ def generate_population(
     cohort_all = _concat(pool).take(rows)
     endo_all = (cell[rows] // 2).astype(np.int64)
     fit = _fit(endo_all, cohort_all.died28, tg, n_sampled, int(cell.size), alpha)
-    return VirtualPopulation(cohort_all, endo_all, fit, seed, enrolment_day, cal, background, deactivation)
+    return VirtualPopulation(
+        cohort_all, endo_all, fit, seed, enrolment_day, cal, background, deactivation, secondary
+    )
 
 
 def _concat(parts: list[Cohort]) -> Cohort:
@@ -455,6 +499,17 @@ def _concat(parts: list[Cohort]) -> Cohort:
         np.concatenate([c.alive_at_enrolment for c in parts]),
         np.concatenate([c.died28 for c in parts]),
         np.concatenate([c.outcome for c in parts]),
+        SecondaryDraws(
+            np.concatenate([c.secondary_draws.exposure for c in parts if c.secondary_draws is not None]),
+            np.concatenate(
+                [c.secondary_draws.relative_inoculum for c in parts if c.secondary_draws is not None]
+            ),
+        )
+        if all(c.secondary_draws is not None for c in parts)
+        else None,
+        np.concatenate([c.secondary_time for c in parts if c.secondary_time is not None])
+        if all(c.secondary_time is not None for c in parts)
+        else None,
     )
 
 
@@ -513,6 +568,8 @@ def population_observations(vpop: VirtualPopulation, therapy: str | Therapy | No
         schedule=sched,
         drop_dead=True,
         deactivation=vpop.deactivation,
+        secondary=vpop.secondary,
+        secondary_draws=c.secondary_draws,
     )
     obs = daily_observables(traj, c.traits, vpop.calibration)
     return observations_frame(obs, [f"vp{i:06d}" for i in range(c.size)])

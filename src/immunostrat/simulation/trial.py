@@ -39,6 +39,9 @@ ENDPOINTS: dict[str, bool] = {
     "mortality_28d": False,
     # ImmunoSep secondary: infection resolution at day 15 (alive with the pathogen cleared here).
     "infection_resolved_d15": True,
+    # ImmunoSep infection status at day 15, "superinfection" (domain.md A1): a secondary infection by
+    # day 15 (always False without the model.SecondaryInfection extension).
+    "superinfection_d15": False,
 }
 
 #: ImmunoSep primary endpoint threshold (domain.md A1).
@@ -73,6 +76,8 @@ def endpoints_from_simulation(
         drop_dead=True,
         chunk_size=chunk_size,
         deactivation=vpop.deactivation,
+        secondary=vpop.secondary,
+        secondary_draws=c.secondary_draws,
     )
     obs = daily_observables(traj, c.traits, vpop.calibration)
     d = vpop.enrolment_day
@@ -82,7 +87,13 @@ def endpoints_from_simulation(
     died = traj.died_by(DAY28_H)
     resolved15 = obs.infection_resolved[:, 15] & obs.alive[:, 15]
     return Outcomes(
-        th.id, {"sofa_response": response, "mortality_28d": died, "infection_resolved_d15": resolved15}
+        th.id,
+        {
+            "sofa_response": response,
+            "mortality_28d": died,
+            "infection_resolved_d15": resolved15,
+            "superinfection_d15": traj.secondary_by(15 * 24.0),
+        },
     )
 
 
