@@ -11,7 +11,6 @@ kernel avoids numpy's per-operation temporaries; on a GPU the same code runs unc
 from __future__ import annotations
 
 import importlib.util
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +24,7 @@ from .model import (
     DeathRule,
     PatientParameters,
     Trajectory,
-    classify,
+    course_grid,
 )
 from .therapies import HOOKS, Schedule
 
@@ -129,19 +128,8 @@ def integrate_jax(
     """
     import jax
 
-    y = np.asarray(y0, dtype=np.float64)
-    if y.ndim != 2 or y.shape[1] != 4:
-        raise ValueError(f"y0 must have shape (n_patients, 4), got {y.shape}")
-    n = y.shape[0]
-    if params.size != n:
-        raise ValueError(f"params are for {params.size} patients, y0 for {n}")
-    n_steps = round(t_end / dt)
-    stride = round(record_every / dt)
-    if n_steps < 1 or not math.isclose(n_steps * dt, t_end):
-        raise ValueError(f"t_end={t_end} is not a positive multiple of dt={dt}")
-    if stride < 1 or not math.isclose(stride * dt, record_every) or n_steps % stride:
-        raise ValueError(f"record_every={record_every} must divide t_end and be a multiple of dt")
-    n_rec = n_steps // stride + 1
+    grid = course_grid(y0, params, t_end, dt, record_every)
+    y, n, n_rec, stride = grid.y, grid.n, grid.n_rec, grid.stride
     comps = schedule.components if schedule is not None else ()
     hooks = tuple(HOOKS.index(c.hook) for c in comps)
     if comps:
@@ -165,15 +153,4 @@ def integrate_jax(
             recs, death = fn(tuple(y[pad].T.copy()), par, comp)
             states[rows, 1:, :] = np.transpose(np.asarray(recs, dtype=np.float64), (1, 0, 2))[: rows.size]
             death_np[rows] = np.asarray(death, dtype=np.float64)[: rows.size]
-    final = states[:, -1, :].copy()
-    return Trajectory(
-        times=np.arange(n_rec, dtype=np.float64) * (stride * dt),
-        states=states,
-        aux=np.empty((n, n_rec, 0)),
-        aux_names=(),
-        final=final,
-        death_time=death_np,
-        outcome=classify(final),
-        t_end=n_steps * dt,
-        dt=dt,
-    )
+    return grid.trajectory(states, death_np, dt)

@@ -830,6 +830,57 @@ def _integrate_chunk(
     out_final[idx] = np.stack([P, N, D, C, H] if ext else [P, N, D, C], axis=1)
 
 
+@dataclass(frozen=True)
+class CourseGrid:
+    """A checked batch and its fixed-step grid, for the compiled backends (full courses, records that
+    divide the course): ``y`` ``(n, 4)`` float64, ``n_steps`` steps of ``dt``, a record every ``stride``
+    steps, ``n_rec`` records including t = 0."""
+
+    y: FloatArray
+    n_steps: int
+    stride: int
+    n_rec: int
+
+    @property
+    def n(self) -> int:
+        return int(self.y.shape[0])
+
+    def trajectory(self, states: FloatArray, death_time: FloatArray, dt: float) -> Trajectory:
+        """The :class:`Trajectory` of a full integration on this grid (no observer, no freezing)."""
+        final = states[:, -1, :].copy()
+        return Trajectory(
+            times=np.arange(self.n_rec, dtype=np.float64) * (self.stride * dt),
+            states=states,
+            aux=np.empty((self.n, self.n_rec, 0)),
+            aux_names=(),
+            final=final,
+            death_time=death_time,
+            outcome=classify(final),
+            t_end=self.n_steps * dt,
+            dt=dt,
+        )
+
+
+def course_grid(
+    y0: npt.ArrayLike, params: PatientParameters, t_end: float, dt: float, record_every: float
+) -> CourseGrid:
+    """Check a batch for the compiled backends (clear errors for shapes, sizes and grids) and lay out its
+    step and record grid."""
+    y = np.ascontiguousarray(y0, dtype=np.float64)
+    if y.ndim != 2 or y.shape[1] != 4:
+        raise ValueError(f"y0 must have shape (n_patients, 4), got {y.shape}")
+    n = y.shape[0]
+    if params.size != n:
+        raise ValueError(f"params are for {params.size} patients, y0 for {n}")
+    n_steps = round(t_end / dt)
+    stride = round(record_every / dt)
+    if n_steps < 1 or not math.isclose(n_steps * dt, t_end):
+        raise ValueError(f"t_end={t_end} is not a positive multiple of dt={dt}")
+    if stride < 1 or not math.isclose(stride * dt, record_every) or n_steps % stride:
+        raise ValueError(f"record_every={record_every} must divide t_end and be a multiple of dt")
+    return CourseGrid(y, n_steps, stride, n_steps // stride + 1)
+
+
 def simulate_outcomes(
     k_pg: npt.ArrayLike,
     p0: npt.ArrayLike,

@@ -34,7 +34,7 @@ from .model import (
     DeathRule,
     PatientParameters,
     Trajectory,
-    classify,
+    course_grid,
 )
 from .therapies import Schedule
 
@@ -290,21 +290,10 @@ def integrate_numba(
     fixed by the kernel, and no program is compiled per batch shape.
     """
     del chunk_size
-    y = np.ascontiguousarray(y0, dtype=np.float64)
-    if y.ndim != 2 or y.shape[1] != 4:
-        raise ValueError(f"y0 must have shape (n_patients, 4), got {y.shape}")
-    n = y.shape[0]
-    if params.size != n:
-        raise ValueError(f"params are for {params.size} patients, y0 for {n}")
+    grid = course_grid(y0, params, t_end, dt, record_every)
+    y, n, n_rec, stride = grid.y, grid.n, grid.n_rec, grid.stride
     if schedule is not None and schedule.n != n:
         raise ValueError(f"schedule is for {schedule.n} patients, y0 for {n}")
-    n_steps = round(t_end / dt)
-    stride = round(record_every / dt)
-    if n_steps < 1 or not math.isclose(n_steps * dt, t_end):
-        raise ValueError(f"t_end={t_end} is not a positive multiple of dt={dt}")
-    if stride < 1 or not math.isclose(stride * dt, record_every) or n_steps % stride:
-        raise ValueError(f"record_every={record_every} must divide t_end and be a multiple of dt")
-    n_rec = n_steps // stride + 1
     rows = [np.asarray(getattr(params, name), dtype=np.float64) for name in PARAMETER_NAMES]
     if any(r.shape != (n,) for r in rows):
         raise ValueError(f"every parameter must have shape ({n},)")
@@ -339,15 +328,4 @@ def integrate_numba(
             states,
             death,
         )
-    final = states[:, -1, :].copy()
-    return Trajectory(
-        times=np.arange(n_rec, dtype=np.float64) * (stride * dt),
-        states=states,
-        aux=np.empty((n, n_rec, 0)),
-        aux_names=(),
-        final=final,
-        death_time=death,
-        outcome=classify(final),
-        t_end=n_steps * dt,
-        dt=dt,
-    )
+    return grid.trajectory(states, death, dt)
