@@ -64,3 +64,30 @@ def test_simulate_population_writes_patients_and_observations(tmp_path: Path) ->
 def test_unknown_design_is_an_error() -> None:
     result = runner.invoke(app, ["simulate", "trial", "--design", "magic"])
     assert result.exit_code == 2 and "unknown design" in result.output
+
+
+def test_full_model_trial_reports_superinfection() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            "trial",
+            "--design",
+            "all-comers-anti-inflammatory",
+            "--model",
+            "full",
+            "--n",
+            "60",
+            "--trials",
+            "3",
+            "--population-size",
+            "200",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "superinfection_d15" in result.stdout and "subgroup immunoparalysis" in result.stdout
+
+
+def test_unknown_model_is_an_error() -> None:
+    result = runner.invoke(app, ["simulate", "population", "--size", "10", "--model", "magic"])
+    assert result.exit_code == 2 and "unknown model 'magic'" in result.output
