@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+from cohorttools import T0, at
 
 from immunostrat.concepts import CANONICAL_SCHEMA
 from immunostrat.sources import STAYS_SCHEMA, SourceData
-
-UTC = UTC
-T0 = datetime(2024, 1, 1, 8, 30, tzinfo=UTC)  # ICU admission of s1: the first grid hour is 09:00
-
-
-def at(hours: float) -> datetime:
-    return T0 + timedelta(hours=hours)
 
 
 def _stays() -> pl.DataFrame:
@@ -122,3 +116,15 @@ def mimic_result(mimic_demo: SourceData) -> Any:
     from immunostrat.cohort import build_cohort
 
     return build_cohort(mimic_demo, engine="duckdb")
+
+
+@pytest.fixture(scope="session")
+def eicu_result() -> Any:
+    """The eICU-CRD demo through the sources adapter and the cohort engine."""
+    path = SHARED_DATA / "eicu-crd-demo-2.0.1"
+    if not path.exists():
+        pytest.skip(f"real demo data not available: {path} is absent (shared data folder missing)")
+    from immunostrat.cohort import build_cohort
+    from immunostrat.sources import load_source
+
+    return build_cohort(load_source("eicu", path), engine="duckdb")

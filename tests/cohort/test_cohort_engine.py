@@ -10,7 +10,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from conftest import T0, at
+from cohorttools import T0, at
 
 from immunostrat.cohort import build_cohort, cohort_summary
 from immunostrat.cohort.synthetic import synthetic_source

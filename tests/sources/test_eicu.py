@@ -8,9 +8,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from sourcetools import status, write_csv
+from sourcetools import shared, status, write_csv
 
 from immunostrat.concepts import DEFAULT_EPOCH
+from immunostrat.scores.sepsis3 import suspected_infection
 from immunostrat.sources import SourceData, load_eicu, load_mapping, load_source
 
 
@@ -80,6 +81,19 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> SourceData:
         2,10,50,60,No,Yes,VANCOMYCIN 1 G IV,1,1 g,IV,q12h,,No,2000,0
     """,
     )
+    write_csv(
+        root / "treatment.csv",
+        """
+        treatmentid,patientunitstayid,treatmentoffset,treatmentstring,activeupondischarge
+        1,20,300,infectious diseases|medications|therapeutic antibacterials|vancomycin,False
+        2,20,-30,pulmonary|medications|antibacterials,True
+        3,10,400,renal|medications|systemic antibiotics|cephalosporin,False
+        4,10,45,surgery|infection|prophylactic antibacterials|for surgery|cephalosporin,False
+        5,20,45,gastrointestinal|medications|stress ulcer prophylaxis|pantoprazole,False
+        6,20,60,"cardiovascular|shock|vasopressors|norepinephrine > 0.1 micrograms/kg/min",False
+        7,99,60,infectious diseases|medications|therapeutic antibacterials,False
+    """,
+    )
     return load_eicu(root)
 
 
@@ -131,7 +145,54 @@ def test_gcs_fio2_vent_and_apache_fallback(small: SourceData) -> None:
 def test_infection_events(small: SourceData) -> None:
     obs = small.observations
     assert obs.filter(pl.col("concept") == "culture").height == 1  # one specimen, two sensitivity rows
-    assert obs.filter(pl.col("concept") == "antibiotic").height == 1  # the cancelled order left out
+    medication = obs.filter((pl.col("concept") == "antibiotic") & (pl.col("source") == "eicu:medication.csv"))
+    assert medication.height == 1  # the cancelled order left out
+
+
+def test_treatment_antibiotics(small: SourceData) -> None:
+    abx = small.observations.filter(
+        (pl.col("concept") == "antibiotic") & (pl.col("source") == "eicu:treatment.csv")
+    ).sort("source_row")
+    # source_row = the data row of treatment.csv: rows 1-3 are antibacterial therapy; prophylaxis (4),
+    # other treatments (5, 6) and a stay missing from patient (7) are not taken
+    assert abx.select("patient_id", "source_row", "value").rows() == [
+        ("20", 1, 1.0),
+        ("20", 2, 1.0),
+        ("10", 3, 1.0),
+    ]
+    assert abx["time"].to_list() == [
+        DEFAULT_EPOCH + timedelta(minutes=300),
+        DEFAULT_EPOCH - timedelta(minutes=30),  # charted before unit admission
+        DEFAULT_EPOCH + timedelta(minutes=400),
+    ]
+    dropped = {
+        (r["concept"], r["table"], r["reason"]): r["rows"]
+        for r in small.tables["dropped"].iter_rows(named=True)
+    }
+    assert dropped[("antibiotic", "treatment.csv", "stay not in the stay table")] == 1
+    _, rows, detail = status(small, "antibiotic")
+    assert rows == 4 and "treatment.csv 3" in detail and "medication.csv 1" in detail
+
+
+def test_treatment_table_missing_keeps_medication_antibiotics(tmp_path: Path) -> None:
+    write_csv(
+        tmp_path / "patient.csv",
+        """
+        patientunitstayid,patienthealthsystemstayid,gender,age,hospitaladmitoffset,hospitaldischargeoffset,hospitaldischargestatus,unitdischargeoffset,unitdischargestatus,admissionweight,admissionheight,uniquepid
+        10,1,Female,60,0,3000,Alive,2000,Alive,60,160,001-1
+    """,
+    )
+    write_csv(
+        tmp_path / "medication.csv",
+        """
+        medicationid,patientunitstayid,drugorderoffset,drugstartoffset,drugivadmixture,drugordercancelled,drugname,drughiclseqno,dosage,routeadmin,frequency,loadingdose,prn,drugstopoffset,gtc
+        1,10,50,60,No,No,CEFTRIAXONE 1 G IV,1,1 g,IV,q24h,,No,2000,0
+    """,
+    )
+    data = load_eicu(tmp_path)
+    state, rows, detail = status(data, "antibiotic")
+    assert (state, rows) == ("present", 1)
+    assert "missing from this copy: treatment" in detail
 
 
 def test_missing_column_is_absent_not_a_crash(tmp_path: Path) -> None:
@@ -180,6 +241,37 @@ def test_real_demo(eicu_demo: SourceData) -> None:
     assert status(data, "urine_output")[0] == "absent"
     assert any("pyhealth-subset" in d for d in data.observations["source"].unique().to_list())
     assert data.observations["patient_id"].is_in(data.stays["stay_id"].implode()).all()
+
+
+def test_real_demo_treatment_antibiotics(eicu_demo: SourceData) -> None:
+    treatment = (
+        pl.read_csv(shared("eicu-crd-demo-2.0.1") / "treatment.csv.gz", infer_schema=False)
+        .with_row_index("source_row", offset=1)
+        .with_columns(pl.col("source_row").cast(pl.Int64))
+    )
+    abx = eicu_demo.observations.filter(pl.col("concept") == "antibiotic")
+    from_treatment = abx.filter(pl.col("source") == "eicu:treatment.csv.gz").join(
+        treatment, on="source_row", how="left"
+    )
+    assert from_treatment.height > 2000
+    assert (from_treatment["patient_id"] == from_treatment["patientunitstayid"]).all()
+    offsets = from_treatment["treatmentoffset"].cast(pl.Int64).to_list()
+    assert from_treatment["time"].to_list() == [DEFAULT_EPOCH + timedelta(minutes=m) for m in offsets]
+    strings = from_treatment["treatmentstring"].str.to_lowercase()
+    assert strings.str.contains("antibacterials|antibiotics").all()
+    assert not strings.str.contains("prophyla").any()
+    # cultured stays that now have an antibiotic event: before, medication alone gave 6 of 64
+    cultured = eicu_demo.observations.filter(pl.col("concept") == "culture")["patient_id"].unique()
+    with_medication = abx.filter(pl.col("source") == "eicu:medication.csv.gz")["patient_id"].unique()
+    assert (
+        abx["patient_id"].unique().is_in(cultured.implode()).sum()
+        > with_medication.is_in(cultured.implode()).sum()
+    )
+    suspected = suspected_infection(eicu_demo.observations).height
+    medication_only = suspected_infection(
+        eicu_demo.observations.filter(pl.col("source") != "eicu:treatment.csv.gz")
+    ).height
+    assert suspected > medication_only
 
 
 def test_registry(tmp_path: Path) -> None:
