@@ -10,7 +10,9 @@ missing-data handling is reported, not hidden.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import polars as pl
 
 from immunostrat.analysis.schema import INFECTION_STATUS_ORDER, TrialExport
@@ -26,6 +28,13 @@ IMMUNOPARALYSIS_REVERSAL_HLA_DR = 8000.0
 MALS_FERRITIN_NG_ML = 4420.0
 
 _KEYS = ("participant_id", "arm", "stratum")
+
+
+def sofa_responder(reduction: Any, threshold: float = SOFA_RESPONSE_THRESHOLD) -> Any:
+    """The responder rule on a SOFA reduction (a float or an array): reduction >= threshold. The 1e-9
+    tolerance only absorbs float error, since a mean of k integers moves in steps of 1/k. Used by
+    :func:`sofa_response` and by the in-silico trials, so the rule exists once."""
+    return np.asarray(reduction, dtype=np.float64) >= threshold - 1e-9
 
 
 def _base(export: TrialExport, population: str | None) -> pl.DataFrame:
@@ -109,8 +118,7 @@ def sofa_response(
         reduction = (
             (float(day1) - mean_later) if complete and mean_later is not None and day1 is not None else None
         )
-        # tolerance: a mean of k integers moves in steps of 1/k, so 1e-9 only absorbs float error
-        responder = None if reduction is None else bool(reduction >= threshold - 1e-9)
+        responder = None if reduction is None else bool(sofa_responder(reduction, threshold))
         rows.append(
             {
                 "participant_id": pid,

@@ -6,6 +6,10 @@ noise, classifies, randomizes 1:1 in permuted blocks within stratum and reads ea
 the allocated arm. Power is the share of trials with a two-sided Fisher exact P < alpha in the direction of
 benefit (ImmunoSep's primary analysis, domain.md A1); the type I error is the share of trials with P < alpha
 when the treatment arm gets placebo outcomes (the null is true by construction).
+
+The rules are the real trial's, not copies: allocation by ``trial.randomization.permuted_block_list``
+(the service's concealed lists), the responder rule and death score by ``analysis.endpoints``, the test by
+``analysis.stats.fisher_exact``, and stratification by the shipped protocol.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from immunostrat.analysis.endpoints import SOFA_DEATH_SCORE, SOFA_RESPONSE_THRESHOLD, sofa_responder
+from immunostrat.analysis.stats import fisher_exact
+from immunostrat.trial.randomization import permuted_block_list
 
 from .model import DAY28_H, BoolArray, FloatArray, IntArray, initial_state, integrate
 from .observables import BiomarkerObserver, daily_observables
@@ -44,8 +52,6 @@ ENDPOINTS: dict[str, bool] = {
     "superinfection_d15": False,
 }
 
-#: ImmunoSep primary endpoint threshold (domain.md A1).
-SOFA_RESPONSE_POINTS = 1.4
 #: Assay noise: log-normal CV of 15% for ferritin and mHLA-DR (insilico.md 3: CV about 10-20% [design]).
 ASSAY_CV = 0.15
 
@@ -81,9 +87,10 @@ def endpoints_from_simulation(
     )
     obs = daily_observables(traj, c.traits, vpop.calibration)
     d = vpop.enrolment_day
-    sofa = np.where(obs.alive, obs.sofa, 24).astype(np.float64)  # death scores 24 (domain.md A1)
+    # virtual patients are assessed every day while alive, so the only imputation is the death score
+    sofa = np.where(obs.alive, obs.sofa, SOFA_DEATH_SCORE).astype(np.float64)
     later = sofa[:, d + 1 : d + 9].mean(axis=1)  # the 8 days after the baseline day
-    response = (sofa[:, d] - later) >= SOFA_RESPONSE_POINTS
+    response = sofa_responder(sofa[:, d] - later, SOFA_RESPONSE_THRESHOLD)
     died = traj.died_by(DAY28_H)
     resolved15 = obs.infection_resolved[:, 15] & obs.alive[:, 15]
     return Outcomes(
@@ -226,28 +233,25 @@ class TrialResults:
         return "\n".join(lines)
 
 
-def _permuted_blocks(strata: IntArray, block: int, rng: np.random.Generator) -> BoolArray:
-    """1:1 allocation in permuted blocks within each stratum; True = treatment."""
+def _permuted_blocks(strata: IntArray, block: int, seed: bytes) -> BoolArray:
+    """1:1 allocation in permuted blocks of ``block`` within each stratum, in enrolment order, from the
+    trial service's concealed lists (``permuted_block_list``) keyed by ``seed``; True = treatment."""
+    if block < 2 or block % 2:
+        raise ValueError(f"block size must be an even number >= 2, got {block}")
     treat = np.zeros(strata.size, dtype=np.bool_)
-    half = block // 2
     for s in np.unique(strata):
         rows = np.flatnonzero(strata == s)
-        n_blocks = -(-rows.size // block)
-        seq = np.concatenate(
-            [
-                rng.permutation(np.r_[np.ones(half, bool), np.zeros(block - half, bool)])
-                for _ in range(n_blocks)
-            ]
+        slots = permuted_block_list(
+            seed, f"stratum-{int(s)}", {"treatment": 1, "placebo": 1}, [block // 2], rows.size
         )
-        treat[rows] = seq[: rows.size]
+        treat[rows] = [slot.arm == "treatment" for slot in slots[: rows.size]]
     return treat
 
 
-def _fisher_p(a: int, b: int, c: int, d: int) -> float:
-    from scipy.stats import fisher_exact
-
-    res = fisher_exact([[a, b], [c, d]], alternative="two-sided")
-    return float(res.pvalue)
+def _fisher_p(x1: int, n1: int, x0: int, n0: int) -> float:
+    p = fisher_exact(x1, n1, x0, n0).p_value
+    assert p is not None
+    return p
 
 
 def simulate_trials(
@@ -288,7 +292,7 @@ def simulate_trials(
     sub_trials = np.zeros(3)
     for t in range(trials):
         idx, measured = _enrol(rng, c.ferritin, c.mhla_dr, sigma, des.eligible, n)
-        treat = _permuted_blocks(measured, des.block_size, rng)
+        treat = _permuted_blocks(measured, des.block_size, rng.bytes(32))
         got: dict[str, BoolArray] = {}
         for ep in endpoint_names:
             y_placebo = placebo.values[ep][idx]
@@ -309,15 +313,13 @@ def simulate_trials(
                 sub_trials[e] += 1
             sub_counts[e] += rows.sum()
         y = got[primary]
-        a, b = int(y[treat].sum()), int((~y[treat]).sum())
-        cc, d = int(y[~treat].sum()), int((~y[~treat]).sum())
-        p_values[t] = _fisher_p(a, b, cc, d)
-        rate_t, rate_p = a / max(a + b, 1), cc / max(cc + d, 1)
+        n1, n0 = int(treat.sum()), int((~treat).sum())
+        x1, x0 = int(y[treat].sum()), int(y[~treat].sum())
+        p_values[t] = _fisher_p(x1, n1, x0, n0)
+        rate_t, rate_p = x1 / max(n1, 1), x0 / max(n0, 1)
         benefit[t] = rate_t > rate_p if higher_better else rate_t < rate_p
         y0 = placebo.values[primary][idx]  # null: the treatment arm gets placebo outcomes
-        p_null[t] = _fisher_p(
-            int(y0[treat].sum()), int((~y0[treat]).sum()), int(y0[~treat].sum()), int((~y0[~treat]).sum())
-        )
+        p_null[t] = _fisher_p(int(y0[treat].sum()), n1, int(y0[~treat].sum()), n0)
         if progress is not None:
             progress(t + 1, trials)
     power = float(np.mean((p_values < des.alpha) & benefit))
