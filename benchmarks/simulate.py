@@ -14,7 +14,9 @@ loaded machine does not distort them and they compare directly with the IIRABM's
 rates are printed beside them. The JAX and numba rows are printed when jax / numba are installed
 (``integrate_jax``, ``integrate_numba``: float64, full integration, compilation in an untimed warm-up call,
 outcome classes checked equal to numpy on every patient). RATIO on the last line is that of the fastest CPU
-engine per CPU-second (named in the details) over solve_ivp.
+engine per CPU-second (named in the details) over solve_ivp. The sweep row times population sampling
+(``simulation.sweep``'s unit of work) on a local Dask cluster against the same batches run serially, in
+wall-clock time (that is what a cluster buys), and checks the batches are identical; Ray is not used.
 Usage: ``python benchmarks/simulate.py [--quick]``; the last line is
 ``benchmark simulate: RATIOx solve_ivp (details)``.
 """
@@ -65,6 +67,42 @@ def _rate(
         wall = min(wall, time.perf_counter() - w0)
         outcome = traj.outcome
     return kpg.size / cpu, kpg.size / wall, outcome
+
+
+def _dask_sweep(n_batches: int, batch: int) -> tuple[float, float, int] | None:
+    """Virtual-population sampling (28-day courses with biomarker filters and background antibiotics)
+    fanned out over a local Dask cluster of one single-threaded worker process per CPU against the same
+    batches run serially: (serial patients per wall-s, Dask patients per wall-s, workers). The batches
+    must come back identical. None when ``distributed`` is not installed."""
+    if importlib.util.find_spec("distributed") is None:
+        return None
+    from distributed import Client, LocalCluster
+
+    from immunostrat.simulation.observables import ObservableCalibration
+    from immunostrat.simulation.population import STANDARD_OF_CARE, _plausible_batch
+
+    cal = ObservableCalibration()
+    jobs = [(2026, i, batch, None, cal, 1, STANDARD_OF_CARE, None, None) for i in range(n_batches)]
+    _plausible_batch((2026, 999, 64, None, cal, 1, STANDARD_OF_CARE, None, None))  # warm-up
+    w0 = time.perf_counter()
+    serial = [_plausible_batch(job) for job in jobs]
+    serial_rate = n_batches * batch / (time.perf_counter() - w0)
+    workers = os.cpu_count() or 1
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        executor = client.get_executor()
+        list(executor.map(_plausible_batch, jobs[:workers]))  # workers import and warm up, not timed
+        w0 = time.perf_counter()
+        fanned = list(executor.map(_plausible_batch, jobs))
+        dask_rate = n_batches * batch / (time.perf_counter() - w0)
+    for (a, cell_a, _), (b, cell_b, _) in zip(serial, fanned, strict=True):
+        if not (np.array_equal(cell_a, cell_b) and np.array_equal(a.p0, b.p0)):
+            raise SystemExit("a Dask batch differs from the serial one")
+    return serial_rate, dask_rate, workers
 
 
 def main() -> None:
@@ -138,11 +176,20 @@ def main() -> None:
         f"IIRABM published cost 7-9 core-s per 28-day patient: "
         f"{iirabm[1]:.3f}-{iirabm[0]:.3f} patients/core-s"
     )
-    for name in ("dask", "ray"):
-        if importlib.util.find_spec(name) is None:
-            print(f"{name}: not installed, skipped")
-        elif name == "dask":
-            print("dask: installed; it fans out population batches (simulation.sweep), not timed here")
+    sweep = _dask_sweep(4 if args.quick else 8, 2048 if args.quick else 4096)
+    if sweep is None:
+        print("dask: not installed, skipped")
+        dask_txt = "dask not installed; "
+    else:
+        serial_rate, dask_rate, workers = sweep
+        print(
+            f"dask sweep (simulation.sweep): population batches, {workers} local worker processes "
+            f"{dask_rate:.0f} patients/wall-s vs serial {serial_rate:.0f} ({dask_rate / serial_rate:.2f}x), "
+            "identical batches"
+        )
+        dask_txt = f"dask {workers} workers {dask_rate / serial_rate:.2f}x serial; "
+    if importlib.util.find_spec("ray") is None:
+        print("ray: not installed, skipped (Dask is the sweep backend)")
     best = max(rates, key=lambda k: rates[k])
     ratio = rates[best] / rate_ref
     backend_txt = "".join(
@@ -154,7 +201,7 @@ def main() -> None:
     print(
         f"benchmark simulate: {ratio:.0f}x solve_ivp ({best} RK4 {rates[best]:.0f} patients per CPU-s vs "
         f"solve_ivp LSODA {rate_ref:.1f}; numpy {cpu_full:.0f}/s = {cpu_full / rate_ref:.0f}x, healed frozen "
-        f"{cpu_fast:.0f}/s; {backend_txt}{n_batch} patients, 28 days, dt {DEFAULT_DT} h, "
+        f"{cpu_fast:.0f}/s; {backend_txt}{dask_txt}{n_batch} patients, 28 days, dt {DEFAULT_DT} h, "
         f"{n_ref} cross-checked, 0 class mismatches; "
         f"IIRABM {rates[best] / iirabm[0]:,.0f}-{rates[best] / iirabm[1]:,.0f}x per core; "
         f"{os.cpu_count()} CPUs)"
