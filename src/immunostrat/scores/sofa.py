@@ -93,6 +93,22 @@ def sofa_expressions() -> list[nw.Expr]:
     ]
 
 
+def sofa_component_max() -> dict[str, int]:
+    """The most points each organ system can score, read from the band table (bands, drugs and the
+    urine alternative alike), so that callers can bound what a missing component could add."""
+    spec = load_definition("sofa")
+
+    def points(node: Any) -> list[int]:
+        if isinstance(node, dict):
+            own = [int(node["points"])] if "points" in node else []
+            return own + [p for v in node.values() for p in points(v)]
+        if isinstance(node, list):
+            return [p for v in node for p in points(v)]
+        return []
+
+    return {c: max(points(spec["components"][c])) for c in SOFA_COMPONENTS}
+
+
 def sofa(frame: FrameT) -> FrameT:
     """Add the SOFA columns to ``frame`` (polars, DuckDB, Ibis or PySpark; same type back).
 

@@ -49,6 +49,11 @@ class TrialSpec(_Model):
     p_best: float = Field(default=0.8, ge=0.5, le=1.0)
     kits_per_arm: int = Field(default=500, ge=1, le=1_000_000)
     sites: list[SiteSpec] = Field(default_factory=list)
+    require_sepsis3: bool = Field(
+        default=False,
+        description="screening also requires Sepsis-3 (domain.md A1, B2): infection_suspected and a "
+        "SOFA, scored from the screening observations, >= 2 points above pre_infection_sofa",
+    )
 
     @field_validator("arms")
     @classmethod
@@ -109,6 +114,13 @@ class ScreeningIn(_Model):
     infection_site: str | None = Field(default=None, max_length=32)
     baseline_sofa: int | None = Field(default=None, ge=0, le=24)
     septic_shock: bool | None = None
+    # Sepsis-3 at the bedside (domain.md B2): the coordinator's judgement of suspected or documented
+    # infection, and the SOFA before it (admission SOFA for an infection acquired in hospital, or
+    # known chronic dysfunction; domain.md A1). Not ``baseline_sofa``: that is the total SOFA at
+    # randomization which the analysis uses as day-1 fallback, and a rise is measured against the
+    # state before the infection. Absent: 0, "no known pre-existing dysfunction".
+    infection_suspected: bool | None = None
+    pre_infection_sofa: int | None = Field(default=None, ge=0, le=24)
     exclusions: dict[str, bool] = Field(default_factory=dict)
     observations: list[ObservationIn] = Field(default_factory=list)
     pseudonym: str | None = Field(default=None, min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")

@@ -158,6 +158,7 @@ def setup_trial(session: Session, actor: Actor, spec: TrialSpec, seed: bytes | N
         "minimization_factors": list(spec.minimization_factors),
         "p_best": spec.p_best,
         "kits_per_arm": spec.kits_per_arm,
+        "require_sepsis3": spec.require_sepsis3,
     }
     trial = Trial(
         code=spec.code,
@@ -453,6 +454,8 @@ class ScreeningResult:
     protocol_id: str
     protocol_version: str
     warnings: list[str] = field(default_factory=list)
+    sepsis3: dict[str, Any] | None = None
+    """The Sepsis-3 check (SOFA total, components, verdict) when the trial requires it, else None."""
 
 
 def screen(session: Session, actor: Actor, trial_id: int, data: ScreeningIn) -> ScreeningResult:
@@ -482,9 +485,18 @@ def screen(session: Session, actor: Actor, trial_id: int, data: ScreeningIn) -> 
         "weight_kg": data.weight_kg,
     }
     decision = eligibility.decide(
-        trial.protocol_id, patient, obs, data.exclusions, trial.config["randomized_endotypes"]
+        trial.protocol_id,
+        patient,
+        obs,
+        data.exclusions,
+        trial.config["randomized_endotypes"],
+        # trials set up before the option existed have no key: they never required it
+        require_sepsis3=bool(trial.config.get("require_sepsis3", False)),
+        infection_suspected=data.infection_suspected,
+        pre_infection_sofa=data.pre_infection_sofa,
     )
     c = decision.classification
+    sepsis3 = decision.sepsis3.as_dict() if decision.sepsis3 is not None else None
     p = Participant(
         trial_id=trial.id,
         site_id=site.id,
@@ -519,6 +531,8 @@ def screen(session: Session, actor: Actor, trial_id: int, data: ScreeningIn) -> 
         for o in obs
     )
     reasons = list(c.reasons)
+    if sepsis3 is not None:
+        reasons.append({"rule": "sepsis3", **sepsis3})
     if decision.exclusion_reason:
         reasons.append({"rule": "eligibility", "text": decision.exclusion_reason})
     session.add(
@@ -536,27 +550,27 @@ def screen(session: Session, actor: Actor, trial_id: int, data: ScreeningIn) -> 
         )
     )
     session.flush()
-    audit.append(
-        session,
-        actor,
-        "create",
-        "participant",
-        p.id,
-        new={
-            "pseudonym": pseudonym,
-            "site": site.code,
-            "age": data.age,
-            "sex": data.sex,
-            "weight_kg": data.weight_kg,
-            "exclusions": dict(data.exclusions),
-            "observations": [
-                {"concept": o.concept, "value": o.value_entered, "unit": o.unit_entered, "time": o.time}
-                for o in obs
-            ],
-            "endotype": c.endotype,
-            "eligible": decision.eligible,
-        },
-    )
+    entered: dict[str, Any] = {
+        "pseudonym": pseudonym,
+        "site": site.code,
+        "age": data.age,
+        "sex": data.sex,
+        "weight_kg": data.weight_kg,
+        "exclusions": dict(data.exclusions),
+        "observations": [
+            {"concept": o.concept, "value": o.value_entered, "unit": o.unit_entered, "time": o.time}
+            for o in obs
+        ],
+        "endotype": c.endotype,
+        "eligible": decision.eligible,
+    }
+    # no participant column holds these: the audit row is where what was entered is kept
+    for name in ("infection_suspected", "pre_infection_sofa"):
+        if getattr(data, name) is not None:
+            entered[name] = getattr(data, name)
+    if sepsis3 is not None:
+        entered["sepsis3"] = sepsis3
+    audit.append(session, actor, "create", "participant", p.id, new=entered)
     return ScreeningResult(
         participant_id=p.id,
         pseudonym=pseudonym,
@@ -570,6 +584,7 @@ def screen(session: Session, actor: Actor, trial_id: int, data: ScreeningIn) -> 
         protocol_id=c.protocol_id or trial.protocol_id,
         protocol_version=c.protocol_version or trial.protocol_version,
         warnings=c.warnings,
+        sepsis3=sepsis3,
     )
 
 
