@@ -91,3 +91,12 @@ def test_full_model_trial_reports_superinfection() -> None:
 def test_unknown_model_is_an_error() -> None:
     result = runner.invoke(app, ["simulate", "population", "--size", "10", "--model", "magic"])
     assert result.exit_code == 2 and "unknown model 'magic'" in result.output
+
+
+def test_trial_endpoint_option() -> None:
+    args = ["simulate", "trial", "--n", "60", "--trials", "3", "--population-size", "200"]
+    result = runner.invoke(app, [*args, "--endpoint", "mortality_28d"])
+    assert result.exit_code == 0, result.output
+    assert "primary: mortality_28d" in result.stdout
+    bad = runner.invoke(app, [*args, "--endpoint", "magic"])
+    assert bad.exit_code == 2 and "unknown endpoint 'magic'" in bad.output

@@ -99,18 +99,32 @@ def trial(
         int, typer.Option("--population-size", help="Virtual population drawn from.")
     ] = 4000,
     model: ModelOption = "reynolds2006",
+    endpoint: Annotated[
+        str,
+        typer.Option(
+            "--endpoint",
+            help="Primary endpoint: sofa_response (ImmunoSep) | mortality_28d | infection_resolved_d15 | "
+            "superinfection_d15.",
+        ),
+    ] = "sofa_response",
 ) -> None:
     """Run N in-silico trials of one design: power, type I error, rates per arm, harm per subgroup."""
+    from dataclasses import replace
+
     from immunostrat.simulation import DESIGNS, generate_population, simulate_trials
+    from immunostrat.simulation.trial import ENDPOINTS
 
     if design not in DESIGNS:
         fail(ValueError(f"unknown design {design!r}; one of {', '.join(DESIGNS)}"))
+    if endpoint not in ENDPOINTS:
+        fail(ValueError(f"unknown endpoint {endpoint!r}; one of {', '.join(ENDPOINTS)}"))
     variant = _variant(model)
     try:
         with progress_bar("simulating virtual patients") as update:
             vpop = generate_population(population_size, seed, progress=update, **variant)
         with progress_bar(f"simulating {trials} trials") as update:
-            results = simulate_trials(design, n, trials, seed, population=vpop, progress=update)
+            chosen = replace(DESIGNS[design], primary_endpoint=endpoint)
+            results = simulate_trials(chosen, n, trials, seed, population=vpop, progress=update)
     except ValueError as error:
         fail(error)
     typer.echo(results.summary())
