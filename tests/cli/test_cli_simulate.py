@@ -100,3 +100,24 @@ def test_trial_endpoint_option() -> None:
     assert "primary: mortality_28d" in result.stdout
     bad = runner.invoke(app, [*args, "--endpoint", "magic"])
     assert bad.exit_code == 2 and "unknown endpoint 'magic'" in bad.output
+
+
+def test_simulate_size_prints_the_trial_size() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "simulate",
+            "size",
+            "--design",
+            "all-comers-msc",
+            "--trials",
+            "20",
+            "--population-size",
+            "200",
+            "--max-n",
+            "200",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "patients for power 0.80" in result.stdout or "not reached" in result.stdout
+    assert "evaluated: n " in result.stdout

@@ -112,3 +112,27 @@ def test_subgroup_harm_is_reported(vpop: VirtualPopulation, outcome_table: Outco
     assert ip.mean_difference["mortality_28d"] > 0.02
     assert abs(ip.mean_difference["mortality_28d"] - exact) < 0.025
     assert "HARM" in res.summary()
+
+
+def test_size_trial_finds_the_smallest_powered_n(
+    vpop: VirtualPopulation, outcome_table: OutcomeTable
+) -> None:
+    """Bisection on the Monte Carlo power (same seed at every size): the answer reaches the target and the
+    evaluated size just below it does not; an unreachable target says so instead of guessing."""
+    from immunostrat.simulation.trial import size_trial
+
+    res = size_trial("immunosep", 0.8, population=vpop, outcomes=outcome_table, trials=60, seed=3, n_max=600)
+    assert res.n is not None and res.power_at_n is not None and res.power_at_n >= 0.8
+    below = [n for n in res.evaluated if n < res.n]
+    assert below and res.evaluated[max(below)] < 0.8
+    assert res.n - max(below) <= 2 or res.n == min(res.evaluated)
+    assert (
+        res.evaluated[res.n]
+        == simulate_trials("immunosep", res.n, 60, seed=3, population=vpop, outcomes=outcome_table).power
+    )
+    none = size_trial(
+        "all-comers-immunostimulation", 0.99, population=vpop, outcomes=outcome_table, trials=30, n_max=60
+    )
+    assert none.n is None and "not reached" in none.summary()
+    with pytest.raises(ValueError, match="target power"):
+        size_trial("immunosep", 1.5, population=vpop, outcomes=outcome_table)

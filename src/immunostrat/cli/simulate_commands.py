@@ -130,6 +130,50 @@ def trial(
     typer.echo(results.summary())
 
 
+@simulate_app.command("size")
+def size(
+    design: Annotated[str, typer.Option("--design", help="A design id (see simulate trial).")] = "immunosep",
+    power: Annotated[float, typer.Option("--power", help="Target power.")] = 0.8,
+    trials: Annotated[int, typer.Option("--trials", help="Simulated trials per size.")] = 300,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    population_size: Annotated[
+        int, typer.Option("--population-size", help="Virtual population drawn from.")
+    ] = 4000,
+    max_n: Annotated[int, typer.Option("--max-n", help="Largest trial size tried.")] = 2000,
+    model: ModelOption = "reynolds2006",
+    endpoint: Annotated[
+        str, typer.Option("--endpoint", help="Primary endpoint (see simulate trial).")
+    ] = "sofa_response",
+) -> None:
+    """Size the next trial: the smallest n whose in-silico power reaches the target (bisection)."""
+    from dataclasses import replace
+
+    from immunostrat.simulation import DESIGNS, generate_population
+    from immunostrat.simulation.trial import ENDPOINTS, size_trial
+
+    if design not in DESIGNS:
+        fail(ValueError(f"unknown design {design!r}; one of {', '.join(DESIGNS)}"))
+    if endpoint not in ENDPOINTS:
+        fail(ValueError(f"unknown endpoint {endpoint!r}; one of {', '.join(ENDPOINTS)}"))
+    variant = _variant(model)
+    try:
+        with progress_bar("simulating virtual patients") as update:
+            vpop = generate_population(population_size, seed, progress=update, **variant)
+        with progress_bar("trial sizes") as update:
+            result = size_trial(
+                replace(DESIGNS[design], primary_endpoint=endpoint),
+                power,
+                population=vpop,
+                trials=trials,
+                seed=seed,
+                n_max=max_n,
+                progress=update,
+            )
+    except ValueError as error:
+        fail(error)
+    typer.echo(result.summary())
+
+
 @simulate_app.command("plots")
 def plots(
     output_dir: Annotated[Path, typer.Option("--output-dir")] = Path("simulation-plots"),

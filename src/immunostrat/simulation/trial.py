@@ -399,6 +399,90 @@ def power_curve(
     return out
 
 
+@dataclass(frozen=True)
+class SizeResult:
+    """The smallest trial size found to reach ``target_power`` (None: not reached by ``n_max``), with every
+    size evaluated and its Monte Carlo power."""
+
+    design: str
+    endpoint: str
+    target_power: float
+    n: int | None
+    power_at_n: float | None
+    evaluated: dict[int, float]
+    trials: int
+
+    @property
+    def monte_carlo_se(self) -> float | None:
+        """Standard error of the power estimate at ``n`` (binomial over ``trials`` trials)."""
+        if self.power_at_n is None:
+            return None
+        return math.sqrt(self.power_at_n * (1.0 - self.power_at_n) / self.trials)
+
+    def summary(self) -> str:
+        points = ", ".join(f"n {k}: {v:.3f}" for k, v in sorted(self.evaluated.items()))
+        if self.n is None:
+            head = (
+                f"{self.design} ({self.endpoint}): power {self.target_power:.2f} not reached by "
+                f"n = {max(self.evaluated)}"
+            )
+        else:
+            head = (
+                f"{self.design} ({self.endpoint}): n = {self.n} patients for power {self.target_power:.2f} "
+                f"(estimated {self.power_at_n:.3f}, Monte Carlo SE {self.monte_carlo_se:.3f}, "
+                f"{self.trials} trials per size)"
+            )
+        return f"{head}\n  evaluated: {points}"
+
+
+def size_trial(
+    design: str | TrialDesign,
+    target_power: float = 0.8,
+    *,
+    population: VirtualPopulation,
+    outcomes: OutcomeTable | None = None,
+    trials: int = 300,
+    seed: int = 0,
+    n_min: int = 20,
+    n_max: int = 2000,
+    progress: Callable[[int, int], None] | None = None,
+) -> SizeResult:
+    """The smallest even trial size whose in-silico power reaches ``target_power``: bisection between
+    ``n_min`` and ``n_max`` on the Monte Carlo power, every size run with the same seed (common random
+    numbers, so the power curve is smooth in n) on one virtual population and outcome table. Power is
+    noisy (see ``SizeResult.monte_carlo_se``): the answer is a planning figure, to be confirmed with more
+    trials at and around it."""
+    des = get_design(design)
+    if not 0.0 < target_power < 1.0:
+        raise ValueError(f"target power must lie in (0, 1), got {target_power}")
+    lo, hi = max(2, n_min + n_min % 2), n_max - n_max % 2
+    if lo >= hi:
+        raise ValueError(f"need n_min < n_max, got {n_min} and {n_max}")
+    table = outcomes if outcomes is not None else OutcomeTable(population)
+    evaluated: dict[int, float] = {}
+    steps = 2 + max(1, math.ceil(math.log2(max(1, (hi - lo) / 2))))
+
+    def power(n: int) -> float:
+        if n not in evaluated:
+            evaluated[n] = simulate_trials(des, n, trials, seed, population=population, outcomes=table).power
+            if progress is not None:
+                progress(len(evaluated), steps)
+        return evaluated[n]
+
+    if power(hi) < target_power:
+        return SizeResult(des.id, des.primary_endpoint, target_power, None, None, evaluated, trials)
+    if power(lo) >= target_power:
+        hi = lo
+    while hi - lo > 2:
+        mid = (lo + hi) // 2
+        mid -= mid % 2
+        if power(mid) >= target_power:
+            hi = mid
+        else:
+            lo = mid
+    return SizeResult(des.id, des.primary_endpoint, target_power, hi, evaluated[hi], evaluated, trials)
+
+
 def potential_outcome_summary(
     vpop: VirtualPopulation, therapies: Sequence[str | Therapy], outcomes: OutcomeTable | None = None
 ) -> dict[str, dict[str, dict[str, float]]]:
@@ -420,6 +504,7 @@ __all__ = [
     "ENDPOINTS",
     "OutcomeTable",
     "Outcomes",
+    "SizeResult",
     "SubgroupEffect",
     "TrialDesign",
     "TrialResults",
@@ -428,4 +513,5 @@ __all__ = [
     "potential_outcome_summary",
     "power_curve",
     "simulate_trials",
+    "size_trial",
 ]
