@@ -200,22 +200,7 @@ def test_what_the_full_model_says_about_the_seed_claims(vpop_full: VirtualPopula
 
 def _died_by_day15(vpop: VirtualPopulation, therapy: str) -> np.ndarray:
     """Death by day 15 under ``therapy`` from enrolment (the trial simulation's own integration)."""
-    from immunostrat.simulation.population import background_schedule
-    from immunostrat.simulation.therapies import combine
+    from immunostrat.simulation.population import simulate_course
 
-    c = vpop.cohort
-    sched = combine(
-        Schedule.build(therapy, 24.0 * vpop.enrolment_day, c.size),
-        background_schedule(vpop.background, c.size),
-    )
-    traj = integrate(
-        initial_state(c.p0, c.params),
-        c.params,
-        t_end=DAY28_H,
-        schedule=sched,
-        drop_dead=True,
-        deactivation=vpop.deactivation,
-        secondary=vpop.secondary,
-        secondary_draws=c.secondary_draws,
-    )
+    traj, _ = simulate_course(vpop, therapy)
     return traj.died_by(15 * 24.0)

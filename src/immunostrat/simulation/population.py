@@ -34,11 +34,18 @@ from .model import (
     PatientParameters,
     SecondaryDraws,
     SecondaryInfection,
+    Trajectory,
     initial_state,
     integrate,
     patient_parameters,
 )
-from .observables import BiomarkerObserver, ObservableCalibration, PatientTraits, daily_observables
+from .observables import (
+    BiomarkerObserver,
+    DailyObservables,
+    ObservableCalibration,
+    PatientTraits,
+    daily_observables,
+)
 from .therapies import Schedule, Therapy, get_therapy
 
 #: Background therapy every virtual patient receives from infection onset (therapies.yaml).
@@ -548,10 +555,11 @@ def population_frame(vpop: VirtualPopulation) -> pl.DataFrame:
     return pl.DataFrame(cols)
 
 
-def population_observations(vpop: VirtualPopulation, therapy: str | Therapy | None = None) -> pl.DataFrame:
-    """Daily long-format observations (design.md section 2) of every VPop patient, untreated or on
-    ``therapy`` from enrolment, with the population's background therapy."""
-    from .observables import observations_frame
+def simulate_course(
+    vpop: VirtualPopulation, therapy: str | Therapy | None = None, *, chunk_size: int = 4096
+) -> tuple[Trajectory, DailyObservables]:
+    """The 28-day course of every VPop patient, untreated or on ``therapy`` from enrolment, with the
+    population's background therapy and model extensions: the trajectory and its daily observables."""
     from .therapies import combine
 
     c = vpop.cohort
@@ -567,9 +575,18 @@ def population_observations(vpop: VirtualPopulation, therapy: str | Therapy | No
         observer=BiomarkerObserver(vpop.calibration),
         schedule=sched,
         drop_dead=True,
+        chunk_size=chunk_size,
         deactivation=vpop.deactivation,
         secondary=vpop.secondary,
         secondary_draws=c.secondary_draws,
     )
-    obs = daily_observables(traj, c.traits, vpop.calibration)
-    return observations_frame(obs, [f"vp{i:06d}" for i in range(c.size)])
+    return traj, daily_observables(traj, c.traits, vpop.calibration)
+
+
+def population_observations(vpop: VirtualPopulation, therapy: str | Therapy | None = None) -> pl.DataFrame:
+    """Daily long-format observations (design.md section 2) of every VPop patient, untreated or on
+    ``therapy`` from enrolment, with the population's background therapy."""
+    from .observables import observations_frame
+
+    _, obs = simulate_course(vpop, therapy)
+    return observations_frame(obs, [f"vp{i:06d}" for i in range(vpop.cohort.size)])

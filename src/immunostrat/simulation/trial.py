@@ -24,20 +24,19 @@ from immunostrat.analysis.endpoints import SOFA_DEATH_SCORE, SOFA_RESPONSE_THRES
 from immunostrat.analysis.stats import fisher_exact
 from immunostrat.trial.randomization import permuted_block_list
 
-from .model import DAY28_H, BoolArray, FloatArray, IntArray, initial_state, integrate
-from .observables import BiomarkerObserver, daily_observables
+from .model import DAY28_H, BoolArray, FloatArray, IntArray
 from .population import (
     ENDOTYPE_NAMES,
     IMMUNOPARALYSIS,
     INTERMEDIATE,
     MALS,
     VirtualPopulation,
-    background_schedule,
     generate_population,
     protocol_therapies,
+    simulate_course,
     stratify,
 )
-from .therapies import Schedule, Therapy, combine, get_therapy
+from .therapies import Therapy, get_therapy
 
 #: Endpoints: name -> True when a higher rate is better.
 ENDPOINTS: dict[str, bool] = {
@@ -69,23 +68,7 @@ def endpoints_from_simulation(
 ) -> Outcomes:
     """Simulate every patient of ``vpop`` under ``therapy`` started at enrolment and score the endpoints."""
     th = get_therapy(therapy)
-    c = vpop.cohort
-    start = 24.0 * vpop.enrolment_day
-    schedule = combine(Schedule.build(th, start, c.size), background_schedule(vpop.background, c.size))
-    traj = integrate(
-        initial_state(c.p0, c.params),
-        c.params,
-        t_end=DAY28_H,
-        record_every=24.0,
-        schedule=schedule,
-        observer=BiomarkerObserver(vpop.calibration),
-        drop_dead=True,
-        chunk_size=chunk_size,
-        deactivation=vpop.deactivation,
-        secondary=vpop.secondary,
-        secondary_draws=c.secondary_draws,
-    )
-    obs = daily_observables(traj, c.traits, vpop.calibration)
+    traj, obs = simulate_course(vpop, th, chunk_size=chunk_size)
     d = vpop.enrolment_day
     # virtual patients are assessed every day while alive, so the only imputation is the death score
     sofa = np.where(obs.alive, obs.sofa, SOFA_DEATH_SCORE).astype(np.float64)
