@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from immunostrat.cli.output import fail
+
+if TYPE_CHECKING:
+    from immunostrat.simulation import TrialDesign, VirtualPopulation
 
 console = Console(stderr=True)
 out = Console()
@@ -23,6 +26,14 @@ ModelOption = Annotated[
         "--model",
         help="reynolds2006 (published) | deactivation (+ monocyte deactivation) | full (+ ICU-acquired "
         "infections); see docs/simulation.md.",
+    ),
+]
+EndpointOption = Annotated[
+    str,
+    typer.Option(
+        "--endpoint",
+        help="Primary endpoint: sofa_response (ImmunoSep) | mortality_28d | infection_resolved_d15 | "
+        "superinfection_d15.",
     ),
 ]
 
@@ -99,31 +110,15 @@ def trial(
         int, typer.Option("--population-size", help="Virtual population drawn from.")
     ] = 4000,
     model: ModelOption = "reynolds2006",
-    endpoint: Annotated[
-        str,
-        typer.Option(
-            "--endpoint",
-            help="Primary endpoint: sofa_response (ImmunoSep) | mortality_28d | infection_resolved_d15 | "
-            "superinfection_d15.",
-        ),
-    ] = "sofa_response",
+    endpoint: EndpointOption = "sofa_response",
 ) -> None:
     """Run N in-silico trials of one design: power, type I error, rates per arm, harm per subgroup."""
-    from dataclasses import replace
+    from immunostrat.simulation import simulate_trials
 
-    from immunostrat.simulation import DESIGNS, generate_population, simulate_trials
-    from immunostrat.simulation.trial import ENDPOINTS
-
-    if design not in DESIGNS:
-        fail(ValueError(f"unknown design {design!r}; one of {', '.join(DESIGNS)}"))
-    if endpoint not in ENDPOINTS:
-        fail(ValueError(f"unknown endpoint {endpoint!r}; one of {', '.join(ENDPOINTS)}"))
-    variant = _variant(model)
+    chosen = _design(design, endpoint)
     try:
-        with progress_bar("simulating virtual patients") as update:
-            vpop = generate_population(population_size, seed, progress=update, **variant)
+        vpop = _population(population_size, seed, model)
         with progress_bar(f"simulating {trials} trials") as update:
-            chosen = replace(DESIGNS[design], primary_endpoint=endpoint)
             results = simulate_trials(chosen, n, trials, seed, population=vpop, progress=update)
     except ValueError as error:
         fail(error)
@@ -141,27 +136,17 @@ def size(
     ] = 4000,
     max_n: Annotated[int, typer.Option("--max-n", help="Largest trial size tried.")] = 2000,
     model: ModelOption = "reynolds2006",
-    endpoint: Annotated[
-        str, typer.Option("--endpoint", help="Primary endpoint (see simulate trial).")
-    ] = "sofa_response",
+    endpoint: EndpointOption = "sofa_response",
 ) -> None:
     """Size the next trial: the smallest n whose in-silico power reaches the target (bisection)."""
-    from dataclasses import replace
+    from immunostrat.simulation.trial import size_trial
 
-    from immunostrat.simulation import DESIGNS, generate_population
-    from immunostrat.simulation.trial import ENDPOINTS, size_trial
-
-    if design not in DESIGNS:
-        fail(ValueError(f"unknown design {design!r}; one of {', '.join(DESIGNS)}"))
-    if endpoint not in ENDPOINTS:
-        fail(ValueError(f"unknown endpoint {endpoint!r}; one of {', '.join(ENDPOINTS)}"))
-    variant = _variant(model)
+    chosen = _design(design, endpoint)
     try:
-        with progress_bar("simulating virtual patients") as update:
-            vpop = generate_population(population_size, seed, progress=update, **variant)
+        vpop = _population(population_size, seed, model)
         with progress_bar("trial sizes") as update:
             result = size_trial(
-                replace(DESIGNS[design], primary_endpoint=endpoint),
+                chosen,
                 power,
                 population=vpop,
                 trials=trials,
@@ -218,3 +203,26 @@ def _variant(model: str) -> dict[str, Any]:
         return dict(model_variant(model))
     except ValueError as error:
         fail(error)
+
+
+def _design(design: str, endpoint: str) -> TrialDesign:
+    """The named design with ``endpoint`` as its primary endpoint (a clear CLI error for unknown names)."""
+    from dataclasses import replace
+
+    from immunostrat.simulation import DESIGNS
+    from immunostrat.simulation.trial import ENDPOINTS
+
+    if design not in DESIGNS:
+        fail(ValueError(f"unknown design {design!r}; one of {', '.join(DESIGNS)}"))
+    if endpoint not in ENDPOINTS:
+        fail(ValueError(f"unknown endpoint {endpoint!r}; one of {', '.join(ENDPOINTS)}"))
+    return replace(DESIGNS[design], primary_endpoint=endpoint)
+
+
+def _population(size: int, seed: int, model: str) -> VirtualPopulation:
+    """The virtual population of ``--model``, with a progress bar."""
+    from immunostrat.simulation import generate_population
+
+    variant = _variant(model)
+    with progress_bar("simulating virtual patients") as update:
+        return generate_population(size, seed, progress=update, **variant)
