@@ -121,3 +121,14 @@ def test_simulate_size_prints_the_trial_size() -> None:
     assert result.exit_code == 0, result.output
     assert "patients for power 0.80" in result.stdout or "not reached" in result.stdout
     assert "evaluated: n " in result.stdout
+
+
+def test_population_bad_output_name_fails_before_simulating(tmp_path: Path) -> None:
+    target = tmp_path / "vpop.xlsx"
+    result = runner.invoke(app, ["simulate", "population", "--size", "10", "--output", str(target)])
+    assert result.exit_code == 2
+    assert "--output" in result.output and "vpop.xlsx" in result.output and ".parquet" in result.output
+    assert "Traceback" not in result.output and "chi-square" not in result.output
+    assert not target.exists()
+    bad_obs = runner.invoke(app, ["simulate", "population", "--size", "10", "--observations", "obs.txt"])
+    assert bad_obs.exit_code == 2 and "--observations" in bad_obs.output

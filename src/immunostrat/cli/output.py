@@ -53,6 +53,22 @@ def _csv_ready(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def output_format(output: str, option: str = "--output") -> str:
+    """The table format of an output path (csv, parquet or json; ``-`` is CSV on stdout), checked before
+    any work so that a bad name fails at once; an InputError names ``option`` otherwise."""
+    if output == "-":
+        return "csv"
+    kind = FORMATS.get(Path(output).suffix.lower())
+    if kind is None:
+        raise InputError(
+            "unsupported output format",
+            field=option,
+            value=output,
+            expected="a file ending in .csv, .parquet or .json, or - for stdout",
+        )
+    return kind
+
+
 def write_table(frame: pl.DataFrame, output: str, records: list[dict[str, Any]] | None = None) -> None:
     """Write ``frame`` to ``output`` (.csv, .parquet, .json, or ``-`` for CSV on stdout).
 
@@ -62,14 +78,7 @@ def write_table(frame: pl.DataFrame, output: str, records: list[dict[str, Any]] 
         sys.stdout.write(_csv_ready(frame).write_csv(datetime_format=ISO_UTC))
         return
     path = Path(output)
-    kind = FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise InputError(
-            "unsupported output format",
-            field="--output",
-            value=output,
-            expected="a file ending in .csv, .parquet or .json, or - for stdout",
-        )
+    kind = output_format(output)
     if kind == "csv":
         atomic_write(path, lambda tmp: _csv_ready(frame).write_csv(tmp, datetime_format=ISO_UTC))
     elif kind == "parquet":

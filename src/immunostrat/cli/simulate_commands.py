@@ -71,7 +71,8 @@ def population(
     model: ModelOption = "reynolds2006",
 ) -> None:
     """Sample a virtual population matched to PROVIDE's endotype prevalence and mortality; report the fit."""
-    from immunostrat.cli.output import fail, write_table
+    from immunostrat.cli.output import output_format, write_table
+    from immunostrat.errors import InputError
     from immunostrat.simulation import (
         population_frame,
         population_observations,
@@ -81,6 +82,12 @@ def population(
 
     if size < 1:
         fail(ValueError("--size must be at least 1"))
+    try:  # before the simulation, so that a bad file name costs nothing
+        for path, option in ((output, "--output"), (observations, "--observations")):
+            if path is not None:
+                output_format(str(path), option)
+    except InputError as error:
+        fail(error)
     variant = _variant(model)
     with progress_bar("simulating virtual patients") as update:
         if cluster:
