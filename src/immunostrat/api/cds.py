@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from immunostrat.api.auth import ALL_ROLES, Principal, require
 from immunostrat.api.clinical import ClassifyIn, canonical_frame
-from immunostrat.api.fhir import LOCAL_SYSTEM, LOINC, read_fhir
+from immunostrat.sources.fhir_patient import LOCAL_SYSTEM, LOINC, read_fhir
 from immunostrat.concepts import load_concepts
 from immunostrat.errors import InputError
 from immunostrat.trial import eligibility

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from immunostrat.api.auth import ALL_ROLES, Principal, require
-from immunostrat.api.fhir import read_fhir
+from immunostrat.sources.fhir_patient import read_fhir
 from immunostrat.concepts import observations_from_records
 from immunostrat.errors import InputError
 from immunostrat.scores import score_windows, windows_at

@@ -1,5 +1,6 @@
-"""FHIR R4 resources (as JSON) into our long-format records: Observations by LOINC code (or our
-local code for concepts without one), Patients into age/sex, MedicationRequests into names.
+"""One patient's FHIR R4 resources (as JSON) into our long-format records, for the bedside (API,
+CDS Hooks, CLI): Observations by LOINC code (or our local code for concepts without one), Patients
+into age/sex, MedicationRequests into names.
 
 Bulk input reads the JSON directly (design.md section 4: full model validation is for the bedside).
 """
