@@ -56,7 +56,9 @@ def test_a1_regimens() -> None:
     assert (ifn.interval_hours, ifn.duration_days) == (48, 15)
     renal = anakinra.renal_adjustment
     assert renal is not None
-    assert (renal.creatinine_clearance_below_ml_min, renal.interval_multiplier) == (30, 2)
+    # the label's "every other day" is one dose every 48 h (not 2 x the 8-h interval)
+    assert (renal.creatinine_clearance_below_ml_min, renal.adjusted_interval_hours) == (30, 48)
+    assert renal.adjusted_interval_words == "every other day"
     assert renal.verify  # ImmunoSep published none: the marker stays
 
 

@@ -57,8 +57,8 @@ def test_classify_writes_one_row_per_patient(files: tuple[Path, Path], tmp_path:
     got = dict(zip(frame["patient_id"], frame["endotype"], strict=True))
     assert got == {"p1": "mals", "p2": "immunoparalysis", "p3": "unknown"}
     p1 = frame.filter(pl.col("patient_id") == "p1").row(0, named=True)
-    # 70-year-old woman, 60 kg, creatinine 2.5 mg/dL: CrCl = 70*60/(72*2.5)*0.85 = 19.8 -> every 16 h
-    assert "every 16 h" in p1["dose"] and "renally adjusted" in p1["dose"]
+    # 70-year-old woman, 60 kg, creatinine 2.5 mg/dL: CrCl = 70*60/(72*2.5)*0.85 = 19.8 -> every 48 h
+    assert "every 48 h" in p1["dose"] and "every other day" in p1["dose"] and "renally adjusted" in p1["dose"]
     assert "ferritin 9000 ng/mL" in p1["reasons"]
 
 

@@ -14,6 +14,7 @@ from immunostrat.protocols import (
     classify_frame,
     classify_patient,
     cockcroft_gault,
+    freshness,
     list_protocols,
     load_protocol,
     parse_protocol,
@@ -102,6 +103,47 @@ def test_stale_measurements_make_the_endotype_unknown() -> None:
     assert stale_mals.endotype == "unknown"
 
 
+def test_stale_reason_names_the_age_at_the_decision_time() -> None:
+    # values from 1 Jan 2020, decided on 2 Dec 2026: 6.92 years old
+    protocol = load_protocol("immunosep-2025")
+    then = datetime(2020, 1, 1, tzinfo=UTC)
+    records = [
+        {"patient_id": "p1", "time": then.isoformat(), "concept": c, "value": v, "unit": u}
+        for c, v, u in (("ferritin", 900, "ng/mL"), ("mhla_dr", 1000, "AB/C"))
+    ]
+    obs = observations_from_records(records).observations
+    result = classify_patient(protocol, obs, patient_id="p1", at=datetime(2026, 12, 2, 9, 15, tzinfo=UTC))
+    assert result.endotype == "unknown" and result.therapy == "none"
+    (ferritin,) = [r for r in result.reasons if r.concept == "ferritin"]
+    assert ferritin.outcome == "stale"
+    assert ferritin.note == (
+        "measured 6.9 years before the decision time; the protocol accepts values up to 24 h old"
+    )
+    assert ferritin.age_hours == pytest.approx(
+        (datetime(2026, 12, 2, 9, 15, tzinfo=UTC) - then).total_seconds() / 3600
+    )
+    assert any("6.9 years" in w for w in result.warnings)
+
+
+@pytest.mark.parametrize(
+    ("age", "fresh", "words"),
+    [
+        (timedelta(minutes=25), True, "25 min"),
+        (timedelta(hours=24), True, "24 h"),
+        (timedelta(hours=24, seconds=36), False, "24 h"),
+        (timedelta(hours=30), False, "30 h"),
+        (timedelta(days=3, hours=12), False, "3.5 days"),
+        (timedelta(days=800), False, "2.2 years"),
+        (-timedelta(hours=2), False, "2 h after"),
+    ],
+)
+def test_freshness_is_one_rule_with_a_readable_age(age: timedelta, fresh: bool, words: str) -> None:
+    result = freshness(T0 - age, T0, 24)
+    assert result.fresh is fresh
+    assert words in result.note() and "up to 24 h old" in result.note()
+    assert result.age_hours == pytest.approx(age.total_seconds() / 3600)
+
+
 def test_values_after_the_decision_time_are_ignored() -> None:
     result = _classify(
         ("ferritin", 900, "ng/mL", 0),
@@ -173,8 +215,30 @@ def test_anakinra_renal_adjustment_below_30_ml_min(creatinine: float, adjusted: 
     )
     assert result.dose is not None
     assert result.dose.renal_adjusted is adjusted
-    assert result.dose.interval_hours == (16 if adjusted else 8)
+    assert result.dose.renal_check == ("adjusted" if adjusted else "not_needed")
+    # The Kineret label's "every other day" is one dose every 48 h, not twice the 8-h interval.
+    assert result.dose.interval_hours == (48 if adjusted else 8)
+    assert result.dose.standard_interval_hours == 8
     assert any("clinician review" in w for w in result.warnings) is adjusted
+    if adjusted:
+        assert "every 48 h" in result.dose.text and "every other day" in result.dose.text
+        (renal_warning,) = [w for w in result.warnings if "creatinine clearance" in w]
+        assert "every 48 h (every other day)" in renal_warning and "21 mL/min" in renal_warning
+        assert "every 16 h" not in result.dose.text + renal_warning
+
+
+def test_dose_text_and_warning_agree_for_a_70_year_old_woman_with_creatinine_3_6() -> None:
+    # CrCl = (140 - 70) x 70 / (72 x 3.6) x 0.85 = 16.1 mL/min (Cockcroft-Gault)
+    result = _classify(
+        ("ferritin", 9000, "ng/mL", 0), ("creatinine", 3.6, "mg/dL", 0), age=70, weight_kg=70, sex="F"
+    )
+    assert result.dose is not None and result.dose.creatinine_clearance_ml_min == pytest.approx(
+        16.1, abs=0.05
+    )
+    assert result.dose.text == (
+        "anakinra 200 mg IV every 48 h for 15 days (renally adjusted, every other day: "
+        "creatinine clearance 16 mL/min < 30; clinician review)"
+    )
 
 
 def test_exactly_30_ml_min_is_not_adjusted() -> None:
@@ -191,7 +255,19 @@ def test_exactly_30_ml_min_is_not_adjusted() -> None:
 def test_renal_check_reports_missing_inputs_instead_of_guessing() -> None:
     result = _classify(("ferritin", 9000, "ng/mL", 0))
     assert result.dose is not None and not result.dose.renal_adjusted
+    assert result.dose.renal_check == "not_computable"
+    assert result.dose.renal_missing == ["age", "weight_kg", "sex", "creatinine"]
+    assert result.dose.interval_hours == 8
     assert any("renal adjustment not checked" in w and "creatinine" in w for w in result.warnings)
+    only_weight = _classify(("ferritin", 9000, "ng/mL", 0), ("creatinine", 3.6, "mg/dL", 0), age=70, sex="F")
+    assert only_weight.dose is not None and only_weight.dose.renal_missing == ["weight_kg"]
+    (warning,) = [w for w in only_weight.warnings if "renal adjustment not checked" in w]
+    assert "measure or record body weight" in warning and "every other day" in warning
+
+
+def test_interferon_gamma_has_no_renal_rule() -> None:
+    result = _classify(("ferritin", 900, "ng/mL", 0), ("mhla_dr", 1000, "AB/C", 0))
+    assert result.dose is not None and result.dose.renal_check == "not_applicable"
 
 
 def test_classify_all_and_classify_frame_agree() -> None:
@@ -267,3 +343,19 @@ def test_protocol_files_are_validated() -> None:
     raw["rules"][1]["endotype"] = "hyperinflammation"
     with pytest.raises(ValueError, match="undeclared endotype"):
         parse_protocol(raw)
+    raw = load_protocol("immunosep-2025").model_dump()
+    raw["therapies"]["mals"]["citations"] = ["domain_md"]
+    with pytest.raises(ValueError, match="domain_md"):
+        parse_protocol(raw)
+
+
+def test_user_visible_protocol_text_cites_published_sources_only() -> None:
+    for protocol in list_protocols():
+        shown = [protocol.source, *protocol.cautions.values()]
+        shown += [c.label for c in protocol.citations.values()]
+        shown += [r.note or "" for r in protocol.therapies.values()]
+        assert not any(".md" in text for text in shown), protocol.id
+    immunosep = load_protocol("immunosep-2025")
+    urls = {c.url for c in immunosep.citations.values()}
+    assert "https://doi.org/10.1001/jama.2025.24175" in urls
+    assert "https://doi.org/10.1016/j.xcrm.2022.100817" in urls

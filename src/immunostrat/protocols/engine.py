@@ -9,14 +9,24 @@ passes to the next. No rule met -> ``unknown``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 import narwhals.stable.v2 as nw
 import polars as pl
 
-from immunostrat.protocols.model import Classification, Condition, Dose, Protocol, Reason, Regimen, Rule
-from immunostrat.protocols.renal import cockcroft_gault
+from immunostrat.protocols.freshness import freshness
+from immunostrat.protocols.model import (
+    Classification,
+    Condition,
+    Dose,
+    Protocol,
+    Reason,
+    Regimen,
+    RenalCheck,
+    Rule,
+)
+from immunostrat.protocols.renal import INPUT_WORDS, cockcroft_gault, missing_inputs
 from immunostrat.scores.expressions import as_narwhals, compare
 
 FrameT = TypeVar("FrameT")
@@ -43,16 +53,11 @@ def _evaluate(
     }
     if not history:
         return Reason(**base, value=None, time=None, outcome="missing", note="no measurement")
-    fresh_for = timedelta(hours=protocol.requires[condition.concept].freshness_hours)
     time, value = history[0]
-    if at - time > fresh_for:
-        return Reason(
-            **base,
-            value=value,
-            time=time,
-            outcome="stale",
-            note=f"older than {protocol.requires[condition.concept].freshness_hours:g} h",
-        )
+    fresh = freshness(time, at, protocol.requires[condition.concept].freshness_hours)
+    base["age_hours"] = round(fresh.age_hours, 2)
+    if not fresh.fresh:
+        return Reason(**base, value=value, time=time, outcome="stale", note=fresh.note())
     met = bool(compare(value, condition.op, condition.threshold))
     if not met or condition.consecutive == 1:
         return Reason(**base, value=value, time=time, outcome="met" if met else "not met")
@@ -88,28 +93,46 @@ def _evaluate(
 def _dose(
     regimen: Regimen, patient: Mapping[str, Any] | None, creatinine: float | None
 ) -> tuple[Dose | None, list[str]]:
+    """The regimen as a dose, renally adjusted by the regimen's rule; the warnings say why, in the
+    same numbers as the dose text (one interval, never two)."""
     if regimen.drug == "none":
         return None, []
+    drug = regimen.drug.replace("_", "-")
     warnings: list[str] = []
     interval = regimen.interval_hours
-    adjusted = False
-    crcl: float | None = None
     renal = regimen.renal_adjustment
+    check: RenalCheck = "not_applicable"
+    missing: list[str] = []
+    crcl: float | None = None
+    qualifier = ""
     if renal is not None:
-        try:
-            crcl = cockcroft_gault(
-                age_years=_number(patient, "age"),
-                weight_kg=_number(patient, "weight_kg"),
-                female=_female(patient),
-                creatinine_mg_dl=creatinine,
+        age, weight, female = _number(patient, "age"), _number(patient, "weight_kg"), _female(patient)
+        missing = missing_inputs(age_years=age, weight_kg=weight, female=female, creatinine_mg_dl=creatinine)
+        threshold = renal.creatinine_clearance_below_ml_min
+        if missing:
+            check = "not_computable"
+            words = ", ".join(INPUT_WORDS[m] for m in missing)
+            warnings.append(
+                f"renal adjustment not checked: creatinine clearance (Cockcroft-Gault) needs {words}; "
+                f"measure or record {words}. {drug.capitalize()} is given {renal.adjusted_interval_words} "
+                f"(every {renal.adjusted_interval_hours:g} h) below {threshold:g} mL/min ({renal.source})."
             )
-        except ValueError as exc:
-            warnings.append(f"renal adjustment not checked: {exc}")
-        if crcl is not None and crcl < renal.creatinine_clearance_below_ml_min and interval is not None:
-            interval = interval * renal.interval_multiplier
-            adjusted = True
-            warnings.append(f"creatinine clearance {crcl:.0f} mL/min (Cockcroft-Gault): {renal.warning}")
-    parts = [regimen.drug.replace("_", "-")]
+        else:
+            crcl = cockcroft_gault(
+                age_years=age, weight_kg=weight, female=female, creatinine_mg_dl=creatinine
+            )
+            check = "adjusted" if crcl < threshold else "not_needed"
+        if check == "adjusted" and crcl is not None:
+            interval = renal.adjusted_interval_hours
+            qualifier = (
+                f"(renally adjusted, {renal.adjusted_interval_words}: creatinine clearance "
+                f"{crcl:.0f} mL/min < {threshold:g}; clinician review)"
+            )
+            warnings.append(
+                f"creatinine clearance {crcl:.0f} mL/min (Cockcroft-Gault) < {threshold:g} mL/min: "
+                f"{drug} every {interval:g} h ({renal.adjusted_interval_words}). {renal.warning}"
+            )
+    parts = [drug]
     if regimen.dose is not None:
         parts.append(f"{regimen.dose:g} {regimen.dose_unit}")
     if regimen.route:
@@ -118,8 +141,8 @@ def _dose(
         parts.append(f"every {interval:g} h")
     if regimen.duration_days is not None:
         parts.append(f"for {regimen.duration_days:g} days")
-    if adjusted:
-        parts.append("(renally adjusted: clinician review)")
+    if qualifier:
+        parts.append(qualifier)
     dose = Dose(
         drug=regimen.drug,
         amount=regimen.dose,
@@ -127,8 +150,12 @@ def _dose(
         route=regimen.route,
         interval_hours=interval,
         duration_days=regimen.duration_days,
-        renal_adjusted=adjusted,
+        renal_adjusted=check == "adjusted",
         creatinine_clearance_ml_min=None if crcl is None else round(crcl, 1),
+        renal_check=check,
+        renal_missing=missing,
+        renal_threshold_ml_min=None if renal is None else renal.creatinine_clearance_below_ml_min,
+        standard_interval_hours=regimen.interval_hours,
         text=" ".join(parts),
     )
     return dose, warnings
@@ -202,9 +229,10 @@ def classify_patient(
     if endotype in protocol.cautions:
         warnings.append(protocol.cautions[endotype])
     if endotype == "unknown":
-        undecided = sorted({r.concept for r in reasons if r.outcome in {"missing", "stale"}})
+        undecided = {r.concept: r.note for r in reasons if r.outcome in {"missing", "stale"}}
         if undecided:
-            warnings.append(f"deciding measurement missing or stale: {', '.join(undecided)}")
+            shown = "; ".join(f"{c} {note}" if note else c for c, note in sorted(undecided.items()))
+            warnings.append(f"deciding measurement missing or stale: {shown}")
     return Classification(
         patient_id=pid,
         at=decision_time,

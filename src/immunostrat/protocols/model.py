@@ -56,11 +56,25 @@ class Requirement(BaseModel):
     verify: str | None = None
 
 
+class Citation(BaseModel):
+    """A published source that users may follow: shown on cards and pages, never an internal file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    label: str
+    url: str
+    verify: str | None = None
+
+
 class RenalAdjustment(BaseModel):
+    """Below ``creatinine_clearance_below_ml_min`` the drug is given every ``adjusted_interval_hours``
+    (the label's words in ``adjusted_interval_words``): an interval, not a multiple of the usual one."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
     creatinine_clearance_below_ml_min: float
-    interval_multiplier: float = Field(gt=0)
+    adjusted_interval_hours: float = Field(gt=0)
+    adjusted_interval_words: str
     source: str
+    citation: str | None = None
     warning: str
     verify: str | None = None
 
@@ -74,6 +88,7 @@ class Regimen(BaseModel):
     interval_hours: float | None = None
     duration_days: float | None = None
     source: str | None = None
+    citations: tuple[str, ...] = ()
     note: str | None = None
     renal_adjustment: RenalAdjustment | None = None
 
@@ -94,6 +109,9 @@ class Protocol(BaseModel):
     therapies: dict[str, Regimen]
     stop_rules: str | None = None
     cautions: dict[str, str] = Field(default_factory=dict)
+    caution_citations: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    citations: dict[str, Citation] = Field(default_factory=dict)
+    source_citations: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> Protocol:
@@ -108,7 +126,19 @@ class Protocol(BaseModel):
         missing = [e for e in self.endotypes if e not in self.therapies]
         if missing:
             raise ValueError(f"no therapy entry for endotypes {missing}")
+        cited = list(self.source_citations) + [c for cs in self.caution_citations.values() for c in cs]
+        for regimen in self.therapies.values():
+            cited += list(regimen.citations)
+            if regimen.renal_adjustment is not None and regimen.renal_adjustment.citation:
+                cited.append(regimen.renal_adjustment.citation)
+        unknown = sorted({c for c in cited if c not in self.citations})
+        if unknown:
+            raise ValueError(f"citations {unknown} are used but not listed under 'citations'")
         return self
+
+    def cited(self, *keys: str) -> list[Citation]:
+        """The citations named by ``keys`` (in order, each once)."""
+        return [self.citations[k] for k in dict.fromkeys(keys) if k in self.citations]
 
     @property
     def label(self) -> str:
@@ -127,6 +157,7 @@ class Reason(BaseModel):
     time: datetime | None
     outcome: Literal["met", "not met", "missing", "stale"]
     note: str | None = None
+    age_hours: float | None = Field(default=None, description="age of the value at the decision time")
 
     def text(self) -> str:
         shown = "no value" if self.value is None else f"{self.value:g} {self.unit}"
@@ -136,7 +167,16 @@ class Reason(BaseModel):
         return f"{self.rule}: {self.concept} {shown}{when} {test} -> {self.outcome}{extra}"
 
 
+RenalCheck = Literal["adjusted", "not_needed", "not_computable", "not_applicable"]
+
+
 class Dose(BaseModel):
+    """The dose to give, with the renal facts behind its interval.
+
+    ``renal_check``: ``adjusted`` (clearance below the cut-off: ``interval_hours`` is the adjusted
+    interval), ``not_needed`` (clearance at or above it), ``not_computable`` (``renal_missing`` names
+    what to measure), ``not_applicable`` (the regimen has no renal rule)."""
+
     drug: str
     amount: float | None
     unit: str | None
@@ -145,6 +185,10 @@ class Dose(BaseModel):
     duration_days: float | None
     renal_adjusted: bool = False
     creatinine_clearance_ml_min: float | None = None
+    renal_check: RenalCheck = "not_applicable"
+    renal_missing: list[str] = Field(default_factory=list)
+    renal_threshold_ml_min: float | None = None
+    standard_interval_hours: float | None = None
     text: str
 
 

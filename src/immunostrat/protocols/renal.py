@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+# What each Cockcroft-Gault input is called when we ask a clinician to measure or record it.
+INPUT_WORDS = {"age": "age", "weight_kg": "body weight", "sex": "sex", "creatinine": "serum creatinine"}
+
+
+def missing_inputs(
+    *, age_years: float | None, weight_kg: float | None, female: bool | None, creatinine_mg_dl: float | None
+) -> list[str]:
+    """The Cockcroft-Gault inputs that are not known (``age``, ``weight_kg``, ``sex``, ``creatinine``)."""
+    given = (("age", age_years), ("weight_kg", weight_kg), ("sex", female), ("creatinine", creatinine_mg_dl))
+    return [name for name, value in given if value is None]
+
 
 def cockcroft_gault(
     *, age_years: float | None, weight_kg: float | None, female: bool | None, creatinine_mg_dl: float | None
@@ -11,16 +22,9 @@ def cockcroft_gault(
     Source: Cockcroft DW, Gault MH. Prediction of creatinine clearance from serum creatinine.
     Nephron 1976;16:31-41. Raises ValueError naming what is missing, never guesses.
     """
-    missing = [
-        name
-        for name, value in (
-            ("age", age_years),
-            ("weight_kg", weight_kg),
-            ("sex", female),
-            ("creatinine", creatinine_mg_dl),
-        )
-        if value is None
-    ]
+    missing = missing_inputs(
+        age_years=age_years, weight_kg=weight_kg, female=female, creatinine_mg_dl=creatinine_mg_dl
+    )
     if missing:
         raise ValueError(f"Cockcroft-Gault needs {', '.join(missing)}")
     assert age_years is not None and weight_kg is not None and creatinine_mg_dl is not None
