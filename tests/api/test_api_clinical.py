@@ -1,10 +1,10 @@
-"""Stateless /classify and /score, and the CDS Hooks 2.0 discovery and patient-view service."""
+"""Stateless /classify and /score: decided at the time of the request unless the caller names ``at``."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 from apiserver import Server
 
 T = "2025-02-01T08:00:00Z"
@@ -38,8 +38,10 @@ def test_classify_long_format_and_fhir_agree(server: Server) -> None:
             {"time": T, "concept": "ferritin", "value": 2.1, "unit": "mg/L"},
             {"time": T, "concept": "mhla_dr", "value": 3100, "unit": "molecules/cell"},
         ],
+        "at": T,
     }
     fhir_body = {
+        "at": T,
         "bundle": _bundle(
             PATIENT,
             _obs("f", LOINC, "2276-4", 2100, "ug/L"),
@@ -66,7 +68,8 @@ def test_score_sofa_worked_example(server: Server) -> None:
             {"time": T, "concept": "creatinine", "value": 1.0, "unit": "mg/dL"},
             {"time": T, "concept": "gcs", "value": 15, "unit": ""},
             {"time": T, "concept": "map", "value": 75, "unit": "mmHg"},
-        ]
+        ],
+        "at": "2025-02-01T20:00:00Z",
     }
     with server.client("statistician") as c:
         r = c.post("/score", json=body)
@@ -75,74 +78,69 @@ def test_score_sofa_worked_example(server: Server) -> None:
     # platelets 80 -> 2 (< 100); bilirubin 34.2 umol/L = 2.0 mg/dL -> 2; the rest 0 (domain.md B1)
     assert (result["sofa_coagulation"], result["sofa_liver"], result["sofa_renal"]) == (2, 2, 0)
     assert result["sofa_total"] == 4 and result["sofa_missing"] == 1
+    assert r.json()["decision_time"] == "caller" and r.json()["decided_at"].startswith("2025-02-01T20:00")
 
 
-def test_cds_discovery_is_public_and_complete(server: Server) -> None:
-    r = httpx.get(f"{server.base_url}/cds-services")
-    assert r.status_code == 200
-    (service,) = r.json()["services"]
-    assert service["hook"] == "patient-view" and service["id"] == "immunostrat-endotype"
-    assert {"patient", "ferritin", "mhla_dr", "medications"} <= set(service["prefetch"])
-    assert (
-        "2276-4" in service["prefetch"]["ferritin"]
-        and "{{context.patientId}}" in service["prefetch"]["patient"]
-    )
+STALE = "2020-01-01T08:00:00Z"
 
 
-def _hook(prefetch: dict[str, Any] | None) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "hook": "patient-view",
-        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
-        "context": {"userId": "Practitioner/1", "patientId": "p1"},
+def test_results_older_than_the_window_at_the_time_of_the_request_are_unknown(server: Server) -> None:
+    body = {
+        "patient": {"patient_id": "p1"},
+        "observations": [
+            {"time": STALE, "concept": "ferritin", "value": 900, "unit": "ng/mL"},
+            {"time": STALE, "concept": "mhla_dr", "value": 2500, "unit": "AB/C"},
+        ],
     }
-    if prefetch is not None:
-        body["prefetch"] = prefetch
-    return body
+    before = datetime.now(UTC)
+    with server.client("investigator") as c:
+        now = c.post("/classify", json=body)
+        then = c.post("/classify", json={**body, "at": "2020-01-01T20:00:00Z"})
+    assert now.status_code == 200 and then.status_code == 200, (now.text, then.text)
+    result = now.json()
+    assert result["decision_time"] == "request"
+    assert datetime.fromisoformat(result["decided_at"]) >= before
+    assert result["endotype"] == "unknown" and result["therapy"] == "none" and result["dose"] is None
+    ferritin = next(r for r in result["reasons"] if r["concept"] == "ferritin")
+    years = (before - datetime(2020, 1, 1, 8, tzinfo=UTC)).days / 365.25
+    assert ferritin["outcome"] == "stale"
+    assert f"measured {years:.1f} years before the decision time" in ferritin["note"]
+    assert "up to 24 h old" in ferritin["note"]
+    # the same results decide when the caller asks about the time they were fresh
+    assert then.json()["decision_time"] == "caller" and then.json()["endotype"] == "immunoparalysis"
 
 
-def test_patient_view_warns_against_anti_inflammatory_therapy_in_immunoparalysis(server: Server) -> None:
-    prefetch = {
-        "patient": PATIENT,
-        "ferritin": _bundle(_obs("f", LOINC, "2276-4", 900, "ng/mL")),
-        "mhla_dr": _bundle(_obs("h", LOCAL, "IMMUNOSTRAT-MHLADR-ABC", 2500, "AB/C")),
-        "medications": _bundle(
-            {
-                "resourceType": "MedicationRequest",
-                "id": "m1",
-                "status": "draft",
-                "intent": "proposal",
-                "subject": {"reference": "Patient/p1"},
-                "medicationCodeableConcept": {"text": "Dexamethasone 6 mg IV"},
-            }
+def test_score_window_ends_at_the_time_of_the_request(server: Server) -> None:
+    body = {"observations": [{"time": STALE, "concept": "platelets", "value": 80, "unit": "10^3/uL"}]}
+    with server.client("statistician") as c:
+        now = c.post("/score", json=body)
+        then = c.post("/score", json={**body, "at": "2020-01-01T09:00:00Z"})
+    assert now.status_code == 200 and then.status_code == 200, (now.text, then.text)
+    assert now.json()["decision_time"] == "request"
+    assert now.json()["result"]["sofa_coagulation"] == 0 and now.json()["result"]["sofa_missing"] == 6
+    assert then.json()["result"]["sofa_coagulation"] == 2
+
+
+def test_renal_adjustment_from_a_fhir_body_weight(server: Server) -> None:
+    weight = {
+        **_obs("w", LOINC, "29463-7", 70, "kg"),
+        "valueQuantity": {"value": 70, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"},
+    }
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1955-01-01"}
+    body = {
+        "at": T,
+        "bundle": _bundle(
+            patient,
+            _obs("f", LOINC, "2276-4", 9000, "ng/mL"),
+            _obs("c", LOINC, "2160-0", 3.6, "mg/dL"),
+            weight,
         ),
     }
     with server.client("investigator") as c:
-        r = c.post("/cds-services/immunostrat-endotype", json=_hook(prefetch))
+        r = c.post("/classify", json=body)
     assert r.status_code == 200, r.text
-    cards = r.json()["cards"]
-    assert len(cards) == 2
-    main, warning = cards
-    assert "immunoparalysis" in main["summary"] and "100 ug" in main["summary"]
-    assert "mhla_dr" in main["detail"] and main["source"]["label"].startswith("immunostrat immunosep-2025")
-    assert warning["indicator"] == "warning" and "Dexamethasone" in warning["summary"]
-    for card in cards:
-        assert len(card["summary"]) <= 140 and card["uuid"]
-
-
-def test_patient_view_mals_without_conflict_and_without_prefetch(server: Server) -> None:
-    prefetch = {
-        "patient": PATIENT,
-        "ferritin": _bundle(_obs("f", LOINC, "2276-4", 9.5, "mg/L")),
-        "medications": {"resourceType": "Bundle", "type": "searchset", "entry": []},
-    }
-    with server.client("monitor") as c:
-        r = c.post("/cds-services/immunostrat-endotype", json=_hook(prefetch))
-        empty = c.post("/cds-services/immunostrat-endotype", json=_hook(None))
-        wrong = c.post("/cds-services/immunostrat-endotype", json={**_hook(None), "hook": "order-sign"})
-    (card,) = r.json()["cards"]
-    assert "mals" in card["summary"] and "anakinra" in card["summary"]
-    (info,) = empty.json()["cards"]
-    assert info["indicator"] == "info" and "unknown" in info["summary"]
-    assert wrong.status_code == 422 and wrong.json()["field"] == "hook"
-    anonymous = httpx.post(f"{server.base_url}/cds-services/immunostrat-endotype", json=_hook(None))
-    assert anonymous.status_code == 401
+    detail = r.json()["dose_detail"]
+    assert r.json()["endotype"] == "mals"
+    assert detail["renal_check"] == "adjusted" and detail["interval_hours"] == 48
+    assert detail["creatinine_clearance_ml_min"] < 30
+    assert "every 48 h" in r.json()["dose"] and "every other day" in r.json()["dose"]

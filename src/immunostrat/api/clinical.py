@@ -1,10 +1,14 @@
 """Stateless clinical endpoints: ``POST /classify`` (the protocol's endotype, therapy, dose and
 reasons) and ``POST /score`` (SOFA, qSOFA, HScore, MEX-SLEDAI, SLEDAI-2K over a bedside window).
-Both take observations in our long format or a FHIR Bundle; nothing is stored."""
+Both take observations in our long format or a FHIR Bundle; nothing is stored.
+
+Both decide at the time of the request (the server's clock, UTC) unless the caller names another
+time in ``at``; the answer says which (``decided_at``, ``decision_time``). A deciding value older
+than the protocol's freshness window at that time makes the endotype ``unknown``."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import polars as pl
@@ -12,10 +16,10 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from immunostrat.api.auth import ALL_ROLES, Principal, require
-from immunostrat.sources.fhir_patient import read_fhir
 from immunostrat.concepts import observations_from_records
 from immunostrat.errors import InputError
 from immunostrat.scores import score_windows, windows_at
+from immunostrat.sources.fhir_patient import read_fhir
 from immunostrat.trial import eligibility
 
 router = APIRouter(tags=["clinical"])
@@ -45,7 +49,16 @@ class ObservationsRequest(BaseModel):
     patient: PatientIn | None = None
     observations: list[LongObservation] | None = None
     bundle: dict[str, Any] | None = Field(default=None, description="a FHIR R4 Bundle (or one resource)")
-    at: datetime | None = Field(default=None, description="decision time (default: the latest observation)")
+    at: datetime | None = Field(
+        default=None,
+        description="decision time (default: the time of the request; naive times are UTC)",
+    )
+
+    def decision_time(self) -> tuple[datetime, Literal["request", "caller"]]:
+        """The caller's ``at`` (naive = UTC), else now: the bedside decides at the time of asking."""
+        if self.at is None:
+            return datetime.now(UTC), "request"
+        return (self.at.replace(tzinfo=UTC) if self.at.tzinfo is None else self.at.astimezone(UTC)), "caller"
 
     @model_validator(mode="after")
     def _one_source(self) -> ObservationsRequest:
@@ -99,24 +112,31 @@ def canonical_frame(body: ObservationsRequest) -> tuple[pl.DataFrame, dict[str, 
     return result.observations, patient, ignored
 
 
-@router.post("/classify")
-def classify(body: ClassifyIn, principal: AnyUser) -> dict[str, Any]:
-    """The protocol's endotype, therapy, dose and reasons for one patient (nothing is stored)."""
-    frame, patient, ignored = canonical_frame(body)
-    observations = [
+def canonical_observations(frame: pl.DataFrame) -> list[eligibility.CanonicalObservation]:
+    return [
         eligibility.CanonicalObservation(
             r["concept"], r["value"], r["unit"], r["value"], r["unit"], r["time"]
         )
         for r in frame.iter_rows(named=True)
     ]
-    c = eligibility.classify(body.protocol_id, patient, observations, body.at)
+
+
+@router.post("/classify")
+def classify(body: ClassifyIn, principal: AnyUser) -> dict[str, Any]:
+    """The protocol's endotype, therapy, dose and reasons for one patient (nothing is stored)."""
+    frame, patient, ignored = canonical_frame(body)
+    decided_at, decided_by = body.decision_time()
+    c = eligibility.classify(body.protocol_id, patient, canonical_observations(frame), decided_at)
     return {
         "patient_id": patient["patient_id"],
         "protocol_id": c.protocol_id,
         "protocol_version": c.protocol_version,
+        "decided_at": decided_at.isoformat(),
+        "decision_time": decided_by,
         "endotype": c.endotype,
         "therapy": c.therapy,
         "dose": c.dose,
+        "dose_detail": c.dose_detail,
         "reasons": c.reasons,
         "warnings": c.warnings,
         "ignored": ignored,
@@ -125,15 +145,18 @@ def classify(body: ClassifyIn, principal: AnyUser) -> dict[str, Any]:
 
 @router.post("/score")
 def score(body: ScoreIn, principal: AnyUser) -> dict[str, Any]:
-    """One bedside score over the ``window_hours`` up to ``at`` (worst value per component)."""
+    """One bedside score over the ``window_hours`` up to the decision time (worst value per component)."""
     frame, patient, ignored = canonical_frame(body)
-    windows = windows_at(frame, body.at, body.window_hours)
+    decided_at, decided_by = body.decision_time()
+    windows = windows_at(frame, decided_at, body.window_hours)
     scored = score_windows(frame, windows, body.score)
     rows = scored.to_dicts()
     row = rows[0] if rows else {}
     return {
         "patient_id": patient["patient_id"],
         "score": body.score,
+        "decided_at": decided_at.isoformat(),
+        "decision_time": decided_by,
         "window_hours": body.window_hours,
         "result": row,
         "ignored": ignored,

@@ -40,6 +40,8 @@ class Classification:
     dose: str | None
     reasons: list[dict[str, Any]]
     warnings: list[str] = field(default_factory=list)
+    at: datetime | None = None
+    dose_detail: dict[str, Any] | None = None  # the Dose as data: amount, interval, renal facts
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,8 @@ def classify(
         dose=result.dose.text if result.dose is not None else None,
         reasons=[{**r.model_dump(mode="json"), "text": r.text()} for r in result.reasons],
         warnings=list(result.warnings),
+        at=result.at,
+        dose_detail=result.dose.model_dump(mode="json") if result.dose is not None else None,
     )
 
 
