@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Bootstrap and run: `python3 tasks.py demo` or `python3 tasks.py test`.
+"""Bootstrap and run: `python3 tasks.py demo`, `python3 tasks.py test` or `python3 tasks.py extra spark|jax`.
 
-Needs nothing but Python 3.11: creates `.venv`, installs the pinned lock file into it (only when the
-lock changed since the last install), installs the project, then runs the job.
+Needs nothing but Python 3.11: creates `.venv` (or `$IMMUNOSTRAT_VENV`), installs the pinned lock file
+into it (only when the lock changed since the last install), installs the project, then runs the job.
+`demo` installs `requirements.lock`, which serves every documented command; `extra NAME` adds an
+optional heavy engine from `requirements-NAME.lock`; `test` installs `requirements-dev.lock` (all extras).
 """
 
 from __future__ import annotations
@@ -70,10 +72,27 @@ def test(args: list[str]) -> None:
     _run(PY, "-m", "pytest", *(args or ["-q"]), env=env)
 
 
+EXTRAS = ("spark", "jax")
+
+
+def extra(args: list[str]) -> None:
+    """Install an optional engine (pyproject.toml's extra of that name) from its pinned lock."""
+    if len(args) != 1 or args[0] not in EXTRAS:
+        sys.exit(f"usage: python3 tasks.py extra {'|'.join(EXTRAS)}")
+    ensure_env(f"requirements-{args[0]}.lock")
+    print(f"installed the optional extra '{args[0]}' into {VENV}")
+
+
+JOBS = {"demo": demo, "test": test, "extra": extra}
+
+
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in {"demo", "test"}:
-        sys.exit("usage: python3 tasks.py demo|test [extra arguments]")
-    {"demo": demo, "test": test}[sys.argv[1]](sys.argv[2:])
+    if len(sys.argv) == 2 and sys.argv[1] in {"-h", "--help"}:
+        print(__doc__)
+        return
+    if len(sys.argv) < 2 or sys.argv[1] not in JOBS:
+        sys.exit("usage: python3 tasks.py demo|test|extra NAME [extra arguments]")
+    JOBS[sys.argv[1]](sys.argv[2:])
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ import polars as pl
 from immunostrat.cohort import ParquetInput, build_cohort, spark_session
 from immunostrat.cohort.engine import connect, plan_hourly
 from immunostrat.cohort.synthetic import stays_for_rows, synthetic_input, write_synthetic
+from immunostrat.extras import install_command, missing_modules
 from immunostrat.protocols import classify_frame, load_protocol
 from immunostrat.scores import SOFA_COMPONENTS, load_definition, sofa
 
@@ -438,9 +439,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     sizes = [1e5, 1e6] if args.quick else (args.sizes or [1e5, 1e6, 1e7, 1e8])
+    engines_named = args.engines is not None
     if args.engines is None:
         # The JVM start alone costs --quick its minute; DuckDB = Spark is a test (tests/cohort).
         args.engines = ["duckdb"] if args.quick else ["duckdb", "spark"]
+    if "spark" in args.engines and missing_modules("spark"):
+        extra = f"the optional extra 'spark' is not installed; install it with: {install_command('spark')}"
+        if engines_named:
+            raise SystemExit(f"error: --engines spark: {extra}")
+        print(f"Spark skipped: {extra}")
+        args.engines = [e for e in args.engines if e != "spark"]
     if args.pandas_stays is None:
         args.pandas_stays = 60 if args.quick else 150
     spark_max = args.spark_max_rows if args.spark_max_rows is not None else (1e5 if args.quick else 1e99)

@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from immunostrat.extras import install_command
 from immunostrat.simulation.model import (
     DAY28_H,
     DEFAULT_DT,
@@ -118,6 +119,8 @@ def main() -> None:
     _rate(integrate, kpg[:64], p0[:64], 1)
     solve_ivp_final(ReynoldsParameters(k_pg=0.5), 1.0, t_end=24.0)
     jax_ok = importlib.util.find_spec("jax") is not None
+    if not jax_ok:
+        print(f"jax: the optional extra 'jax' is not installed, JAX row skipped ({install_command('jax')})")
     if jax_ok:
         from immunostrat.simulation.jax_backend import integrate_jax
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from immunostrat import __version__
 from immunostrat.api.auth import Principal, confirm
+from immunostrat.api.docs import install_offline_docs
 from immunostrat.errors import InputError
 from immunostrat.trial import service
 from immunostrat.trial.audit import Actor
@@ -113,7 +114,10 @@ def create_app(
             "hash-chained audit trail, analysis export, stateless classification and scoring, and a "
             "CDS Hooks 2.0 patient-view service. Log in at POST /token (OAuth2 password flow)."
         ),
+        docs_url=None,  # /docs and /redoc come from api.docs, with their assets served here (no CDN)
+        redoc_url=None,
     )
+    install_offline_docs(app)
     app.state.engine = engine
     app.state.signing_key = key
     app.state.token_minutes = minutes

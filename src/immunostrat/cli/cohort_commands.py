@@ -13,6 +13,7 @@ from rich.table import Table
 
 from immunostrat.cli.output import fail
 from immunostrat.errors import InputError
+from immunostrat.extras import MissingExtraError, require_extra
 
 console = Console(stderr=True)
 out = Console()
@@ -49,6 +50,11 @@ def build(
         fail(InputError("unknown source", field="--source", value=source, expected=" | ".join(SOURCES)))
     if engine not in ENGINES:
         fail(InputError("unknown engine", field="--engine", value=engine, expected=" | ".join(ENGINES)))
+    if engine == "spark":
+        try:
+            require_extra("spark", "--engine spark")
+        except MissingExtraError as error:
+            fail(error)
     options: dict[str, Any] = {}
     if meds is not None:
         options["meds_path"] = meds

@@ -49,6 +49,7 @@ import ibis
 import ibis.expr.types as ir
 import polars as pl
 
+from immunostrat.extras import require_extra
 from immunostrat.protocols import Protocol, classify_frame, load_protocol
 from immunostrat.scores import SOFA_INPUTS, SOFA_OUTPUTS, load_definition, sofa
 from immunostrat.sources import STAYS_SCHEMA, ConceptStatus, SourceData
@@ -111,6 +112,7 @@ def spark_session(
     """A PySpark session set up for the cohort plan (UTC session time zone, Arrow transfers, no console
     progress bars); ``config`` adds or overrides settings. Returns the active session if there is one
     (its time zone is set to UTC)."""
+    require_extra("spark", "the Spark engine")
     from pyspark.sql import SparkSession
 
     settings = {
@@ -136,6 +138,7 @@ def connect(engine: str = "duckdb", *, spark: Any = None, threads: int | None = 
         con.raw_sql("SET TimeZone = 'UTC'")
         return con
     if engine == "spark":
+        require_extra("spark", "the Spark engine")
         return ibis.pyspark.connect(spark if spark is not None else spark_session())
     raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
 

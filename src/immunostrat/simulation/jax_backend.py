@@ -4,8 +4,8 @@
 :class:`model.Trajectory`; the whole course is one XLA program (``lax.scan`` over records, ``fori_loop``
 over steps), compiled once per (steps, record stride, therapy hooks) and run in float64, so results equal the
 numpy engine to round-off. Every patient is integrated over the full course (no freezing). On CPU the fused
-kernel avoids numpy's per-operation temporaries; on a GPU the same code runs unchanged. Needs ``jax``
-(``pip install jax``); :func:`available` says whether it is importable.
+kernel avoids numpy's per-operation temporaries; on a GPU the same code runs unchanged. Needs the optional
+extra ``jax`` (``python3 tasks.py extra jax``); :func:`available` says whether it is importable.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from immunostrat.extras import require_extra
 
 from .model import (
     DEFAULT_DT,
@@ -126,6 +128,7 @@ def integrate_jax(
     compiled program serves every chunk): at about 1,000 patients the working set stays in cache, which
     measured 1.5-2.5x faster per patient on CPU than 4,096-20,000-patient blocks.
     """
+    require_extra("jax", "the JAX engine")
     import jax
 
     grid = course_grid(y0, params, t_end, dt, record_every)
