@@ -1,0 +1,3 @@
+"""Fixtures shared by every test package: the real test FHIR server (``fhir_server``)."""
+
+pytest_plugins = ["fhir_server"]
