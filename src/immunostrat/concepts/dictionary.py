@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
+import re
 from functools import cache
 from importlib import resources
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator, model_validator
 
 ValueType = Literal["numeric", "binary", "count"]
 
@@ -47,6 +49,25 @@ class FactorUnit(BaseModel):
     factor: float
 
 
+def name_key(text: str) -> str:
+    """How a concept name is compared: case, spaces, '_' and '-' do not matter ("mHLA-DR" = "mhla_dr")."""
+    return " ".join(part for part in re.split(r"[\s_\-]+", text.casefold()) if part)
+
+
+class UnitSlipFloor(BaseModel):
+    """A value below ``below`` (canonical unit) is taken for a unit slip, never for a measurement.
+
+    The error names the measurement the floor belongs to and what the number probably meant; ``did_you_mean``
+    may use ``{thousands}``: the value times 1,000, as written with a thousands separator.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    below: float
+    measurement: str
+    did_you_mean: str
+    source: str
+
+
 class Concept(BaseModel):
     """One clinical measurement: canonical unit, accepted units, plausible range, LOINC codes."""
 
@@ -64,6 +85,8 @@ class Concept(BaseModel):
     molar_equivalence: str | None = None
     weight_based: bool = False
     range_hint: str | None = None
+    aliases: tuple[str, ...] = ()
+    unit_slip_floor: UnitSlipFloor | None = None
 
     @field_validator("loinc")
     @classmethod
@@ -98,12 +121,58 @@ class Concept(BaseModel):
     def accepted_units(self) -> list[str]:
         return list(self.units)
 
+    def unit_slip_text(self, canonical_value: float) -> tuple[str, str]:
+        """(message, expected) for a value below the unit-slip floor."""
+        floor = self.unit_slip_floor
+        if floor is None:
+            raise ValueError(f"{self.id} has no unit-slip floor")
+        unit = self.canonical_unit
+        message = (
+            f"{self.id} {canonical_value:g} {unit} is below {floor.below:,g} {unit}, "
+            f"the floor for {floor.measurement}"
+        )
+        expected = f"at least {floor.below:,g} {unit}: " + floor.did_you_mean.format(
+            thousands=f"{canonical_value * 1000:,.0f}"
+        )
+        return message, expected
+
 
 class ConceptDictionary(BaseModel):
-    """All concepts by id; lookup by id or by LOINC code."""
+    """All concepts by id; lookup by id, LOINC code, local code or alias (``resolve``)."""
 
     model_config = ConfigDict(frozen=True)
     concepts: dict[str, Concept]
+    _names: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _index_names(self) -> ConceptDictionary:
+        # One name, one concept: an alias that could mean two concepts is refused at load, not guessed.
+        names: dict[str, str] = {}
+        for concept in self.concepts.values():
+            for name in (concept.id, *concept.loinc, *filter(None, [concept.local_code]), *concept.aliases):
+                key = name_key(name)
+                other = names.setdefault(key, concept.id)
+                if other != concept.id:
+                    raise ValueError(f"name {name!r} is ambiguous: it names both {other} and {concept.id}")
+        self._names = names
+        return self
+
+    def resolve(self, name: str | None) -> str | None:
+        """The concept id a name stands for: an id (any case), a LOINC code, a local code or an alias."""
+        if name is None:
+            return None
+        return self._names.get(name_key(name))
+
+    def suggest(self, name: str, n: int = 3) -> list[str]:
+        """The concept ids nearest to an unknown name (by id or alias), best first."""
+        keys = difflib.get_close_matches(name_key(name), list(self._names), n=n * 3, cutoff=0.6)
+        return list(dict.fromkeys(self._names[k] for k in keys))[:n]
+
+    def unknown_expected(self, name: str) -> str:
+        """The 'expected' text of an unknown-concept error, with the nearest ids when there are any."""
+        text = "a concept id, LOINC code or alias from `immunostrat concepts`"
+        nearest = self.suggest(name) if name else []
+        return f"{text} (nearest: {', '.join(nearest)})" if nearest else text
 
     def __getitem__(self, concept_id: str) -> Concept:
         return self.concepts[concept_id]
