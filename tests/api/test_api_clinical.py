@@ -47,7 +47,7 @@ def test_classify_long_format_and_fhir_agree(server: Server) -> None:
             _obs("f", LOINC, "2276-4", 2100, "ug/L"),
             _obs("h", LOCAL, "IMMUNOSTRAT-MHLADR-ABC", 3100, "AB/C"),
             _obs("x", LOINC, "0000-0", 1, "1"),
-        )
+        ),
     }
     with server.client("investigator") as c:
         a = c.post("/classify", json=long_body)

@@ -47,6 +47,7 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/classify"): ALL,
     ("POST", "/score"): ALL,
     ("POST", "/cds-services/immunostrat-endotype"): ALL,
+    ("POST", "/cds-services/immunostrat-endotype/feedback"): ALL,
 }
 
 

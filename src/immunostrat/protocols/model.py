@@ -79,9 +79,20 @@ class RenalAdjustment(BaseModel):
     verify: str | None = None
 
 
+class Coding(BaseModel):
+    """A code from a published terminology (FHIR Coding), e.g. the drug's ATC code."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    system: str
+    code: str
+    display: str
+
+
 class Regimen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     drug: str
+    codings: tuple[Coding, ...] = ()
+    route_codings: tuple[Coding, ...] = ()
     dose: float | None = None
     dose_unit: str | None = None
     route: str | None = None

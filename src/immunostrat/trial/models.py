@@ -306,3 +306,15 @@ class ServiceSetting(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class CdsTokenUse(Base):
+    """A CDS Hooks client's JWT id (``jti``) seen until the token expires: a second use is a replay.
+
+    Kept in the database so that every worker of the service refuses the same replay."""
+
+    __tablename__ = "cds_token_uses"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of issuer and jti
+    issuer: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
