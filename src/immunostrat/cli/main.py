@@ -17,6 +17,7 @@ from rich.table import Table
 from immunostrat import __version__
 from immunostrat.cli.output import fail, write_table
 from immunostrat.concepts import ObservationSet, load_concepts, read_observations
+from immunostrat.concepts.site_codes import load_site_codes
 from immunostrat.errors import InputError
 from immunostrat.protocols import Classification, classify_all, list_protocols, load_protocol
 from immunostrat.scores import SCORES, score_windows, windows_at, windows_every
@@ -43,19 +44,48 @@ def _parse_duration_hours(text: str) -> float:
 def _parse_at(text: str | None) -> datetime | None:
     if text is None:
         return None
+    if text.strip().lower() == "now":
+        return datetime.now(UTC)
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise InputError(
-            "bad time", field="--at", value=text, expected="ISO 8601, e.g. 2024-03-01T08:00:00Z"
+            "bad time", field="--at", value=text, expected="ISO 8601, e.g. 2024-03-01T08:00:00Z, or now"
         ) from None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def _read(input_path: Path, patients: Path | None, lenient: bool) -> ObservationSet:
-    data = read_observations(input_path, patients, lenient=lenient)
+FHIR_SUFFIXES = (".json", ".ndjson")
+
+
+def _read(
+    input_path: Path,
+    patients: Path | None,
+    lenient: bool,
+    date_format: str | None = None,
+    site_codes: Path | None = None,
+) -> ObservationSet:
+    """Observations from a CSV/Parquet file or a FHIR file (.json Bundle, .ndjson), by extension."""
+    codes = load_site_codes(site_codes) if site_codes is not None else None
+    if input_path.suffix.lower() in FHIR_SUFFIXES:
+        if date_format is not None:
+            raise InputError(
+                "--date-format applies to CSV and Parquet input",
+                field="--date-format",
+                value=date_format,
+                expected="no --date-format with FHIR input (FHIR times are ISO 8601)",
+            )
+        from immunostrat.sources.fhir_patient import read_fhir_file
+
+        data = read_fhir_file(input_path, patients=patients, site_codes=codes, lenient=lenient)
+    else:
+        data = read_observations(
+            input_path, patients, lenient=lenient, date_format=date_format, site_codes=codes
+        )
+    for note in data.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
     for rejected in data.rejected:
-        console.print(f"[yellow]dropped:[/] {rejected}", highlight=False)
+        console.print(f"[yellow]dropped:[/] {rejected}", highlight=False, soft_wrap=True)
     if data.rejected:
         console.print(f"[yellow]{len(data.rejected)} row(s) dropped (--lenient)[/]")
     return data
@@ -63,7 +93,26 @@ def _read(input_path: Path, patients: Path | None, lenient: bool) -> Observation
 
 InputOpt = Annotated[
     Path,
-    typer.Option("--input", "-i", help="Observations: patient_id,time,concept,value,unit (CSV or Parquet)."),
+    typer.Option(
+        "--input",
+        "-i",
+        help="Observations: patient_id,time,concept,value,unit (CSV or Parquet), "
+        "or FHIR R4 (.json Bundle or resource, .ndjson one resource per line).",
+    ),
+]
+DateFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--date-format",
+        help="strftime format every time follows, e.g. '%d/%m/%Y %H:%M' (default: ISO 8601 or hours "
+        "since admission; other dates are never guessed).",
+    ),
+]
+SiteCodesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--site-codes", help="YAML file mapping the site's own codes (system|code or code) to concepts."
+    ),
 ]
 PatientsOpt = Annotated[
     Path | None,
@@ -103,20 +152,37 @@ def score(
     output: OutputOpt,
     score: Annotated[str, typer.Option("--score", "-s", help=" | ".join(SCORES))] = "sofa",
     patients: PatientsOpt = None,
-    at: Annotated[str | None, typer.Option("--at", help="Score the 24 h up to this time (ISO 8601).")] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="Score the 24 h up to this time (ISO 8601, or now).")
+    ] = None,
     every: Annotated[str | None, typer.Option("--every", help="Score consecutive windows, e.g. 24h.")] = None,
     lenient: LenientOpt = False,
+    date_format: DateFormatOpt = None,
+    site_codes: SiteCodesOpt = None,
 ) -> None:
     """Score each patient (SOFA: worst value of each organ system in the window)."""
     try:
         every_hours = _parse_duration_hours(every) if every else None
-        data = _read(input, patients, lenient)
-        frame = compute_scores(data, score, _parse_at(at), every_hours)
+        at_time = _parse_at(at)
+        data = _read(input, patients, lenient, date_format, site_codes)
+        if every_hours is not None:
+            console.print(f"score windows: every {every_hours:g} h", highlight=False)
+        else:
+            console.print(f"score window: 24 h up to {_decision_time_text(at_time, at)}", highlight=False)
+        frame = compute_scores(data, score, at_time, every_hours)
         write_table(frame, output)
     except InputError as error:
         fail(error)
     if output != "-":
         console.print(f"wrote {frame.height} row(s) to {output}")
+
+
+def _decision_time_text(at_time: datetime | None, at_text: str | None) -> str:
+    """Which decision time a command used, said on stderr so that no one has to guess."""
+    if at_time is None:
+        return "each patient's last observation"
+    source = "--at now" if (at_text or "").strip().lower() == "now" else "--at"
+    return f"{at_time.isoformat()} ({source})"
 
 
 def classification_rows(results: list[Classification]) -> pl.DataFrame:
@@ -142,12 +208,17 @@ def classify(
     protocol: Annotated[str, typer.Option("--protocol", help="Protocol id or YAML file.")] = "immunosep-2025",
     patients: PatientsOpt = None,
     at: Annotated[
-        str | None, typer.Option("--at", help="Decision time (default: each patient's last observation).")
+        str | None,
+        typer.Option(
+            "--at", help="Decision time, ISO 8601 or now (default: each patient's last observation)."
+        ),
     ] = None,
     format: Annotated[
         str | None, typer.Option("--format", help="json: full results with every reason.")
     ] = None,
     lenient: LenientOpt = False,
+    date_format: DateFormatOpt = None,
+    site_codes: SiteCodesOpt = None,
 ) -> None:
     """Classify each patient's immune endotype and recommend therapy and dose, with reasons."""
     try:
@@ -155,8 +226,10 @@ def classify(
             chosen = load_protocol(protocol)
         except KeyError as exc:
             raise InputError(str(exc.args[0]), field="--protocol", value=protocol) from None
-        data = _read(input, patients, lenient)
-        results = classify_all(chosen, data.observations, data.patients, at=_parse_at(at))
+        at_time = _parse_at(at)
+        data = _read(input, patients, lenient, date_format, site_codes)
+        console.print(f"decision time: {_decision_time_text(at_time, at)}", highlight=False)
+        results = classify_all(chosen, data.observations, data.patients, at=at_time)
         frame = classification_rows(results)
         if format not in (None, "json", "csv"):
             raise InputError("unknown format", field="--format", value=format, expected="json or csv")
@@ -192,9 +265,9 @@ def protocols() -> None:
 
 @app.command()
 def concepts() -> None:
-    """List concepts with canonical units, accepted units and LOINC codes."""
+    """List concepts with canonical units, accepted units, LOINC codes and aliases."""
     table = Table(title="Concepts")
-    for col in ("id", "canonical unit", "accepted units", "LOINC / code", "plausible"):
+    for col in ("id", "canonical unit", "accepted units", "LOINC / code", "plausible", "aliases"):
         table.add_column(col, overflow="fold", no_wrap=col == "id")
     for c in load_concepts():
         table.add_row(
@@ -202,7 +275,9 @@ def concepts() -> None:
             c.canonical_unit,
             ", ".join(u or "(none)" for u in c.units),
             ", ".join(c.loinc) or str(c.local_code),
-            f"{c.plausible[0]:g}-{c.plausible[1]:g}",
+            f"{c.plausible[0]:g}-{c.plausible[1]:g}"
+            + (f" (below {c.unit_slip_floor.below:g}: unit slip)" if c.unit_slip_floor else ""),
+            ", ".join(c.aliases),
         )
     out.print(table)
 

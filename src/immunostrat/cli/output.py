@@ -22,7 +22,7 @@ ERRORS = Console(stderr=True)
 def fail(error: Exception, code: int = 2) -> NoReturn:
     """One line on stderr, no traceback, and the exit code (2: bad input; 1: refused by the service)."""
     message = str(error) if isinstance(error, InputError) else (getattr(error, "message", None) or str(error))
-    ERRORS.print(f"[bold red]error:[/] {message}", highlight=False)
+    ERRORS.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=code)
 
 
