@@ -31,6 +31,16 @@ def analyze(
     """Run a pre-specified analysis plan on a trial export: tables, figures, report."""
     from immunostrat.analysis import analyze as run
 
+    if pdf and not _chromium_available():
+        fail(
+            InputError(
+                "no Chromium to print the PDF with",
+                field="--pdf",
+                expected="chromium on PATH (e.g. apt-get install chromium), "
+                "IMMUNOSTRAT_CHROMIUM=/path/to/chrome, or Playwright's own browser "
+                "(python -m playwright install chromium)",
+            )
+        )
     try:
         with console.status(f"analysing {data} with plan {plan}"):
             results = run(data, plan, report, pdf, json_path)
@@ -47,6 +57,18 @@ def analyze(
             console.print(f"wrote {path}")
     if pdf and report is not None:
         console.print(f"wrote {report.with_suffix('.pdf')}")
+
+
+def _chromium_available() -> bool:
+    """A system Chromium (as the report finds it) or Playwright's own downloaded browser."""
+    from playwright.sync_api import sync_playwright
+
+    from immunostrat.analysis.report import find_chromium
+
+    if find_chromium() is not None:
+        return True
+    with sync_playwright() as pw:
+        return Path(pw.chromium.executable_path).exists()
 
 
 def _endpoint_cells(result: dict[str, Any]) -> tuple[str, str, str]:
