@@ -432,15 +432,22 @@ def canonicalize(
         )
     )
     # Concept: one resolver (id, LOINC, alias; then the site's codes) per distinct name, joined back.
-    frame = frame.rename({"concept": "_concept_text"}).join(
-        _concept_names(frame["concept"], site_codes), on="_concept_text", how="left", nulls_equal=False
-    )
-    frame = frame.with_columns(
-        pl.when((pl.col("unit") == "") & pl.col("_site_unit").is_not_null())
-        .then(pl.col("_site_unit"))
-        .otherwise(pl.col("unit"))
-        .alias("unit")
-    )
+    names = _concept_names(frame["concept"], site_codes)
+    if names["_concept_text"].equals(names["concept"]) and names["_site_unit"].is_null().all():
+        # Every name is already a concept id (the usual file): no join over every row.
+        frame = frame.with_columns(
+            pl.col("concept").alias("_concept_text"), pl.lit(None, dtype=pl.String).alias("_concept_expected")
+        )
+    else:
+        frame = frame.rename({"concept": "_concept_text"}).join(
+            names, on="_concept_text", how="left", nulls_equal=False
+        )
+        frame = frame.with_columns(
+            pl.when((pl.col("unit") == "") & pl.col("_site_unit").is_not_null())
+            .then(pl.col("_site_unit"))
+            .otherwise(pl.col("unit"))
+            .alias("unit")
+        )
     known = pl.col("concept").is_not_null()
     errors.append(
         _error_rows(
