@@ -84,14 +84,15 @@ def extra(args: list[str]) -> None:
 
 
 JOBS = {"demo": demo, "test": test, "extra": extra}
+USAGE = "usage: python3 tasks.py demo|test|extra NAME [arguments]"
 
 
 def main() -> None:
     if len(sys.argv) == 2 and sys.argv[1] in {"-h", "--help"}:
-        print(__doc__)
+        print(f"{USAGE}\n\n{__doc__}")
         return
     if len(sys.argv) < 2 or sys.argv[1] not in JOBS:
-        sys.exit("usage: python3 tasks.py demo|test|extra NAME [extra arguments]")
+        sys.exit(USAGE)
     JOBS[sys.argv[1]](sys.argv[2:])
 
 

@@ -26,8 +26,15 @@ def install_command(extra: str) -> str:
     return f"python3 tasks.py extra {extra}"
 
 
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # an import hook refusing it, or sys.modules[name] = None
+        return False
+
+
 def missing_modules(extra: str) -> list[str]:
-    return [name for name in EXTRAS[extra] if importlib.util.find_spec(name) is None]
+    return [name for name in EXTRAS[extra] if not _importable(name)]
 
 
 def require_extra(extra: str, what: str) -> None:
