@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import scipy.stats as st
+from scipy import optimize
 from scipy.special import gammaln
 
 
@@ -42,7 +43,10 @@ class SampleSize:
             head += f" ({self.events} events)"
         if self.total_with_dropout != self.total:
             head += f"; {self.total_with_dropout} allowing for drop-out"
-        return "\n".join([head, *(f"- {a}" for a in self.assumptions)])
+        lines = [head]
+        if self.achieved_power is not None:
+            lines.append(f"achieved power {self.achieved_power:.1%} ({self.method})")
+        return "\n".join([*lines, *(f"- {a}" for a in self.assumptions)])
 
 
 def _z(alpha: float, power: float) -> tuple[float, float]:
@@ -104,46 +108,62 @@ def sample_size_two_proportions(
     power: float = 0.90,
     dropout: float = 0.0,
     method: Literal["fisher-exact", "normal", "normal-cc", "arcsine"] = "fisher-exact",
+    ratio: float = 1.0,
 ) -> SampleSize:
-    """Equal arms, two-sided test of two proportions. ``fisher-exact`` searches the smallest n per
-    arm whose exact Fisher power reaches ``power`` (starting below the normal approximation);
-    ``normal`` = Fleiss pooled formula; ``normal-cc`` adds Fleiss' continuity correction;
-    ``arcsine`` = Cohen's h."""
+    """Two-sided test of two proportions with ``ratio`` treated per control participant.
+    ``fisher-exact`` searches the smallest control n (treated n = ceil(ratio x n)) whose exact
+    Fisher power reaches ``power`` (starting below the normal approximation); ``normal`` = Fleiss
+    pooled formula (as rpact's ``getSampleSizeRates(normalApproximation = TRUE)``), each arm
+    rounded up; ``normal-cc`` adds Fleiss' continuity correction; ``arcsine`` = Cohen's h."""
     if not (0 < p_treated < 1 and 0 < p_control < 1) or p_treated == p_control:
         raise ValueError("proportions must be in (0, 1) and differ")
+    if ratio <= 0:
+        raise ValueError("allocation ratio must be positive")
     d = abs(p_treated - p_control)
-    n_norm = _normal_n(p_treated, p_control, alpha, power)
-    n_cc = n_norm / 4 * (1 + math.sqrt(1 + 4 / (n_norm * d))) ** 2
+    n_norm = _normal_n(p_treated, p_control, alpha, power, ratio)
+    # Fleiss, Tytun & Ury (1980) continuity correction for unequal allocation
+    n_cc = n_norm / 4 * (1 + math.sqrt(1 + 2 * (ratio + 1) / (n_norm * ratio * d))) ** 2
     za, zb = _z(alpha, power)
     h = abs(2 * math.asin(math.sqrt(p_treated)) - 2 * math.asin(math.sqrt(p_control)))
-    n_arc = 2 * ((za + zb) / h) ** 2
+    n_arc = (1 + 1 / ratio) * ((za + zb) / h) ** 2
     alts = {"normal": math.ceil(n_norm), "normal-cc": math.ceil(n_cc), "arcsine": math.ceil(n_arc)}
+
+    def treated_n(n_control: int, exact: float | None = None) -> int:
+        return math.ceil((exact if exact is not None else n_control) * ratio - 1e-9)
+
+    def exact_power(n_control: int) -> float:
+        return fisher_exact_power(treated_n(n_control), n_control, p_treated, p_control, alpha)
+
     achieved: float | None
     if method == "fisher-exact":
         n = max(2, int(n_norm))
-        while fisher_exact_power(n, n, p_treated, p_control, alpha) < power:
+        while exact_power(n) < power:
             n += 1
             if n > 100_000:  # pragma: no cover - unreachable for proportions that differ
                 raise ValueError("no sample size up to 100,000 per arm")
         # walk back in case the start was above the first crossing
-        while n > 2 and fisher_exact_power(n - 1, n - 1, p_treated, p_control, alpha) >= power:
+        while n > 2 and exact_power(n - 1) >= power:
             n -= 1
-        achieved = fisher_exact_power(n, n, p_treated, p_control, alpha)
+        achieved = exact_power(n)
         alts["fisher-exact"] = n
+        n_t = treated_n(n)
         how = "exact power of the two-sided Fisher exact test (smallest n reaching the target power)"
     else:
         n = alts[method]
-        achieved = fisher_exact_power(n, n, p_treated, p_control, alpha) if n <= 2000 else None
+        exact_n = {"normal": n_norm, "normal-cc": n_cc, "arcsine": n_arc}[method]
+        n_t = treated_n(n, exact_n)
+        achieved = fisher_exact_power(n_t, n, p_treated, p_control, alpha) if n + n_t <= 4000 else None
         how = {
             "normal": "normal approximation, pooled variance under H0 (Fleiss)",
             "normal-cc": "normal approximation with Fleiss continuity correction",
             "arcsine": "arcsine transformation (Cohen's h)",
         }[method]
-    total = 2 * n
+        how += "; achieved power is the exact Fisher power of these n"
+    total = n_t + n
     return SampleSize(
-        design="two proportions, parallel 1:1",
+        design=f"two proportions, parallel {ratio:g}:1",
         method=method,
-        per_arm=[n, n],
+        per_arm=[n_t, n],
         total=total,
         total_with_dropout=_inflate(total, dropout),
         achieved_power=achieved,
@@ -154,7 +174,8 @@ def sample_size_two_proportions(
             f"drop-out {dropout:.0%}: total inflated by 1/(1 - drop-out)"
             if dropout
             else "no drop-out allowance",
-            "other methods, per arm: " + ", ".join(f"{k} {v}" for k, v in alts.items()),
+            f"allocation {ratio:g} treated per control participant",
+            "other methods, control arm: " + ", ".join(f"{k} {v}" for k, v in alts.items()),
         ],
         alternatives={"per_arm": alts},
     )
@@ -187,7 +208,9 @@ def sample_size_time_to_event(
     d = math.ceil(events - 1e-9)
     p_event_treated = 1 - (1 - p_event_control) ** hazard_ratio
     p_event = allocation * p_event_treated + (1 - allocation) * p_event_control
-    total = math.ceil(d / p_event - 1e-9)
+    # participants from the unrounded events: rounding the events first would add up to
+    # 1 / P(event) participants for nothing
+    total = math.ceil(events / p_event - 1e-9)
     n_t = math.ceil(total * allocation - 1e-9)
     n_c = math.ceil(total * (1 - allocation) - 1e-9)
     total = n_t + n_c
@@ -197,7 +220,11 @@ def sample_size_time_to_event(
         per_arm=[n_t, n_c],
         total=total,
         total_with_dropout=_inflate(total, dropout),
-        achieved_power=None,
+        achieved_power=float(
+            st.norm.cdf(math.sqrt(d * allocation * (1 - allocation)) * abs(math.log(hazard_ratio)) - za)
+        )
+        if method == "schoenfeld"
+        else None,
         events=d,
         assumptions=[
             f"hazard ratio {hazard_ratio} (treated vs control), proportional hazards",
@@ -208,6 +235,14 @@ def sample_size_time_to_event(
             f"drop-out {dropout:.0%}" if dropout else "no drop-out allowance",
         ],
     )
+
+
+def _t_power(n_per_arm: float, difference: float, sd: float, alpha: float) -> float:
+    """Power of the two-sided two-sample t test with n per arm (R's ``power.t.test``, strict =
+    FALSE: the upper rejection tail only)."""
+    df = 2 * (n_per_arm - 1)
+    ncp = math.sqrt(n_per_arm / 2) * abs(difference) / sd
+    return float(st.nct.sf(st.t.ppf(1 - alpha / 2, df), df, ncp))
 
 
 def sample_size_repeated_measures(
@@ -231,16 +266,25 @@ def sample_size_repeated_measures(
     var = sd**2 * (1 + (n_visits - 1) * correlation) / n_visits
     if baseline_adjusted:
         var *= 1 - baseline_correlation**2
-    n = math.ceil(2 * (za + zb) ** 2 * var / difference**2 - 1e-9)
+    sd_mean = math.sqrt(var)
+    n_z = 2 * (za + zb) ** 2 * var / difference**2
+    # the analysis is a t test (ANCOVA / MMRM contrast), so the n solves the t-test power, as
+    # R's power.t.test does (noncentral t, df = 2(n - 1)); the z formula gives the start
+    n_exact = float(
+        optimize.brentq(
+            lambda n_arm: _t_power(n_arm, difference, sd_mean, alpha) - power, 2.0, max(4.0, 4 * n_z + 10)
+        )
+    )
+    n = math.ceil(n_exact - 1e-9)
     total = 2 * n
     return SampleSize(
         design="repeated measures, two arms",
-        method="mean over visits, compound symmetry (Diggle et al. 2002)"
+        method="mean over visits, compound symmetry (Diggle et al. 2002), t test"
         + (" + ANCOVA baseline" if baseline_adjusted else ""),
         per_arm=[n, n],
         total=total,
         total_with_dropout=_inflate(total, dropout),
-        achieved_power=None,
+        achieved_power=_t_power(n, difference, sd_mean, alpha),
         assumptions=[
             f"difference in means {difference} with SD {sd} (standardised {abs(difference) / sd:.2f})",
             f"{n_visits} post-baseline visit(s), within-subject correlation {correlation}",

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.stats as st
+from scipy import optimize
 
 Z_CONF = {0.90: 1.6448536269514722, 0.95: 1.959963984540054, 0.99: 2.5758293035489004}
 
@@ -65,6 +66,11 @@ class Estimate:
 
     def covers(self, value: float) -> bool:
         return self.ci_low is not None and self.ci_high is not None and self.ci_low <= value <= self.ci_high
+
+
+class NotEstimable(ValueError):
+    """A model whose estimate does not exist for these data (empty arm, no events, separation,
+    no convergence); the message is the reason, printed as "not estimable: <reason>"."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,8 +175,12 @@ def exact_alternatives(x1: int, n1: int, x0: int, n0: int) -> dict[str, float]:
         "fisher_mid_p": _fisher_mid_p(x1, n1, x0, n0),
         "chi_square": float(st.chi2_contingency(table, correction=False)[1]),
         "chi_square_yates": float(st.chi2_contingency(table, correction=True)[1]),
-        "barnard": float(st.barnard_exact(table).pvalue),
-        "boschloo": float(st.boschloo_exact(table).pvalue),
+        # scipy's unconditional tests take each *column* as one binomial sample (R's
+        # Exact::exact.test takes rows); the arms must be the columns. The supremum over the
+        # nuisance probability can sit near 0 (e.g. 57/131 vs 72/145: 0.361 at p = 0.009) where
+        # scipy's default 32 sampling points miss it; 128 find it
+        "barnard": float(st.barnard_exact(table.T, n=128).pvalue),
+        "boschloo": float(st.boschloo_exact(table.T, n=128).pvalue),
     }
 
 
@@ -240,6 +250,98 @@ def logistic_odds_ratio(
     )
 
 
+def _logistic(x: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-x)), dtype=float)
+
+
+def _po_loglik_grad(
+    theta: np.ndarray, beta: np.ndarray, y: np.ndarray, x: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Log-likelihood of the cumulative logit model P(Y <= k) = F(theta_k - x beta) (the
+    parameterisation of R's ordinal::clm and MASS::polr) and its gradient in theta and beta."""
+    k = len(theta) + 1
+    eta = x @ beta
+    upper = np.append(theta, np.inf)[y] - eta  # y coded 0..k-1
+    lower = np.insert(theta, 0, -np.inf)[y] - eta
+    f_up, f_lo = _logistic(upper), _logistic(lower)
+    prob = f_up - f_lo
+    if np.any(prob <= 0) or np.any(np.diff(theta) <= 0):
+        return -math.inf, np.zeros(k - 1), np.zeros(len(beta))
+    d_up, d_lo = f_up * (1 - f_up), f_lo * (1 - f_lo)
+    grad_theta = np.zeros(k - 1)
+    np.add.at(grad_theta, y[y < k - 1], (d_up / prob)[y < k - 1])
+    np.add.at(grad_theta, y[y > 0] - 1, -(d_lo / prob)[y > 0])
+    grad_beta = -((d_up - d_lo) / prob) @ x
+    return float(np.log(prob).sum()), grad_theta, grad_beta
+
+
+def _newton(
+    fun: Callable[[np.ndarray], tuple[float, np.ndarray]], start: np.ndarray, max_iter: int = 200
+) -> tuple[np.ndarray, float, bool, np.ndarray]:
+    """Maximise ``fun`` (log-likelihood, gradient) by Newton-Raphson with step halving; the
+    Hessian is the central difference of the analytic gradient. Returns (estimate, max,
+    converged: max |gradient| < 1e-8, Hessian)."""
+    par = start.astype(float).copy()
+    value, grad = fun(par)
+    hess = np.eye(len(par))
+    for _ in range(max_iter):
+        hess = _num_hessian(fun, par)
+        try:
+            step = -np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:
+            break
+        scale = 1.0
+        while scale > 1e-10:
+            new = par + scale * step
+            new_value, new_grad = fun(new)
+            if math.isfinite(new_value) and new_value >= value - 1e-12:
+                break
+            scale /= 2
+        else:
+            break
+        par, value, grad = new, new_value, new_grad
+        if np.max(np.abs(grad)) < 1e-10 or np.max(np.abs(scale * step)) < 1e-12:
+            break
+    hess = _num_hessian(fun, par)
+    return par, value, bool(np.max(np.abs(grad)) < 1e-8), hess
+
+
+def _num_hessian(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], par: np.ndarray) -> np.ndarray:
+    h = 1e-6
+    cols = []
+    for i in range(len(par)):
+        e = np.zeros(len(par))
+        e[i] = h
+        cols.append((fun(par + e)[1] - fun(par - e)[1]) / (2 * h))
+    hess = np.column_stack(cols)
+    return np.asarray((hess + hess.T) / 2, dtype=float)
+
+
+def _po_start(y: np.ndarray, k: int) -> np.ndarray:
+    cum = np.cumsum(np.bincount(y, minlength=k))[:-1] / len(y)
+    return np.log(cum / (1 - cum))
+
+
+def _po_fit(y: np.ndarray, x: np.ndarray, k: int) -> tuple[np.ndarray, float, bool, np.ndarray]:
+    n_theta = k - 1
+
+    def fun(par: np.ndarray) -> tuple[float, np.ndarray]:
+        ll, g_t, g_b = _po_loglik_grad(par[:n_theta], par[n_theta:], y, x)
+        return ll, np.concatenate([g_t, g_b])
+
+    return _newton(fun, np.concatenate([_po_start(y, k), np.zeros(x.shape[1])]))
+
+
+def _separated(y: np.ndarray, group: np.ndarray) -> bool:
+    """A binary covariate separates an ordinal outcome when the two groups' outcome ranges do not
+    overlap (then the proportional-odds MLE is infinite; Agresti 2010, Analysis of Ordinal
+    Categorical Data, 2nd ed., section 3.4.5)."""
+    a, b = y[group == 1], y[group == 0]
+    if len(a) == 0 or len(b) == 0:
+        return True
+    return bool(a.max() <= b.min() or b.max() <= a.min())
+
+
 def ordinal_odds_ratio(
     data: pd.DataFrame,
     outcome: str,
@@ -248,49 +350,115 @@ def ordinal_odds_ratio(
     covariates: Sequence[str] = (),
     conf: float = 0.95,
 ) -> Estimate:
-    """Proportional-odds (cumulative logit) model, statsmodels OrderedModel: odds ratio of a *worse*
-    category (``levels`` ordered best -> worst) for treated vs control; < 1 favours treatment."""
-    from statsmodels.miscmodels.ordinal_model import OrderedModel
-
+    """Proportional-odds (cumulative logit) model, fitted to the maximum-likelihood estimate by
+    Newton-Raphson as R's ``ordinal::clm`` does: odds ratio of a *worse* category (``levels``
+    ordered best -> worst) for treated vs control; < 1 favours treatment. The interval is the
+    profile-likelihood one (``confint(clm)``; Wald interval in ``details``), the P value Wald's
+    (``summary(clm)``; likelihood-ratio P in ``details``). Categories nobody is in are dropped,
+    as R drops unused factor levels, and named in ``details``; an empty arm, separation or no
+    convergence raise :class:`NotEstimable` with the reason."""
     frame = data[[outcome, treatment, *covariates]].dropna()
-    y = pd.Categorical(frame[outcome], categories=list(levels), ordered=True)
-    exog = frame[[treatment, *covariates]].astype(float)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fit = OrderedModel(pd.Series(y), exog.reset_index(drop=True), distr="logit").fit(
-            method="bfgs", disp=0, maxiter=500
+    unknown = sorted(set(frame[outcome].astype(str)) - {str(v) for v in levels})
+    if unknown:
+        raise NotEstimable(f"outcome values not among the levels: {', '.join(unknown)}")
+    present = [lvl for lvl in levels if (frame[outcome].astype(str) == str(lvl)).any()]
+    empty = [lvl for lvl in levels if lvl not in present]
+    if len(present) < 2:
+        raise NotEstimable("fewer than two outcome categories observed")
+    code = {str(lvl): i for i, lvl in enumerate(present)}
+    y = frame[outcome].astype(str).map(code).to_numpy(dtype=int)
+    x = frame[[treatment, *covariates]].to_numpy(dtype=float)
+    k = len(present)
+    if _separated(y, x[:, 0]):
+        raise NotEstimable(
+            "the arms' outcome categories do not overlap (separation): the odds ratio is infinite"
         )
-    b = float(fit.params[treatment])
-    se = float(fit.bse[treatment])
+    par, loglik, converged, hess = _po_fit(y, x, k)
+    if not converged:
+        raise NotEstimable("the proportional-odds fit did not converge")
+    cov = np.linalg.inv(-hess)
+    b = float(par[k - 1])
+    se = float(math.sqrt(cov[k - 1, k - 1]))
     z = _z(conf)
+    crit = float(st.chi2.ppf(conf, 1))
+
+    def deviance_gap(beta: float) -> float:
+        return 2 * (loglik - _po_fit_fixed(y, x, k, beta)) - crit
+
+    limits = []
+    for sign in (-1.0, 1.0):
+        step = max(se, 0.1)
+        far = b + sign * step
+        while deviance_gap(far) < 0:
+            step *= 2
+            far = b + sign * step
+            if step > 50:
+                raise NotEstimable("the profile-likelihood limit is infinite")
+        limits.append(float(optimize.brentq(deviance_gap, *sorted((b, far)), xtol=1e-12)))
+    lr_stat = 2 * (loglik - _po_fit(y, x[:, 1:], k)[1])
     return Estimate(
         measure="proportional odds ratio (worse category)",
         estimate=math.exp(b),
-        ci_low=math.exp(b - z * se),
-        ci_high=math.exp(b + z * se),
-        p_value=float(fit.pvalues[treatment]),
-        method="cumulative logit proportional-odds model (statsmodels OrderedModel, Wald)",
+        ci_low=math.exp(limits[0]),
+        ci_high=math.exp(limits[1]),
+        p_value=float(2 * st.norm.sf(abs(b / se))),
+        method="cumulative logit proportional-odds model (maximum likelihood, as R ordinal::clm); "
+        "profile-likelihood interval; P: Wald",
         conf_level=conf,
-        details={"n": int(frame.shape[0]), "levels_best_to_worst": list(levels)},
+        details={
+            "n": int(frame.shape[0]),
+            "levels_best_to_worst": list(levels),
+            "empty_levels_dropped": empty,
+            "log_or": b,
+            "se_log_or": se,
+            "wald_ci": [math.exp(b - z * se), math.exp(b + z * se)],
+            "lr_p_value": float(st.chi2.sf(lr_stat, 1)),
+            "log_likelihood": loglik,
+            "converged": converged,
+        },
     )
 
 
+def _po_fit_fixed(y: np.ndarray, x: np.ndarray, k: int, beta: float) -> float:
+    """Log-likelihood maximised over thresholds and the other coefficients with the first
+    coefficient fixed at ``beta`` (profile with covariates)."""
+    offset = x[:, 0] * beta
+    other = x[:, 1:]
+    n_theta = k - 1
+
+    def fun(par: np.ndarray) -> tuple[float, np.ndarray]:
+        theta, coef = par[:n_theta], par[n_theta:]
+        ll, g_t, g_b = _po_loglik_grad(
+            theta, np.concatenate([[1.0], coef]), y, np.column_stack([offset, other])
+        )
+        return ll, np.concatenate([g_t, g_b[1:]])
+
+    return _newton(fun, np.concatenate([_po_start(y, k), np.zeros(other.shape[1])]))[1]
+
+
 def mann_whitney(treated: Any, control: Any) -> Estimate:
-    """Mann-Whitney U (two-sided, scipy 'auto' method); estimate = P(treated > control) + 0.5 P(tie)."""
+    """Wilcoxon-Mann-Whitney test, two-sided, as R's ``wilcox.test`` by default: the exact
+    distribution when both arms have fewer than 50 values and there are no ties, else the normal
+    approximation with tie and continuity correction. Estimate = P(treated > control) + 0.5
+    P(tie) = U / (n_treated n_control)."""
     a = np.asarray(treated, dtype=float)
     b = np.asarray(control, dtype=float)
     a, b = a[~np.isnan(a)], b[~np.isnan(b)]
     if len(a) == 0 or len(b) == 0:
-        raise ValueError("Mann-Whitney needs observations in both arms")
-    res = st.mannwhitneyu(a, b, alternative="two-sided")
+        raise NotEstimable("Mann-Whitney needs observations in both arms")
+    pooled = np.concatenate([a, b])
+    exact = len(a) < 50 and len(b) < 50 and len(np.unique(pooled)) == len(pooled)
+    method = "exact" if exact else "asymptotic"
+    res = st.mannwhitneyu(a, b, alternative="two-sided", method=method, use_continuity=True)
     return Estimate(
         measure="probability of superiority",
         estimate=float(res.statistic) / (len(a) * len(b)),
         ci_low=None,
         ci_high=None,
         p_value=float(res.pvalue),
-        method="Mann-Whitney U, two-sided (scipy)",
-        details={"U": float(res.statistic), "n_treated": len(a), "n_control": len(b)},
+        method="Wilcoxon-Mann-Whitney, two-sided, "
+        + ("exact" if exact else "normal approximation with continuity correction (ties present or n >= 50)"),
+        details={"U": float(res.statistic), "n_treated": len(a), "n_control": len(b), "exact": exact},
     )
 
 
@@ -422,7 +590,7 @@ def kaplan_meier(time: Any, event: Any, groups: Any, risk_times: Sequence[int] =
         kmf = KaplanMeierFitter().fit(t[m], e[m], label=str(name))
         sf = kmf.survival_function_.iloc[:, 0]
         ci = kmf.confidence_interval_survival_function_
-        med = kmf.median_survival_time_
+        med = _km_median(sf.index.to_numpy(dtype=float), sf.to_numpy(dtype=float))
         curves.append(
             KMCurve(
                 group=str(name),
@@ -439,21 +607,59 @@ def kaplan_meier(time: Any, event: Any, groups: Any, risk_times: Sequence[int] =
     return curves
 
 
-def logrank(time: Any, event: Any, treated: Any) -> Estimate:
-    """Log-rank test treated vs control (lifelines)."""
-    from lifelines.statistics import logrank_test
+def _km_median(times: np.ndarray, survival: np.ndarray) -> float:
+    """Median survival as R's ``survfit`` prints it: the first time the curve falls to 0.5 or
+    below, or, when the curve is exactly 0.5 over an interval, the midpoint of that interval
+    (the first time it is 0.5 and the next event time); infinite if it never reaches 0.5."""
+    tol = 1e-10
+    below = np.flatnonzero(survival <= 0.5 + tol)
+    if below.size == 0:
+        return math.inf
+    i = int(below[0])
+    if abs(survival[i] - 0.5) <= tol:
+        later = np.flatnonzero(survival < 0.5 - tol)
+        return float((times[i] + times[int(later[0])]) / 2) if later.size else float(times[i])
+    return float(times[i])
 
+
+def logrank(time: Any, event: Any, treated: Any, strata: Any = None) -> Estimate:
+    """Log-rank test treated vs control, stratified when ``strata`` is given (observed minus
+    expected events and their hypergeometric variance summed over strata, as R's
+    ``survdiff(Surv(time, event) ~ treated + strata(s))``; Collett 2015, section 2.6)."""
     t = np.asarray(time, dtype=float)
     e = np.asarray(event, dtype=bool)
     a = np.asarray(treated, dtype=bool)
-    res = logrank_test(t[a], t[~a], event_observed_A=e[a], event_observed_B=e[~a])
+    s = np.zeros(len(t), dtype=object) if strata is None else np.asarray(strata, dtype=object)
+    if a.all() or not a.any():
+        raise NotEstimable("the log-rank test needs participants in both arms")
+    if not e.any():
+        raise NotEstimable("no events")
+    observed = expected = variance = 0.0
+    for level in sorted(set(s.tolist()), key=str):
+        m = s == level
+        ts, es, as_ = t[m], e[m], a[m]
+        for u in np.unique(ts[es]):
+            at_risk = ts >= u
+            n_all = float(at_risk.sum())
+            n_trt = float((at_risk & as_).sum())
+            d_all = float(((ts == u) & es).sum())
+            d_trt = float(((ts == u) & es & as_).sum())
+            observed += d_trt
+            expected += d_all * n_trt / n_all
+            if n_all > 1:
+                variance += d_all * (n_trt / n_all) * (1 - n_trt / n_all) * (n_all - d_all) / (n_all - 1)
+    if variance <= 0:
+        raise NotEstimable("the log-rank variance is zero")
+    chisq = (observed - expected) ** 2 / variance
+    stratified = strata is not None and len(set(s.tolist())) > 1
     return Estimate(
         measure="log-rank chi-square",
-        estimate=float(res.test_statistic),
+        estimate=float(chisq),
         ci_low=None,
         ci_high=None,
-        p_value=float(res.p_value),
-        method="log-rank test (lifelines)",
+        p_value=float(st.chi2.sf(chisq, 1)),
+        method="log-rank test" + (" stratified" if stratified else ""),
+        details={"observed_treated": observed, "expected_treated": expected, "variance": variance},
     )
 
 
@@ -473,11 +679,32 @@ def cox_hazard_ratio(
     frame = data[[duration, event, treatment, *covariates, *strata]].dropna().copy()
     frame[event] = frame[event].astype(int)
     frame[treatment] = frame[treatment].astype(float)
-    strata = [s for s in strata if frame[s].nunique() > 1]
+    # a stratum variable with one level present is no stratification (R's strata() with one
+    # level gives the unstratified fit); its column must leave the frame, or lifelines would
+    # take it for a covariate
+    single = [s for s in strata if frame[s].nunique() <= 1]
+    strata = [s for s in strata if s not in single]
+    frame = frame.drop(columns=single)
+    for arm, label in ((1.0, "treated"), (0.0, "control")):
+        arm_rows = frame[treatment] == arm
+        if not arm_rows.any():
+            raise NotEstimable(f"no participant in the {label} arm")
+        if frame.loc[arm_rows, event].sum() == 0:
+            # the partial likelihood is monotone: R's coxph stops with a coefficient near
+            # -/+20 and the warning "coefficient may be infinite"
+            raise NotEstimable(f"no events in the {label} arm: the hazard ratio is not finite")
     cph = CoxPHFitter(alpha=1 - conf)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cph.fit(frame, duration_col=duration, event_col=event, strata=list(strata) or None)
+        # converge on the estimate itself (R's default stops on a 1e-9 relative change of the
+        # log-likelihood, which leaves the 5th digit of the HR open)
+        cph.fit(
+            frame,
+            duration_col=duration,
+            event_col=event,
+            strata=list(strata) or None,
+            fit_options={"precision": 1e-12, "r_precision": 0.0},
+        )
     row = cph.summary.loc[treatment]
     lo_col = next(c for c in cph.summary.columns if c.startswith("exp(coef) lower"))
     hi_col = next(c for c in cph.summary.columns if c.startswith("exp(coef) upper"))
@@ -490,7 +717,7 @@ def cox_hazard_ratio(
         method="Cox proportional hazards (lifelines, Efron ties, Wald)"
         + (f", stratified by {', '.join(strata)}" if strata else ""),
         conf_level=conf,
-        details={"n": len(frame), "events": int(frame[event].sum())},
+        details={"n": len(frame), "events": int(frame[event].sum()), "single_level_strata": single},
     )
 
 
@@ -498,15 +725,19 @@ def cox_hazard_ratio(
 # multiplicity
 
 
-def holm(p_values: Mapping[str, float]) -> dict[str, float]:
-    """Holm step-down adjusted P values (statsmodels multipletests)."""
-    from statsmodels.stats.multitest import multipletests
-
+def holm(p_values: Mapping[str, float | None]) -> dict[str, float | None]:
+    """Holm step-down adjusted P values over the whole pre-specified family: a P value that is
+    not estimable (None or NaN) keeps its place in the family (m counts it) and is taken as
+    larger than every other, as R's ``p.adjust(p, "holm", n = m)``; its own adjusted P is None."""
     names = list(p_values)
-    if not names:
-        return {}
-    adj = multipletests([p_values[n] for n in names], method="holm")[1]
-    return {n: float(a) for n, a in zip(names, adj, strict=True)}
+    known = {n: float(v) for n, v in p_values.items() if v is not None and math.isfinite(float(v))}
+    m = len(names)
+    out: dict[str, float | None] = {n: None for n in names}
+    running = 0.0
+    for rank, name in enumerate(sorted(known, key=lambda n: known[n])):
+        running = max(running, min(1.0, (m - rank) * known[name]))
+        out[name] = running
+    return out
 
 
 def hierarchical(ordered: Sequence[tuple[str, float]], alpha: float = 0.05) -> dict[str, bool]:
