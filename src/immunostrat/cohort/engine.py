@@ -42,6 +42,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,8 @@ RESPIRATION = ("pao2", "fio2", "mechanical_ventilation")
 INFECTION = ("antibiotic", "culture")
 SOFA_CONCEPTS = (*RESPIRATION, *WORST_MIN, *WORST_MAX, *VASOPRESSORS, "urine_output")
 TABLES = ("stays", "hourly_sofa", "sepsis3", "endotypes")
+SUSPICION_RULES = ("antibiotic-and-culture", "antibiotic-only")
+BASELINE_RULES = ("zero", "running-minimum")
 _T = pl.Datetime("us", "UTC")
 
 
@@ -146,12 +149,22 @@ def connect(engine: str = "duckdb", *, spark: Any = None, threads: int | None = 
 # ------------------------------------------------------------------------------------------- the plan
 
 
-# The worst PaO2/FiO2 pairing of a window (most respiration points, then the lowest ratio) as one
-# number, so that one windowed MAX finds it: points * 1e8 + (1e7 - ratio). Ratios are rounded to 1e-6 and
-# below 1e7 (PaO2 <= 800 mmHg, FiO2 >= 0.21 by the concept dictionary); at 4e8 a float64 resolves 6e-8,
-# so decoding (floor, subtract, round to 1e-6) gives back the exact ratio.
-_RESP_POINTS_SCALE = 1e8
-_RESP_RATIO_CAP = 1e7
+def load_rules() -> dict[str, Any]:
+    """The cohort engine's rule choices and variants (``cohort/rules.yaml``, each with its source)."""
+    import yaml
+
+    path = resources.files("immunostrat.cohort").joinpath("rules.yaml")
+    data: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return data
+
+
+# The worst PaO2/FiO2 pairing of a window as one integer, so that one windowed MAX finds it: most
+# respiration points first, then the lowest ratio, then ventilated before not (the pairing's own support
+# status is what ``hourly_sofa.mechanical_ventilation`` reports). Ratios are kept in micro-units
+# (rounded to 1e-6, below 1e10 since PaO2 <= 800 mmHg and FiO2 >= 0.21 by the concept dictionary):
+# key = points * 4e10 + (1e10 - ratio_micro) * 2 + ventilated, exact in int64 on every engine.
+_RESP_RATIO_CAP_MICRO = 10**10
+_RESP_POINTS_SCALE = 4 * _RESP_RATIO_CAP_MICRO
 
 
 def _ceil_hour(t: ir.TimestampValue) -> ir.TimestampValue:
@@ -176,6 +189,7 @@ class Plan:
     hourly: ir.Table
     concept_counts: ir.Table
     infection: ir.Table
+    infection_stays: ir.Table
     biomarkers: tuple[str, ...]
 
 
@@ -188,6 +202,7 @@ def plan_hourly(
     (else at ``icu_intime``: one hour)."""
     sofa_spec = load_definition("sofa")
     min_run = ibis.interval(minutes=round(float(sofa_spec["vasopressor_min_hours"]) * 60))
+    max_gap = ibis.interval(minutes=round(float(load_rules()["vasopressor_max_gap_hours"]) * 60))
     biomarkers = tuple(protocol.requires)
     fresh = {c: float(protocol.requires[c].freshness_hours) for c in biomarkers}
     fresh_buckets = max([math.floor(h) for h in fresh.values()] or [0])
@@ -273,21 +288,50 @@ def plan_hourly(
     )
     scored = sofa(pairs)
     scored = scored.mutate(bucket=_ceil_hour(scored.time))
-    # One sortable number per pairing: more points first, then the lower ratio (see _RESP_POINTS_SCALE).
-    key = scored.sofa_respiration.cast("float64") * _RESP_POINTS_SCALE + (
-        _RESP_RATIO_CAP - scored.pao2_fio2_ratio
+    # One sortable integer per pairing (see _RESP_POINTS_SCALE).
+    ratio_micro = (scored.pao2_fio2_ratio * 1e6).round().cast("int64")
+    key = (
+        scored.sofa_respiration.cast("int64") * _RESP_POINTS_SCALE
+        + (_RESP_RATIO_CAP_MICRO - ratio_micro) * 2
+        + (scored.mechanical_ventilation >= 1).cast("int64")
     )
     resp = scored.group_by(["stay_id", "bucket"]).agg(resp_key=key.max())
 
-    # -- vasopressors: charted rate runs until the next one; >= min_run; spread over hourly buckets
+    # -- vasopressors: a charted rate runs until the next one (within the maximum gap, else it ends
+    # where charted); consecutive positive rates form one infusion run, and a run counts when it lasted
+    # >= min_run (rules.yaml); its rates are spread over the hourly buckets they touch
     v = o_all.filter(o_all.concept.isin(VASOPRESSORS))
     v = v.group_by(["stay_id", "concept", "time", "grid_first", "grid_last"]).agg(value=v.value.max())
-    v = v.mutate(until=v.time.lead().over(ibis.window(group_by=[v.stay_id, v.concept], order_by=v.time)))
-    v = v.filter((v.value > 0) & (v.time <= v.grid_last) & (v.until.isnull() | (v.until >= v.time + min_run)))
-    first_bucket = ibis.greatest(_ceil_hour(v.time), v.grid_first - ibis.interval(hours=keep_buckets))
-    last_bucket = ibis.cases(
-        (v.until.isnull(), v.grid_last), else_=ibis.least(_ceil_hour(v.until), v.grid_last)
+    by_drug = ibis.window(group_by=[v.stay_id, v.concept], order_by=v.time)
+    v = v.mutate(
+        next_time=v.time.lead().over(by_drug),
+        prev_time=v.time.lag().over(by_drug),
+        prev_value=v.value.lag().over(by_drug),
     )
+    v = v.mutate(
+        until=ibis.cases(
+            ((v.next_time.notnull()) & (v.next_time <= v.time + max_gap), v.next_time), else_=v.time
+        ),
+        run_start=ibis.cases(
+            (
+                (v.value > 0)
+                & (v.prev_value.isnull() | (v.prev_value <= 0) | (v.prev_time + max_gap < v.time)),
+                1,
+            ),
+            else_=0,
+        ),
+    )
+    v = v.mutate(
+        run=v.run_start.sum().over(
+            ibis.window(group_by=[v.stay_id, v.concept], order_by=v.time, rows=(None, 0))
+        )
+    )
+    v = v.filter(v.value > 0)
+    by_run = ibis.window(group_by=[v.stay_id, v.concept, v.run])
+    v = v.mutate(run_first=v.time.min().over(by_run), run_last=v.until.max().over(by_run))
+    v = v.filter((v.time <= v.grid_last) & (v.run_last >= v.run_first + min_run))
+    first_bucket = ibis.greatest(_ceil_hour(v.time), v.grid_first - ibis.interval(hours=keep_buckets))
+    last_bucket = ibis.least(_ceil_hour(v.until), v.grid_last)
     v = v.mutate(first_bucket=first_bucket, last_bucket=last_bucket)
     v = v.filter(v.first_bucket <= v.last_bucket)
     v = v.mutate(bucket=ibis.range(v.first_bucket, v.last_bucket + HOUR, HOUR).unnest())
@@ -344,9 +388,9 @@ def plan_hourly(
         & (win.u_last > win.bucket - slack)
     )
     urine_sum = ibis.cases((covered, win._urine_sum.round(6)), else_=ibis.null("float64"))
-    resp_points = (win._resp_key / _RESP_POINTS_SCALE).floor()
-    ratio = (_RESP_RATIO_CAP - (win._resp_key - resp_points * _RESP_POINTS_SCALE)).round(6)
-    vent = ibis.cases((win._resp_key.isnull(), ibis.null("float64")), (resp_points >= 3, 1.0), else_=0.0)
+    rest = win._resp_key % _RESP_POINTS_SCALE
+    ratio = ((_RESP_RATIO_CAP_MICRO - (rest - rest % 2) / 2) / 1e6).round(6)
+    vent = ibis.cases((win._resp_key.isnull(), ibis.null("float64")), else_=(rest % 2).cast("float64"))
     hourly = win.mutate(
         urine_output_24h=_least(win.urine_output_24h, urine_sum),
         pao2_fio2_ratio=ratio,
@@ -381,19 +425,31 @@ def plan_hourly(
         hourly=hourly,
         concept_counts=concept_counts,
         infection=infection,
+        infection_stays=infection.group_by(["stay_id", "concept"]).agg(rows=infection.concept.count()),
         biomarkers=biomarkers,
     )
 
 
-def plan_suspicion(infection: ir.Table) -> ir.Table:
-    """First suspected infection per stay (Seymour 2016, windows from sepsis3.yaml): an antibiotic with
-    a culture in the following 24 h (onset = antibiotic) or a culture with an antibiotic in the following
-    72 h (onset = culture); forward RANGE windows over the event times."""
+def plan_suspicion(infection: ir.Table, mode: str = "antibiotic-and-culture") -> ir.Table:
+    """Every suspected-infection episode per stay (not only the first: an episode before the ICU stay
+    must not hide a later one). ``antibiotic-and-culture`` (Seymour 2016, windows from sepsis3.yaml):
+    an antibiotic with a culture in the following 24 h (onset = antibiotic) or a culture with an
+    antibiotic in the following 72 h (onset = culture), found with forward RANGE windows.
+    ``antibiotic-only`` (ricu ``si_mode = "abx"``): every antibiotic start (culture_time null)."""
     spec = load_definition("sepsis3")
     e = infection.filter(infection.value >= 1)
     e = e.group_by(["stay_id", "time"]).agg(
         abx=(e.concept == "antibiotic").any(), cult=(e.concept == "culture").any()
     )
+    if mode == "antibiotic-only":
+        a = e.filter(e.abx)
+        return a.select(
+            "stay_id", onset=a.time, antibiotic_time=a.time, culture_time=ibis.null("timestamp")
+        ).distinct()
+    if mode != "antibiotic-and-culture":
+        raise ValueError(
+            f"unknown suspected-infection rule {mode!r}; use one of {', '.join(SUSPICION_RULES)}"
+        )
     w_abx = ibis.window(
         group_by=e.stay_id,
         order_by=e.time,
@@ -415,36 +471,70 @@ def plan_suspicion(infection: ir.Table) -> ir.Table:
         "stay_id", onset=e.time, antibiotic_time=e.antibiotic_after, culture_time=e.time
     )
     cand = from_abx.union(from_cult, distinct=False)
-    cand = cand.mutate(first=cand.onset.min().over(ibis.window(group_by=cand.stay_id)))
-    cand = cand.filter(cand.onset == cand.first)
-    return cand.group_by("stay_id").agg(
-        suspicion_time=cand.onset.min(),
-        antibiotic_time=cand.antibiotic_time.min(),
-        culture_time=cand.culture_time.min(),
+    return cand.group_by(["stay_id", "onset"]).agg(
+        antibiotic_time=cand.antibiotic_time.min(), culture_time=cand.culture_time.min()
     )
 
 
-def plan_sepsis3(stays: ir.Table, hourly: ir.Table, suspicion: ir.Table) -> ir.Table:
-    """Sepsis-3 per stay: first suspected infection and a SOFA rise >= ``sofa_rise`` over the baseline
-    from ``sofa_window_before_hours`` before to ``sofa_window_after_hours`` after it (sepsis3.yaml)."""
+def plan_sepsis3(
+    stays: ir.Table, hourly: ir.Table, episodes: ir.Table, baseline_rule: str = "zero"
+) -> ir.Table:
+    """Sepsis-3 per stay: a suspected-infection episode with a SOFA rise >= ``sofa_rise`` over the
+    baseline from ``sofa_window_before_hours`` before to ``sofa_window_after_hours`` after its onset
+    (sepsis3.yaml). The baseline is ``baseline_sofa`` (``zero``, Singer 2016) or the lowest SOFA of the
+    stay up to that hour (``running-minimum``, ricu ``delta_cummin``). The stay's episode is the first
+    with a rise, else the first whose window holds grid hours, else the first (window outside the stay:
+    ``sofa_hours_in_window`` 0, not assessable)."""
     spec = load_definition("sepsis3")
     rise = int(spec["sofa_rise"])
-    baseline = int(spec["baseline_sofa"])
-    h = hourly.select("stay_id", "time", "sofa_total").inner_join(suspicion, "stay_id")
+    h = hourly.select("stay_id", "time", "sofa_total")
+    if baseline_rule == "running-minimum":
+        so_far = ibis.window(group_by=h.stay_id, order_by=h.time, rows=(None, 0))
+        h = h.mutate(baseline=h.sofa_total.min().over(so_far).cast("int64"))
+    elif baseline_rule == "zero":
+        h = h.mutate(baseline=ibis.literal(int(spec["baseline_sofa"])).cast("int64"))
+    else:
+        raise ValueError(f"unknown SOFA baseline {baseline_rule!r}; use one of {', '.join(BASELINE_RULES)}")
+    h = h.inner_join(episodes, "stay_id")
     h = h.filter(
-        (h.time >= h.suspicion_time - ibis.interval(hours=int(spec["sofa_window_before_hours"])))
-        & (h.time <= h.suspicion_time + ibis.interval(hours=int(spec["sofa_window_after_hours"])))
+        (h.time >= h.onset - ibis.interval(hours=int(spec["sofa_window_before_hours"])))
+        & (h.time <= h.onset + ibis.interval(hours=int(spec["sofa_window_after_hours"])))
     )
-    per = h.group_by("stay_id").agg(
+    risen = h.sofa_total - h.baseline >= rise
+    per = h.group_by(["stay_id", "onset"]).agg(
         sofa_max_in_window=h.sofa_total.max(),
-        sofa_rise_time=h.time.min(where=h.sofa_total - baseline >= rise),
+        sofa_rise_time=h.time.min(where=risen),
+        # a running minimum never rises with time: the largest baseline among the risen hours is
+        # the baseline at the first of them
+        baseline_at_rise=h.baseline.max(where=risen),
+        baseline_min=h.baseline.min(),
+        sofa_hours_in_window=h.time.count(),
     )
+    ep = _drop_right(episodes.left_join(per, ["stay_id", "onset"]))
+    ep = ep.mutate(
+        _rank=ibis.cases(
+            (ep.sofa_rise_time.notnull(), 0), (ep.sofa_hours_in_window.fill_null(0) > 0, 1), else_=2
+        )
+    )
+    ep = ep.mutate(_n=ibis.row_number().over(ibis.window(group_by=ep.stay_id, order_by=[ep._rank, ep.onset])))
+    first = ep.filter(ep._n == 0).select(
+        "stay_id",
+        suspicion_time=ep.onset,
+        antibiotic_time=ep.antibiotic_time,
+        culture_time=ep.culture_time,
+        sofa_rise_time=ep.sofa_rise_time,
+        sofa_max_in_window=ep.sofa_max_in_window,
+        baseline_sofa=ep.baseline_at_rise.coalesce(ep.baseline_min),
+        sofa_hours_in_window=ep.sofa_hours_in_window.fill_null(0).cast("int64"),
+    )
+    counts = episodes.group_by("stay_id").agg(suspicion_episodes=episodes.onset.count())
     out = stays.select("stay_id")
-    out = _drop_right(out.left_join(suspicion, "stay_id"))
-    out = _drop_right(out.left_join(per, "stay_id"))
+    out = _drop_right(out.left_join(first, "stay_id"))
+    out = _drop_right(out.left_join(counts, "stay_id"))
     septic = out.suspicion_time.notnull() & out.sofa_rise_time.notnull()
     return out.mutate(
-        baseline_sofa=ibis.literal(baseline).cast("int64"),
+        baseline_sofa=out.baseline_sofa.cast("int64"),
+        suspicion_episodes=out.suspicion_episodes.fill_null(0).cast("int64"),
         sepsis3=septic,
         sepsis_time=ibis.cases((septic, out.suspicion_time), else_=ibis.null("timestamp")),
     )
@@ -503,8 +593,13 @@ def build_cohort(
     *,
     spark: Any = None,
     threads: int | None = None,
+    suspected_infection: str | None = None,
+    sofa_baseline: str | None = None,
 ) -> CohortResult:
     """Run the cohort plan on ``engine`` and return (and, with ``output_dir``, write) the tables.
+
+    ``suspected_infection`` (:data:`SUSPICION_RULES`) and ``sofa_baseline`` (:data:`BASELINE_RULES`)
+    choose the Sepsis-3 rule variants of ``rules.yaml`` (defaults there: the Sepsis-3 papers').
 
     ``output_dir`` receives ``stays.parquet``, ``hourly_sofa.parquet``, ``sepsis3.parquet``,
     ``endotypes.parquet`` and ``summary.json``, written to a temporary folder renamed on success.
@@ -514,6 +609,15 @@ def build_cohort(
 
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    rules = load_rules()
+    suspicion_rule = suspected_infection or str(rules["suspected_infection"]["default"])
+    baseline_rule = sofa_baseline or str(rules["sofa_baseline"]["default"])
+    if suspicion_rule not in SUSPICION_RULES:
+        raise ValueError(
+            f"unknown suspected-infection rule {suspicion_rule!r}; use one of {', '.join(SUSPICION_RULES)}"
+        )
+    if baseline_rule not in BASELINE_RULES:
+        raise ValueError(f"unknown SOFA baseline {baseline_rule!r}; use one of {', '.join(BASELINE_RULES)}")
     protocol = load_protocol(protocol_id)
     steps = ["stage inputs", "hourly SOFA and endotypes", "Sepsis-3", "endotype timeline", "summary"]
     if output_dir is not None:
@@ -533,7 +637,9 @@ def build_cohort(
             source_data.observations.select("patient_id", "time", "concept", "value").write_parquet(obs_path)
             obs_src: str = str(obs_path)
             report, notes, source_name = source_data.report, source_data.notes, source_data.source
+            side_tables = source_data.tables
         else:
+            side_tables = {}
             stays_pl = _stays_frame(pl.read_parquet(source_data.stays))
             obs_src = str(source_data.observations)
             report, notes, source_name = source_data.report, source_data.notes, source_data.source
@@ -546,19 +652,22 @@ def build_cohort(
         tick(1)
         hourly = _collect(con, plan.hourly, ["stay_id", "time"])
         counts = _collect(con, plan.concept_counts, ["concept"])
+        infection_rows = _collect(con, plan.infection_stays, ["stay_id", "concept"])
         hourly_path = work / "hourly.parquet"
         hourly.select(
             "stay_id", "time", "hour", "sofa_total", "endotype", "therapy", *plan.biomarkers
         ).write_parquet(hourly_path)
         hourly_t = con.read_parquet(str(hourly_path))
         tick(2)
-        suspicion = plan_suspicion(plan.infection)
-        sepsis = _collect(con, plan_sepsis3(stays_t, hourly_t, suspicion), ["stay_id"])
+        episodes = plan_suspicion(plan.infection, suspicion_rule)
+        sepsis = _collect(con, plan_sepsis3(stays_t, hourly_t, episodes, baseline_rule), ["stay_id"])
         tick(3)
         endotypes = _collect(con, plan_endotypes(hourly_t, plan.biomarkers), ["stay_id", "time"])
         tick(4)
         present = dict(zip(counts["concept"].to_list(), counts["rows"].to_list(), strict=True))
-        sepsis = _sepsis_reasons(sepsis, present)
+        sepsis = _sepsis_reasons(
+            sepsis, present, infection_rows, side_tables.get("care_sites"), suspicion_rule, baseline_rule
+        )
         stays_out, summary = summarise(
             stays=stays_pl,
             hourly=hourly,
@@ -570,6 +679,12 @@ def build_cohort(
             source=source_name,
             engine=engine,
             protocol=protocol,
+            rules={
+                "suspected_infection": suspicion_rule,
+                "sofa_baseline": baseline_rule,
+                "vasopressor_max_gap_hours": float(rules["vasopressor_max_gap_hours"]),
+            },
+            dropped=side_tables.get("dropped"),
         )
         result = CohortResult(
             stays=stays_out, hourly_sofa=hourly, sepsis3=sepsis, endotypes=endotypes, summary=summary
@@ -584,40 +699,80 @@ def build_cohort(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _sepsis_reasons(sepsis: pl.DataFrame, present: dict[str, int]) -> pl.DataFrame:
+def _sepsis_reasons(
+    sepsis: pl.DataFrame,
+    present: dict[str, int],
+    infection_rows: pl.DataFrame,
+    care_sites: pl.DataFrame | None,
+    suspicion_rule: str,
+    baseline_rule: str,
+) -> pl.DataFrame:
+    """Reason and assessability per stay. Suspected infection is not assessable where the source, or
+    the stay's care site (eICU: hospital; ``tables['care_sites']``), has no events of a concept the rule
+    needs; Sepsis-3 is not assessable where every suspicion window lies outside the ICU stay."""
     spec = load_definition("sepsis3")
-    lacking = [c for c in INFECTION if not present.get(c)]
-    assessable = not lacking
-    note = (
-        f"source has no {' or '.join(lacking)} events: suspected infection not assessable" if lacking else ""
+    needs = [str(c) for c in load_rules()["suspected_infection"]["variants"][suspicion_rule]["needs"]]
+    lacking = [c for c in needs if not present.get(c)]
+    source_note = f"source has no {' or '.join(lacking)} events" if lacking else ""
+    site_note = pl.lit(None, dtype=pl.String)
+    frame = sepsis
+    if care_sites is not None and care_sites.height and not lacking:
+        sites = care_sites.select(pl.col("stay_id").cast(pl.String), pl.col("care_site").cast(pl.String))
+        with_events = infection_rows.join(sites, on="stay_id").select("care_site", "concept").unique()
+        frame = frame.join(sites, on="stay_id", how="left")
+        for concept in needs:
+            has = with_events.filter(pl.col("concept") == concept)["care_site"].implode()
+            missing = pl.col("care_site").is_not_null() & ~pl.col("care_site").is_in(has)
+            site_note = (
+                pl.when(missing & site_note.is_null())
+                .then(pl.lit(f"no {concept} events at this stay's care site"))
+                .otherwise(site_note)
+            )
+    shown = "antibiotic + culture" if suspicion_rule == "antibiotic-and-culture" else "antibiotic"
+    outside = (
+        pl.col("suspicion_time").is_not_null()
+        & pl.col("sofa_rise_time").is_null()
+        & (pl.col("sofa_hours_in_window") == 0)
     )
     reason = (
-        pl.when(pl.lit(not assessable))
-        .then(pl.lit(f"not assessable: {note}"))
+        pl.when(pl.lit(bool(lacking)))
+        .then(pl.lit(f"not assessable: {source_note}: suspected infection not assessable"))
+        .when(site_note.is_not_null() & pl.col("suspicion_time").is_null())
+        .then(pl.lit("not assessable: ") + site_note)
         .when(pl.col("suspicion_time").is_null())
-        .then(pl.lit("no suspected infection (antibiotic + culture)"))
+        .then(pl.lit(f"no suspected infection ({shown})"))
+        .when(outside)
+        .then(pl.lit("not assessable: every suspected-infection window lies outside the ICU stay"))
         .when(pl.col("sofa_rise_time").is_null())
         .then(pl.lit(f"no SOFA rise >= {int(spec['sofa_rise'])} in the window"))
         .otherwise(pl.lit("suspected infection with SOFA rise"))
     )
-    return sepsis.with_columns(
-        pl.col("sepsis3").fill_null(False),
-        reason.alias("sepsis3_reason"),
-        pl.lit(assessable).alias("sepsis3_assessable"),
-        pl.lit(spec["id"]).alias("sepsis3_variant"),
-    ).select(
-        "stay_id",
-        "sepsis3",
-        "sepsis_time",
-        "suspicion_time",
-        "antibiotic_time",
-        "culture_time",
-        "sofa_rise_time",
-        "sofa_max_in_window",
-        "baseline_sofa",
-        "sepsis3_reason",
-        "sepsis3_assessable",
-        "sepsis3_variant",
+    return (
+        frame.with_columns(pl.col("sepsis3").fill_null(False), reason.alias("sepsis3_reason"))
+        .with_columns(
+            (~pl.col("sepsis3_reason").str.starts_with("not assessable")).alias("sepsis3_assessable"),
+            pl.lit(spec["id"]).alias("sepsis3_variant"),
+            pl.lit(suspicion_rule).alias("suspected_infection_rule"),
+            pl.lit(baseline_rule).alias("sofa_baseline_rule"),
+        )
+        .select(
+            "stay_id",
+            "sepsis3",
+            "sepsis_time",
+            "suspicion_time",
+            "antibiotic_time",
+            "culture_time",
+            "suspicion_episodes",
+            "sofa_rise_time",
+            "sofa_max_in_window",
+            "sofa_hours_in_window",
+            "baseline_sofa",
+            "sepsis3_reason",
+            "sepsis3_assessable",
+            "sepsis3_variant",
+            "suspected_infection_rule",
+            "sofa_baseline_rule",
+        )
     )
 
 
@@ -648,14 +803,17 @@ def write_tables(result: CohortResult, output_dir: str | Path) -> Path:
 
 HOURLY_COLUMNS = ("stay_id", "time", "hour", *SOFA_INPUTS, *SOFA_OUTPUTS)
 __all__ = [
+    "BASELINE_RULES",
     "ENGINES",
     "HOURLY_COLUMNS",
+    "SUSPICION_RULES",
     "CohortResult",
     "ParquetInput",
     "Plan",
     "Progress",
     "build_cohort",
     "connect",
+    "load_rules",
     "plan_endotypes",
     "plan_hourly",
     "plan_sepsis3",

@@ -39,6 +39,8 @@ def summarise(
     source: str,
     engine: str,
     protocol: Protocol,
+    rules: dict[str, Any] | None = None,
+    dropped: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """The stays table with per-stay outcomes, and the summary dict (JSON-serialisable)."""
     hours = hourly.group_by("stay_id").agg(pl.len().cast(pl.Int64).alias("grid_hours"))
@@ -89,7 +91,10 @@ def summarise(
                 }
             )
     septic_n = int(stays_out["sepsis3"].sum())
-    assessable = bool(sepsis3["sepsis3_assessable"].all()) if sepsis3.height else True
+    # source level: the source holds the events the suspicion rule needs (per stay: sepsis3_reason)
+    source_level = sepsis3.filter(~pl.col("sepsis3_reason").str.contains("^not assessable: source has no"))
+    assessable = bool(source_level.height == sepsis3.height)
+    reasons = sepsis3.group_by("sepsis3_reason").agg(pl.len().alias("n")).sort("sepsis3_reason")
     summary: dict[str, Any] = {
         "source": source,
         "engine": engine,
@@ -101,12 +106,18 @@ def summarise(
         "patient_hours": hourly.height,
         "septic_stays": septic_n,
         "sepsis3_assessable": assessable,
+        "sepsis3_not_assessable_stays": int((~sepsis3["sepsis3_assessable"]).sum()) if sepsis3.height else 0,
+        "sepsis3_reasons": dict(
+            zip(reasons["sepsis3_reason"].to_list(), reasons["n"].to_list(), strict=True)
+        ),
+        "rules": dict(rules or {}),
         "sepsis3_note": "" if assessable else str(sepsis3["sepsis3_reason"][0]) if sepsis3.height else "",
         "endotype_stays_ever": dict(zip(ever["endotype"].to_list(), ever["n"].to_list(), strict=True)),
         "endotype_first_known": dict(
             zip(first_counts["first_endotype"].to_list(), first_counts["n"].to_list(), strict=True)
         ),
         "missing_concepts": missing,
+        "dropped_rows": _dropped_rows(dropped),
         "mortality_28d_by_endotype": {
             row["first_endotype"]: {
                 "stays": int(row["stays"]),
@@ -118,6 +129,18 @@ def summarise(
         "notes": list(notes),
     }
     return stays_out, summary
+
+
+def _dropped_rows(dropped: pl.DataFrame | None) -> list[dict[str, Any]]:
+    """Rows read but not kept, by concept, table and reason (the adapter's ``tables['dropped']``)."""
+    if dropped is None or dropped.height == 0:
+        return []
+    grouped = (
+        dropped.group_by("concept", "table", "reason")
+        .agg(pl.col("rows").sum().cast(pl.Int64))
+        .sort(["concept", "rows", "table", "reason"], descending=[False, True, False, False])
+    )
+    return [{"concept": c, "table": t, "reason": r, "rows": int(n)} for c, t, r, n in grouped.iter_rows()]
 
 
 # Concepts the SOFA inputs come from (urine_output feeds urine_output_24h; pao2 + fio2 the ratio).
@@ -161,11 +184,29 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{k} {v['deaths']}/{v['stays']}" for k, v in summary["mortality_28d_by_endotype"].items()
         ),
     ]
+    rules = summary.get("rules") or {}
+    if rules:
+        lines.append(
+            f"rules: suspected infection {rules.get('suspected_infection')}, "
+            f"SOFA baseline {rules.get('sofa_baseline')}"
+        )
+    not_assessable = summary.get("sepsis3_not_assessable_stays", 0)
+    if not_assessable:
+        lines.append(f"Sepsis-3 not assessable in {not_assessable} stays:")
+        lines.extend(
+            f"  {n} {reason}"
+            for reason, n in (summary.get("sepsis3_reasons") or {}).items()
+            if reason.startswith("not assessable")
+        )
     if summary["missing_concepts"]:
         lines.append(
             "missing concepts: "
             + ", ".join(f"{m['concept']} ({m['detail'] or m['status']})" for m in summary["missing_concepts"])
         )
+    dropped = summary.get("dropped_rows") or []
+    if dropped:
+        lines.append(f"rows not kept ({sum(d['rows'] for d in dropped)}), by concept and reason:")
+        lines.extend(f"  {d['concept']}: {d['rows']} {d['reason']} ({d['table']})" for d in dropped)
     return "\n".join(lines)
 
 
