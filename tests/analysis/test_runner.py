@@ -140,3 +140,66 @@ def test_degenerate_export_is_reported_not_crashed(sepsis_export: TrialExport) -
     assert by_id["sofa_response_day9"]["by_stratum"]["MALS"]["type"] == "binary"  # "mals" matched "MALS"
     page = render_html(res, weak, "immunosep-2025")
     assert "not estimable" in page
+
+
+def test_no_deaths_in_one_arm_is_not_estimable_and_the_report_renders(sepsis_export: TrialExport) -> None:
+    """Nobody in the immunotherapy arm dies: the Cox HR and the stratum-adjusted OR say "not
+    estimable" with the reason (R's coxph would print HR ~1e-9 with a warning), the report renders."""
+    from immunostrat.analysis import stats
+    from immunostrat.analysis.report import render_html
+
+    e = sepsis_export
+    treated_ids = e.participants.filter(pl.col("arm") == "immunotherapy")["participant_id"].implode()
+    outcomes = e.outcomes.with_columns(
+        pl.when(pl.col("participant_id").is_in(treated_ids))
+        .then(pl.lit(None, dtype=pl.Int64))
+        .otherwise(pl.col("death_day"))
+        .alias("death_day"),
+        pl.when(pl.col("participant_id").is_in(treated_ids))
+        .then(pl.lit(90, dtype=pl.Int64))
+        .otherwise(pl.col("last_contact_day"))
+        .alias("last_contact_day"),
+    )
+    export = TrialExport(e.participants, e.daily_assessments, outcomes, e.screening, None, e.manifest)
+    res = run_analysis(export, "immunosep-2025", sensitivity=False)
+    by_id = {x["id"]: x for x in res["endpoints"]}
+    cox = by_id["survival_day90"]["result"]["estimates"]["cox"]
+    assert cox["estimate"] is None and cox["error"].startswith("no events in the treated arm")
+    logistic = by_id["mortality_day28"]["result"]["estimates"]["logistic_adjusted"]
+    assert logistic["estimate"] is None and "no events in the treated arm" in logistic["error"]
+    assert "Error" not in cox["error"] and "Error" not in logistic["method"]
+    # the stratified log-rank still runs (the test needs no finite HR) and matches stats.logrank
+    lr = by_id["survival_day90"]["result"]["estimates"]["logrank"]
+    assert lr["method"] == "log-rank test stratified" and lr["p_value"] < 0.05
+    page = render_html(res, export, "immunosep-2025")
+    assert "not estimable: no events in the treated arm" in page
+    assert "Error" not in page.split("<body", 1)[-1].replace("InputError", "")
+    # an infinite CI limit is printed, not a crash
+    from immunostrat.analysis.report import _ci
+
+    assert _ci({"estimate": 3.0, "ci_low": 0.5, "ci_high": None}) == "3.00 (0.50 to ∞)"
+    assert stats.holm({"a": 0.01, "b": None})["a"] == 0.02
+
+
+def test_holm_family_keeps_a_not_estimable_endpoint(sepsis_export: TrialExport) -> None:
+    """One week of follow-up: the mortality endpoints of the Holm family are not estimable; they
+    stay in the family (m = 5), so the other P values are multiplied by 5, not by 3."""
+    e = sepsis_export
+    outcomes = e.outcomes.with_columns(
+        pl.lit(None, dtype=pl.Int64).alias("death_day"),
+        pl.lit(9, dtype=pl.Int64).alias("last_contact_day"),
+    )
+    export = TrialExport(e.participants, e.daily_assessments, outcomes, e.screening, None, e.manifest)
+    m = run_analysis(export, "immunosep-2025", sensitivity=False)["multiplicity"]
+    assert list(m["raw_p"]) == m["family"]
+    assert {"mortality_day28", "mortality_day90"} <= set(m["not_estimable"])
+    known = {k: v for k, v in m["raw_p"].items() if v is not None}
+    smallest = min(known, key=lambda k: known[k])
+    assert m["adjusted_p"][smallest] == pytest.approx(min(1.0, len(m["family"]) * known[smallest]))
+    assert m["adjusted_p"]["mortality_day28"] is None and m["rejected"]["mortality_day28"] is False
+
+
+def test_logrank_is_stratified_as_the_cox_model(sepsis_results: dict, sepsis_export: TrialExport) -> None:
+    surv = next(x for x in sepsis_results["endpoints"] if x["id"] == "survival_day90")
+    assert surv["result"]["estimates"]["logrank"]["method"] == "log-rank test stratified"
+    assert "stratified by stratum" in surv["result"]["estimates"]["cox"]["method"]

@@ -110,7 +110,8 @@ def forest_svg(rows: list[dict[str, Any]], arms: list[str], title: str, favourab
         null = 1.0 if ratio else 0.0
         for i, r in enumerate(rows):
             y = n - 1 - i
-            if r.get("estimate") is None or r.get("ci_low") is None:
+            # an infinite limit arrives as None: no bar can be drawn for it
+            if r.get("estimate") is None or r.get("ci_low") is None or r.get("ci_high") is None:
                 ax.text(null, y, "not estimable", ha="center", va="center", fontsize=7, color="#777777")
                 continue
             ax.plot([r["ci_low"], r["ci_high"]], [y, y], color="#222222", lw=1.1)
@@ -126,7 +127,7 @@ def forest_svg(rows: list[dict[str, Any]], arms: list[str], title: str, favourab
         ax.set_yticklabels([r["label"] for r in reversed(rows)])
         for i, r in enumerate(rows):
             y = n - 1 - i
-            if r.get("estimate") is not None and r.get("ci_low") is not None:
+            if r.get("estimate") is not None and r.get("ci_low") is not None and r.get("ci_high") is not None:
                 txt = f"{r['estimate']:.2f} ({r['ci_low']:.2f} to {r['ci_high']:.2f})"
                 ax.text(
                     1.02,

@@ -60,11 +60,15 @@ def p_text(p: Any) -> str:
 
 def _ci(e: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
     if not e or e.get("estimate") is None:
-        return "—" if not e.get("error") else f"not estimable ({html.escape(str(e['error']))[:80]})"
+        return "—" if not e.get("error") else f"not estimable: {html.escape(str(e['error']))[:120]}"
     est = e["estimate"] * scale
-    if e.get("ci_low") is None:
+    low, high = e.get("ci_low"), e.get("ci_high")
+    if low is None and high is None:
         return f"{est:.{digits}f}"
-    return f"{est:.{digits}f} ({e['ci_low'] * scale:.{digits}f} to {e['ci_high'] * scale:.{digits}f})"
+    # an infinite limit is stored as None (JSON has no infinity): print it as R does
+    low_text = "−∞" if low is None else f"{low * scale:.{digits}f}"
+    high_text = "∞" if high is None else f"{high * scale:.{digits}f}"
+    return f"{est:.{digits}f} ({low_text} to {high_text})"
 
 
 def fmt_t1(row: dict[str, Any], arm: str) -> str:

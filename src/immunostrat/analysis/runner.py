@@ -127,16 +127,33 @@ def _safe(measure: str, fn: Callable[..., stats.Estimate], *args: Any, **kwargs:
     try:
         return fn(*args, **kwargs).to_dict()
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"[:300]
+        reason = _reason(exc)
         return {
             "measure": measure,
             "estimate": None,
             "ci_low": None,
             "ci_high": None,
             "p_value": None,
-            "method": f"{measure}: not estimable",
+            "method": f"{measure}: not estimable: {reason}",
             "error": reason,
         }
+
+
+def _reason(exc: Exception) -> str:
+    """Why a model could not be fitted, in words: the reason our own checks give, or a short
+    translation of a library's numerical failure (never a Python exception name)."""
+    if isinstance(exc, stats.NotEstimable):
+        return str(exc)[:300]
+    text = str(exc).lower()
+    if "singular" in text:
+        return "the design matrix is singular (a covariate is constant or collinear with another)"
+    if "separation" in text:
+        return "the outcome is perfectly predicted (separation)"
+    if "converge" in text:
+        return "the model fit did not converge"
+    if "sample" in text or "empty" in text or "zero-size" in text:
+        return "too few observations for this model"
+    return "the model could not be fitted to these data"
 
 
 def _counts_binary(df: pd.DataFrame, plan: AnalysisPlan) -> dict[str, dict[str, Any]]:
@@ -203,17 +220,17 @@ def _survival_tests(df: pd.DataFrame, endpoint: Endpoint, plan: AnalysisPlan, ad
             curves = stats.kaplan_meier(df["time"], df["event"], df["arm"], risk_times=risk_times)
             res["kaplan_meier"] = [c.to_dict() for c in curves]
         elif test == "logrank":
+            # stratified by the same factors as the Cox model, so the two agree on the design
             res["estimates"][test] = _safe(
                 "logrank",
                 stats.logrank,
                 df["time"],
                 df["event"],
                 df["treated"].astype(bool),
+                strata=_strata_labels(df, _survival_strata(plan, adjust)),
             )
         elif test == "cox":
-            strata = (
-                [c for c in plan.adjustment_covariates if c in plan.categorical_covariates] if adjust else []
-            )
+            strata = _survival_strata(plan, adjust)
             covs = (
                 [c for c in plan.adjustment_covariates if c not in plan.categorical_covariates]
                 if adjust
@@ -232,6 +249,17 @@ def _survival_tests(df: pd.DataFrame, endpoint: Endpoint, plan: AnalysisPlan, ad
                 conf=plan.conf_level,
             )
     return res
+
+
+def _survival_strata(plan: AnalysisPlan, adjust: bool) -> list[str]:
+    """The categorical adjustment covariates: the strata of the Cox model and the log-rank test."""
+    return [c for c in plan.adjustment_covariates if c in plan.categorical_covariates] if adjust else []
+
+
+def _strata_labels(df: pd.DataFrame, strata: list[str]) -> pd.Series | None:
+    if not strata:
+        return None
+    return df[strata].astype(str).agg(" / ".join, axis=1)
 
 
 def _ordinal_tests(df: pd.DataFrame, endpoint: Endpoint, plan: AnalysisPlan) -> dict[str, Any]:
@@ -492,7 +520,7 @@ def analyze_endpoint(
                     export, sub, endpoint, plan, adjust=False, population=flag
                 )
             except Exception as exc:  # e.g. too few events for a model in a small stratum
-                out["by_stratum"][stratum] = {"error": f"{type(exc).__name__}: {exc}"}
+                out["by_stratum"][stratum] = {"error": _reason(exc)}
     return out
 
 
@@ -601,18 +629,29 @@ def safety_summary(export: TrialExport, plan: AnalysisPlan) -> dict[str, Any] | 
 
 def _multiplicity(plan: AnalysisPlan, endpoints: list[dict[str, Any]]) -> dict[str, Any]:
     m = plan.multiplicity
-    ps = {}
-    for e in endpoints:
-        if e["id"] in m.family:
-            p = headline_p(e["result"])
-            if p is not None and math.isfinite(p):
-                ps[e["id"]] = p
-    out: dict[str, Any] = {"method": m.method, "family": m.family, "note": m.note, "raw_p": ps}
+    # every member of the pre-specified family keeps its place: a P value that is not estimable
+    # is None and still counts in Holm's m (dropping it would shrink the family and the adjustment)
+    by_id = {e["id"]: e for e in endpoints}
+    ps: dict[str, float | None] = {}
+    for name in m.family:
+        p = headline_p(by_id[name]["result"]) if name in by_id else None
+        ps[name] = p if p is not None and math.isfinite(p) else None
+    out: dict[str, Any] = {
+        "method": m.method,
+        "family": m.family,
+        "note": m.note,
+        "raw_p": ps,
+        "not_estimable": [k for k, v in ps.items() if v is None],
+    }
     if m.method == "holm":
         out["adjusted_p"] = stats.holm(ps)
-        out["rejected"] = {k: v <= plan.alpha for k, v in out["adjusted_p"].items()}
+        out["rejected"] = {k: v is not None and v <= plan.alpha for k, v in out["adjusted_p"].items()}
     elif m.method == "hierarchical":
-        out["rejected"] = stats.hierarchical([(k, ps[k]) for k in m.family if k in ps], alpha=plan.alpha)
+        # testing stops at a P value that is not estimable, as at a non-significant one
+        ordered = [(k, ps[k]) for k in m.family]
+        out["rejected"] = stats.hierarchical(
+            [(k, v if v is not None else 1.0) for k, v in ordered], alpha=plan.alpha
+        )
     return out
 
 

@@ -228,9 +228,20 @@ def logistic_odds_ratio(
         else:
             parts.append(frame[c].astype(float))
     exog = pd.concat(parts, axis=1)
+    for arm, label in ((1, "treated"), (0, "control")):
+        y_arm = frame.loc[frame[treatment] == arm, outcome].astype(float)
+        if y_arm.empty:
+            raise NotEstimable(f"no participant in the {label} arm")
+        if y_arm.nunique() < 2:
+            # quasi-complete separation: the maximum-likelihood odds ratio is 0 or infinite (R's
+            # glm warns "fitted probabilities numerically 0 or 1" and prints a huge coefficient)
+            kind = "no events" if y_arm.iloc[0] == 0 else "only events"
+            raise NotEstimable(f"{kind} in the {label} arm: the adjusted odds ratio is not finite")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fit = sm.Logit(frame[outcome].astype(float), exog).fit(disp=0, maxiter=200)
+    if not fit.mle_retvals.get("converged", True):
+        raise NotEstimable("the logistic regression did not converge")
     b = float(fit.params[treatment])
     se = float(fit.bse[treatment])
     z = _z(conf)
