@@ -96,3 +96,36 @@ def test_physionet_partial_sofa_and_label_agreement(tmp_path: Path) -> None:
     assert "gcs" in result.stdout  # a missing SOFA component, reported
     assert "agreement with the source's sepsis label" in result.stdout
     assert (out / "label_agreement.json").exists()
+
+
+def test_rule_variants_are_options_written_into_the_summary(tmp_path: Path) -> None:
+    import json
+
+    default, variant = tmp_path / "default", tmp_path / "variant"
+    base = ["cohort", "build", "--source", "long", "--path", str(DEMO)]
+    first = runner.invoke(app, [*base, "--output", str(default)])
+    assert first.exit_code == 0, first.output
+    rules = json.loads((default / "summary.json").read_text())["rules"]
+    assert rules["suspected_infection"] == "antibiotic-and-culture" and rules["sofa_baseline"] == "zero"
+    second = runner.invoke(
+        app,
+        [
+            *base,
+            "--output",
+            str(variant),
+            "--suspected-infection",
+            "antibiotic-only",
+            "--sofa-baseline",
+            "running-minimum",
+        ],
+    )
+    assert second.exit_code == 0, second.output
+    assert "rules: suspected infection antibiotic-only, SOFA baseline running-minimum" in second.stdout
+    summary = json.loads((variant / "summary.json").read_text())
+    assert summary["rules"]["suspected_infection"] == "antibiotic-only"
+    assert summary["rules"]["sofa_baseline"] == "running-minimum"
+    sepsis = pl.read_parquet(variant / "sepsis3.parquet")
+    assert set(sepsis["sofa_baseline_rule"]) == {"running-minimum"}
+    bad = runner.invoke(app, [*base, "--output", str(tmp_path / "x"), "--sofa-baseline", "first-day"])
+    assert bad.exit_code == 2 and "--sofa-baseline" in bad.output
+    assert not (tmp_path / "x").exists()

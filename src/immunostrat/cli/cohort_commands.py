@@ -41,6 +41,20 @@ def build(
     limit: Annotated[
         int | None, typer.Option("--limit", help="PhysioNet 2019: read at most N files.")
     ] = None,
+    suspected_infection: Annotated[
+        str,
+        typer.Option(
+            "--suspected-infection",
+            help="antibiotic-and-culture (Seymour 2016, default) | antibiotic-only (ricu's eICU labels).",
+        ),
+    ] = "antibiotic-and-culture",
+    sofa_baseline: Annotated[
+        str,
+        typer.Option(
+            "--sofa-baseline",
+            help="zero (Singer 2016, default) | running-minimum (ricu: rise over the lowest SOFA so far).",
+        ),
+    ] = "zero",
 ) -> None:
     """Build the cohort tables (Parquet) and print a summary with the missing-concept report."""
     from immunostrat.cohort import ENGINES, build_cohort, format_agreement, format_summary, label_agreement
@@ -50,6 +64,26 @@ def build(
         fail(InputError("unknown source", field="--source", value=source, expected=" | ".join(SOURCES)))
     if engine not in ENGINES:
         fail(InputError("unknown engine", field="--engine", value=engine, expected=" | ".join(ENGINES)))
+    from immunostrat.cohort.engine import BASELINE_RULES, SUSPICION_RULES
+
+    if suspected_infection not in SUSPICION_RULES:
+        fail(
+            InputError(
+                "unknown suspected-infection rule",
+                field="--suspected-infection",
+                value=suspected_infection,
+                expected=" | ".join(SUSPICION_RULES),
+            )
+        )
+    if sofa_baseline not in BASELINE_RULES:
+        fail(
+            InputError(
+                "unknown SOFA baseline",
+                field="--sofa-baseline",
+                value=sofa_baseline,
+                expected=" | ".join(BASELINE_RULES),
+            )
+        )
     if engine == "spark":
         try:
             require_extra("spark", "--engine spark")
@@ -77,7 +111,13 @@ def build(
                 bar.update(task, description=step, completed=done, total=total)
 
             result = build_cohort(
-                data, protocol_id=protocol, engine=engine, output_dir=output, progress=update
+                data,
+                protocol_id=protocol,
+                engine=engine,
+                output_dir=output,
+                progress=update,
+                suspected_infection=suspected_infection,
+                sofa_baseline=sofa_baseline,
             )
     except (InputError, ValueError, KeyError) as error:
         fail(error)
