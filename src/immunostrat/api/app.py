@@ -7,6 +7,7 @@ signing key, and mounts the REST, clinical and CDS Hooks routes. Run it with uvi
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -16,7 +17,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from immunostrat import __version__
 from immunostrat.api.auth import Principal, confirm
@@ -30,6 +33,40 @@ from immunostrat.trial.ops import open_db
 
 SIGNING_KEY_SETTING = "jwt_signing_key"
 DEFAULT_TOKEN_MINUTES = 30.0
+
+logger = logging.getLogger("immunostrat.api")
+
+
+class ServerErrors:
+    """The last line for errors nothing else handles: logged with the traceback, answered as a JSON
+    500, and not raised further. (Starlette's own handler re-raises after answering, and the server
+    then drops the connection the client keeps alive, so the client's next request got no answer.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            logger.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if started:  # half a response is out: only closing the connection is left
+                raise
+            response = JSONResponse(
+                status_code=500, content={"detail": "internal server error (logged)", "field": None}
+            )
+            await response(scope, receive, send)
 
 
 def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -67,6 +104,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _input(_: Request, exc: InputError) -> JSONResponse:
         return JSONResponse(
             status_code=422, content={"detail": str(exc), "field": exc.field, "error": exc.as_dict()}
+        )
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(_: Request, exc: IntegrityError) -> JSONResponse:
+        # a unique key taken by a request that committed first (the checks before the write ran
+        # before it did): the same answer as when the check sees it
+        logger.info("integrity conflict: %s", exc.orig)
+        return JSONResponse(
+            status_code=409,
+            content={
+                "detail": "conflicts with a record written at the same time: read it back or retry",
+                "field": None,
+            },
         )
 
     @app.exception_handler(service.TrialError)
@@ -122,6 +172,7 @@ def create_app(
     app.state.signing_key = key
     app.state.token_minutes = minutes
     _install_error_handlers(app)
+    app.add_middleware(ServerErrors)
     app.include_router(trial_router)
     app.include_router(clinical_router)
     app.include_router(cds_router)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import polars as pl
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from immunostrat.api.auth import ALL_ROLES, Principal, require
 from immunostrat.concepts import observations_from_records
@@ -23,6 +23,9 @@ from immunostrat.sources.fhir_patient import read_fhir
 from immunostrat.trial import eligibility
 
 router = APIRouter(tags=["clinical"])
+EARLIEST_DECISION_YEAR = 1900
+"""No bedside data comes from before 1900; the bound also keeps the look-back window's arithmetic
+off the year-1 floor of Python's dates (``at`` = 0001-01-01 minus 24 hours was a server error)."""
 AnyUser = Annotated[Principal, Depends(require(*ALL_ROLES))]
 
 
@@ -53,6 +56,13 @@ class ObservationsRequest(BaseModel):
         default=None,
         description="decision time (default: the time of the request; naive times are UTC)",
     )
+
+    @field_validator("at")
+    @classmethod
+    def _plausible_at(cls, at: datetime | None) -> datetime | None:
+        if at is not None and at.year < EARLIEST_DECISION_YEAR:
+            raise ValueError(f"decision time before {EARLIEST_DECISION_YEAR}")
+        return at
 
     def decision_time(self) -> tuple[datetime, Literal["request", "caller"]]:
         """The caller's ``at`` (naive = UTC), else now: the bedside decides at the time of asking."""

@@ -12,10 +12,10 @@ import dataclasses
 import io
 import tempfile
 import zipfile
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import Field
 from sqlalchemy import select
@@ -28,6 +28,7 @@ from immunostrat.trial.export import build_export, write_export
 from immunostrat.trial.models import AuditRow, Trial, User
 from immunostrat.trial.passwords import hash_password
 from immunostrat.trial.schemas import (
+    MAX_ID,
     AdverseEventIn,
     AssessmentIn,
     OutcomeIn,
@@ -51,6 +52,9 @@ PHARMACIST = require("pharmacist")
 EXPORTERS = require("statistician", "monitor")
 
 AnyUser = Annotated[Principal, Depends(ANY)]
+# ids are 64-bit in both databases: the schema bounds them (a larger one overflowed the driver)
+TrialId = Annotated[int, Path(ge=1, le=MAX_ID, description="the trial's id")]
+ParticipantId = Annotated[int, Path(ge=1, le=MAX_ID, description="the participant's id")]
 
 
 class SiteIn(SiteSpec):
@@ -130,14 +134,14 @@ def list_trials(request: Request, principal: AnyUser) -> list[dict[str, Any]]:
 
 
 @router.get("/trials/{trial_id}", tags=["trials"])
-def get_trial(request: Request, trial_id: int, principal: AnyUser) -> dict[str, Any]:
+def get_trial(request: Request, trial_id: TrialId, principal: AnyUser) -> dict[str, Any]:
     with unit_of_work(request, principal) as (session, actor):
         return service.trial_view(session, service.trial_by_id(session, trial_id), actor)
 
 
 @router.post("/trials/{trial_id}/sites", status_code=201, tags=["trials"])
 def add_site(
-    request: Request, trial_id: int, body: SiteIn, principal: Annotated[Principal, Depends(ADMIN)]
+    request: Request, trial_id: TrialId, body: SiteIn, principal: Annotated[Principal, Depends(ADMIN)]
 ) -> dict[str, Any]:
     with unit_of_work(request, principal) as (session, actor):
         site = service.add_site(session, actor, trial_id, SiteSpec(code=body.code, name=body.name), body.seed)
@@ -146,7 +150,7 @@ def add_site(
 
 @router.post("/trials/{trial_id}/lock", tags=["trials"])
 def lock_trial(
-    request: Request, trial_id: int, principal: Annotated[Principal, Depends(ADMIN)]
+    request: Request, trial_id: TrialId, principal: Annotated[Principal, Depends(ADMIN)]
 ) -> dict[str, Any]:
     """Database lock: data entry stops and the unblinded export becomes available."""
     with unit_of_work(request, principal) as (session, actor):
@@ -158,7 +162,10 @@ def lock_trial(
 
 @router.post("/trials/{trial_id}/participants", status_code=201, tags=["participants"])
 def screen(
-    request: Request, trial_id: int, body: ScreeningIn, principal: Annotated[Principal, Depends(INVESTIGATOR)]
+    request: Request,
+    trial_id: TrialId,
+    body: ScreeningIn,
+    principal: Annotated[Principal, Depends(INVESTIGATOR)],
 ) -> dict[str, Any]:
     """Screen a patient: observations in any accepted unit, the protocol's decision with reasons."""
     with unit_of_work(request, principal) as (session, actor):
@@ -167,7 +174,7 @@ def screen(
 
 @router.get("/trials/{trial_id}/participants", tags=["participants"])
 def list_participants(
-    request: Request, trial_id: int, principal: Annotated[Principal, Depends(DATA_READERS)]
+    request: Request, trial_id: TrialId, principal: Annotated[Principal, Depends(DATA_READERS)]
 ) -> list[dict[str, Any]]:
     with unit_of_work(request, principal) as (session, actor):
         return [
@@ -178,8 +185,8 @@ def list_participants(
 @router.get("/trials/{trial_id}/participants/{participant_id}", tags=["participants"])
 def get_participant(
     request: Request,
-    trial_id: int,
-    participant_id: int,
+    trial_id: TrialId,
+    participant_id: ParticipantId,
     principal: Annotated[Principal, Depends(DATA_READERS)],
 ) -> dict[str, Any]:
     with unit_of_work(request, principal) as (session, actor):
@@ -193,8 +200,8 @@ def get_participant(
 def randomize(
     request: Request,
     response: Response,
-    trial_id: int,
-    participant_id: int,
+    trial_id: TrialId,
+    participant_id: ParticipantId,
     principal: Annotated[Principal, Depends(INVESTIGATOR)],
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> dict[str, Any]:
@@ -209,8 +216,8 @@ def randomize(
 @router.get("/trials/{trial_id}/participants/{participant_id}/allocation", tags=["randomization"])
 def get_allocation(
     request: Request,
-    trial_id: int,
-    participant_id: int,
+    trial_id: TrialId,
+    participant_id: ParticipantId,
     principal: Annotated[Principal, Depends(DATA_READERS)],
 ) -> dict[str, Any]:
     """Kit number for blinded roles; the arm too for unblinded roles (audited)."""
@@ -222,8 +229,8 @@ def get_allocation(
 @router.post("/trials/{trial_id}/participants/{participant_id}/unblind", tags=["randomization"])
 def emergency_unblind(
     request: Request,
-    trial_id: int,
-    participant_id: int,
+    trial_id: TrialId,
+    participant_id: ParticipantId,
     body: UnblindIn,
     principal: Annotated[Principal, Depends(INVESTIGATOR)],
 ) -> dict[str, Any]:
@@ -235,8 +242,8 @@ def emergency_unblind(
 @router.post("/trials/{trial_id}/participants/{participant_id}/withdraw", tags=["participants"])
 def withdraw(
     request: Request,
-    trial_id: int,
-    participant_id: int,
+    trial_id: TrialId,
+    participant_id: ParticipantId,
     body: WithdrawIn,
     principal: Annotated[Principal, Depends(INVESTIGATOR)],
 ) -> dict[str, Any]:
@@ -249,8 +256,8 @@ def withdraw(
 @router.post("/trials/{trial_id}/participants/{participant_id}/assessments", status_code=201, tags=["data"])
 def record_assessment(
     request: Request,
-    trial_id: int,
-    participant_id: int,
+    trial_id: TrialId,
+    participant_id: ParticipantId,
     body: AssessmentIn,
     principal: Annotated[Principal, Depends(INVESTIGATOR)],
 ) -> dict[str, Any]:
@@ -264,8 +271,8 @@ def record_assessment(
 @router.get("/trials/{trial_id}/participants/{participant_id}/assessments", tags=["data"])
 def list_assessments(
     request: Request,
-    trial_id: int,
-    participant_id: int,
+    trial_id: TrialId,
+    participant_id: ParticipantId,
     principal: Annotated[Principal, Depends(CLINICAL_READERS)],
 ) -> list[dict[str, Any]]:
     with unit_of_work(request, principal) as (session, actor):
@@ -276,8 +283,8 @@ def list_assessments(
 @router.put("/trials/{trial_id}/participants/{participant_id}/outcome", tags=["data"])
 def record_outcome(
     request: Request,
-    trial_id: int,
-    participant_id: int,
+    trial_id: TrialId,
+    participant_id: ParticipantId,
     body: OutcomeIn,
     principal: Annotated[Principal, Depends(INVESTIGATOR)],
 ) -> dict[str, Any]:
@@ -290,8 +297,8 @@ def record_outcome(
 )
 def record_adverse_event(
     request: Request,
-    trial_id: int,
-    participant_id: int,
+    trial_id: TrialId,
+    participant_id: ParticipantId,
     body: AdverseEventIn,
     principal: Annotated[Principal, Depends(INVESTIGATOR)],
 ) -> dict[str, Any]:
@@ -302,7 +309,7 @@ def record_adverse_event(
 
 @router.get("/trials/{trial_id}/adverse-events", tags=["data"])
 def list_adverse_events(
-    request: Request, trial_id: int, principal: Annotated[Principal, Depends(CLINICAL_READERS)]
+    request: Request, trial_id: TrialId, principal: Annotated[Principal, Depends(CLINICAL_READERS)]
 ) -> list[dict[str, Any]]:
     with unit_of_work(request, principal) as (session, actor):
         return service.list_adverse_events(session, actor, trial_id)
@@ -313,7 +320,7 @@ def list_adverse_events(
 
 @router.get("/trials/{trial_id}/randomization-list", tags=["randomization"])
 def randomization_list(
-    request: Request, trial_id: int, principal: Annotated[Principal, Depends(PHARMACIST)]
+    request: Request, trial_id: TrialId, principal: Annotated[Principal, Depends(PHARMACIST)]
 ) -> list[dict[str, Any]]:
     """The concealed list with arms (pharmacist only; every view is audited)."""
     with unit_of_work(request, principal) as (session, actor):
@@ -322,7 +329,7 @@ def randomization_list(
 
 @router.get("/trials/{trial_id}/unblindings", tags=["randomization"])
 def unblindings(
-    request: Request, trial_id: int, principal: Annotated[Principal, Depends(OVERSIGHT)]
+    request: Request, trial_id: TrialId, principal: Annotated[Principal, Depends(OVERSIGHT)]
 ) -> list[dict[str, Any]]:
     with unit_of_work(request, principal) as (session, _):
         return service.unblinding_events(session, trial_id)
@@ -331,7 +338,7 @@ def unblindings(
 @router.get("/trials/{trial_id}/export", tags=["export"])
 def export(
     request: Request,
-    trial_id: int,
+    trial_id: TrialId,
     principal: Annotated[Principal, Depends(EXPORTERS)],
     blinded: bool = True,
     format: Annotated[Literal["csv", "parquet"], Query()] = "csv",
@@ -347,7 +354,7 @@ def export(
                 raise service.Conflict("the unblinded export needs the database lock first", field="blinded")
         tables = build_export(session, actor, trial.id, blinded)
         with tempfile.TemporaryDirectory() as tmp:
-            folder = write_export(tables, Path(tmp) / "export", format)
+            folder = write_export(tables, FilePath(tmp) / "export", format)
             buffer = io.BytesIO()
             with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
                 for f in sorted(folder.iterdir()):
@@ -364,28 +371,15 @@ def export(
 def audit_rows(
     request: Request,
     principal: Annotated[Principal, Depends(OVERSIGHT)],
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    with unit_of_work(request, principal) as (session, _):
+    """The audit trail from ``after`` on; the concealed set-up is left out for the monitor."""
+    with unit_of_work(request, principal) as (session, actor):
         rows = session.scalars(
             select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(limit)
         )
-        return [
-            {
-                "seq": r.seq,
-                "at": r.at,
-                "actor": r.actor,
-                "role": r.role,
-                "action": r.action,
-                "entity": r.entity,
-                "entity_id": r.entity_id,
-                "old": r.old,
-                "new": r.new,
-                "hash": r.hash,
-            }
-            for r in rows
-        ]
+        return [service.audit_row_view(r, actor) for r in rows]
 
 
 @router.get("/audit/verify", tags=["audit"])

@@ -62,26 +62,44 @@ class FhirPatientData:
     birth_date: str | None = None
 
 
-def resources(obj: Any) -> Iterable[Mapping[str, Any]]:
+def _shaped(value: Any, kind: type, where: str, file: str | None = None, row: int | None = None) -> Any:
+    """``value`` when it is a JSON ``kind`` (object or array), empty when absent, else one InputError:
+    FHIR of the wrong shape (``entry`` or ``coding`` not an array, ``subject`` or ``code`` a string)."""
+    if value is None:
+        return [] if kind is list else {}
+    if isinstance(value, kind):
+        return value
+    expected = "a JSON object" if kind is Mapping else "a JSON array"
+    raise InputError(
+        f"FHIR element of the wrong shape: {type(value).__name__} where FHIR has {expected}",
+        file=file,
+        row=row,
+        field=where,
+        value=str(value)[:80],
+        expected=expected,
+    )
+
+
+def resources(obj: Any, where: str = "bundle") -> Iterable[Mapping[str, Any]]:
     """Every resource in a Bundle, a list, a single resource, or a mapping of prefetch results."""
     if obj is None:
         return
     if isinstance(obj, list):
-        for item in obj:
-            yield from resources(item)
+        for i, item in enumerate(obj):
+            yield from resources(item, f"{where}[{i}]")
         return
     if not isinstance(obj, Mapping):
         return
     kind = obj.get("resourceType")
     if kind == "Bundle":
-        for entry in obj.get("entry") or []:
+        for i, entry in enumerate(_shaped(obj.get("entry"), list, f"{where}.entry")):
             if isinstance(entry, Mapping):
-                yield from resources(entry.get("resource"))
+                yield from resources(entry.get("resource"), f"{where}.entry[{i}].resource")
     elif kind is not None:
         yield obj
     else:  # a prefetch mapping: key -> resource or bundle
-        for value in obj.values():
-            yield from resources(value)
+        for key, value in obj.items():
+            yield from resources(value, f"{where}.{key}")
 
 
 def _concept_for(coding: Mapping[str, Any], site_codes: SiteCodes | None) -> tuple[str, str | None] | None:
@@ -200,14 +218,22 @@ def _collect(
     body: dict[str, tuple[datetime, float]] = {}
     for row, res in items:
         kind = res.get("resourceType")
-        subject = str((res.get("subject") or {}).get("reference") or "")
+        where = f"{field_name}: {kind}/{res.get('id', '?')}"
+        subject = str(
+            _shaped(res.get("subject"), Mapping, f"{where}.subject", file, row).get("reference") or ""
+        )
         subject_id = subject.split("/")[-1] if subject else None
         if patient_id is not None and subject_id is not None and subject_id != patient_id:
             continue
         if kind == "Observation":
             if str(res.get("status") or "") in _SKIP_STATUS:
                 continue
-            codings = [x for x in (res.get("code") or {}).get("coding") or [] if isinstance(x, Mapping)]
+            code = _shaped(res.get("code"), Mapping, f"{where}.code", file, row)
+            codings = [
+                x
+                for x in _shaped(code.get("coding"), list, f"{where}.code.coding", file, row)
+                if isinstance(x, Mapping)
+            ]
             body_code = next(
                 (str(x.get("code")) for x in codings if x.get("system") == LOINC and x.get("code") in _BODY),
                 None,
@@ -250,9 +276,16 @@ def _collect(
         elif kind == "MedicationRequest":
             if str(res.get("status") or "") in _SKIP_STATUS | {"stopped", "completed"}:
                 continue
-            med = res.get("medicationCodeableConcept") or {}
+            med = _shaped(
+                res.get("medicationCodeableConcept"), Mapping, f"{where}.medicationCodeableConcept", file, row
+            )
+            med_codings = _shaped(
+                med.get("coding"), list, f"{where}.medicationCodeableConcept.coding", file, row
+            )
             names = [str(med.get("text") or "")]
-            names += [str(c.get("display") or c.get("code") or "") for c in med.get("coding") or []]
+            names += [
+                str(c.get("display") or c.get("code") or "") for c in med_codings if isinstance(c, Mapping)
+            ]
             out.medications.append(
                 {
                     "name": next((n for n in names if n), "unnamed medication"),
@@ -281,7 +314,7 @@ def read_fhir(
     The patient's ``weight_kg`` and ``height_cm`` come from the latest body weight / height
     Observation; age is taken today (the bedside).
     """
-    items: list[tuple[int | None, Mapping[str, Any]]] = [(None, r) for r in resources(obj)]
+    items: list[tuple[int | None, Mapping[str, Any]]] = [(None, r) for r in resources(obj, field_name)]
     return _collect(items, patient_id, field_name=field_name, site_codes=site_codes, file=None)
 
 
@@ -393,7 +426,8 @@ def read_fhir_file(
         if res.get("resourceType") == "Patient":
             groups[str(res.get("id") or "patient")].append((row, res))
             continue
-        reference = str((res.get("subject") or {}).get("reference") or "")
+        where = f"{res.get('resourceType')}/{res.get('id', '?')}.subject"
+        reference = str(_shaped(res.get("subject"), Mapping, where, name, row).get("reference") or "")
         if reference:
             groups.setdefault(_reference_id(reference, full_urls), []).append((row, res))
         elif len(patient_ids) == 1:

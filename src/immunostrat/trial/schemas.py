@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -21,8 +22,37 @@ Sex = Literal["F", "M", "other"]
 Factor = Literal["site", "endotype", "sex", "age_band"]
 
 
+MAX_ID = 2**31 - 1
+"""Largest row id (the id columns are 32-bit INTEGER on PostgreSQL): larger ids in paths, queries
+and bodies are refused by the schema instead of overflowing the database driver."""
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""C0 control characters but tab, line feed and carriage return: never typed, invisible when shown,
+and NUL is refused by PostgreSQL (it was a server error there and stored as is on SQLite)."""
+
+
+def check_no_control(value: Any) -> Any:
+    """``value`` unchanged when no string in it (keys included) holds a control character."""
+    if isinstance(value, str):
+        if _CONTROL.search(value):
+            raise ValueError("control characters (such as NUL) are not allowed")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_no_control(k)
+            check_no_control(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            check_no_control(v)
+    return value
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: Any) -> Any:
+        return check_no_control(value)
 
 
 class SiteSpec(_Model):
@@ -169,7 +199,7 @@ class UserIn(_Model):
     password: str = Field(min_length=8, max_length=72)
     role: Role
     site: str | None = Field(default=None, max_length=32)
-    trial_id: int | None = None
+    trial_id: int | None = Field(default=None, ge=1, le=MAX_ID)
 
 
 class UnblindIn(_Model):

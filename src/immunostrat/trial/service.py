@@ -13,9 +13,11 @@ stratum's ``next_seq`` and advances it, all in one transaction: no slot is used 
 
 from __future__ import annotations
 
+import json
 import secrets
+import unicodedata
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -29,6 +31,7 @@ from immunostrat.trial.models import (
     AdverseEvent,
     Allocation,
     Assessment,
+    AuditRow,
     EligibilityDecision,
     Kit,
     Outcome,
@@ -335,6 +338,44 @@ def trial_view(session: Session, trial: Trial, actor: Actor | None = None) -> di
     return out
 
 
+# what each audited entity's set-up rows carry that would make allocations predictable
+CONCEALED_AUDIT_KEYS = {"stratum": ("n_slots",), "kit_pool": ("kits",)}
+
+
+def audit_row_view(row: AuditRow, actor: Actor) -> dict[str, Any]:
+    """One audit row as ``actor`` may read it: the concealed set-up (block multipliers, slots per
+    stratum, kits per arm) only for the roles that see it in :func:`trial_view`. The stored row, and
+    so its hash, stays whole; ``audit verify`` checks it on the server."""
+    old, new = row.old, row.new
+    if actor.role not in UNBLINDED_ROLES | {"admin"}:
+        old, new = (_conceal(row.entity, payload) for payload in (old, new))
+    return {
+        "seq": row.seq,
+        "at": row.at,
+        "actor": row.actor,
+        "role": row.role,
+        "action": row.action,
+        "entity": row.entity,
+        "entity_id": row.entity_id,
+        "old": old,
+        "new": new,
+        "hash": row.hash,
+    }
+
+
+def _conceal(entity: str, payload: str | None) -> str | None:
+    """The row's canonical JSON without the concealed keys (rows of other entities untouched)."""
+    if payload is None or (entity not in CONCEALED_AUDIT_KEYS and entity != "trial"):
+        return payload
+    data = json.loads(payload)
+    if not isinstance(data, dict):
+        return payload
+    out = {k: v for k, v in data.items() if k not in CONCEALED_AUDIT_KEYS.get(entity, ())}
+    if entity == "trial" and isinstance(out.get("config"), dict):
+        out["config"] = {k: v for k, v in out["config"].items() if k not in CONCEALED_CONFIG}
+    return audit.canonical(out)
+
+
 # --------------------------------------------------------------------------------------------
 # users
 
@@ -424,6 +465,10 @@ def participant_by_id(
 
 
 def _next_pseudonym(session: Session, trial: Trial, site: Site) -> str:
+    """The site's next free ``<site>-<nnnn>``. The site row is locked first (FOR NO KEY UPDATE on
+    PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers) so that two screenings at the
+    same site cannot both count the same number; the lock is held until the participant is written."""
+    session.scalars(select(Site.id).where(Site.id == site.id).with_for_update(key_share=True)).one()
     n = session.scalar(
         select(func.count())
         .select_from(Participant)
@@ -794,7 +839,11 @@ def randomize(
             .with_for_update()
         ).first()
         if kit is None:
-            raise Conflict(f"no kits left for arm {choice.arm}", field="participant_id")
+            # the arm stays out of the message: naming it would unblind whoever reads it
+            raise Conflict(
+                "the kit pool cannot serve this allocation: the pharmacist must restock it",
+                field="participant_id",
+            )
         stratum_id = None
         details = {
             "levels": levels,
@@ -869,13 +918,67 @@ def get_allocation(session: Session, actor: Actor, trial_id: int, participant_id
     return _result(session, alloc, p, replayed=False)
 
 
+UNBLINDING_REASON_MIN_CHARS = 10
+UNBLINDING_REASON_MIN_DISTINCT = 4
+UNBLINDING_FLAG_COUNT = 3
+UNBLINDING_FLAG_WINDOW = timedelta(days=7)
+"""Oversight policy, not a clinical number: emergency unblinding is meant to be rare (ICH E9 asks
+that every break of the blind be documented and explained); the third by one user in one trial
+within seven days is flagged for the monitor. Unblinding is never refused for it."""
+
+
+def visible_reason(reason: str) -> str:
+    """The reason as a reader sees it: NFKC, format characters (zero-width spaces, BOM) and controls
+    dropped, white space collapsed; InputError unless it says something (at least 10 characters,
+    4 different letters or digits)."""
+    shown = "".join(
+        " " if ch.isspace() else ch
+        for ch in unicodedata.normalize("NFKC", reason)
+        if unicodedata.category(ch) not in ("Cf", "Cc", "Cs", "Co", "Cn") or ch.isspace()
+    )
+    shown = " ".join(shown.split())
+    distinct = {ch.casefold() for ch in shown if ch.isalnum()}
+    if len(shown) < UNBLINDING_REASON_MIN_CHARS or len(distinct) < UNBLINDING_REASON_MIN_DISTINCT:
+        raise InputError(
+            "the reason must say why the blind is broken",
+            field="reason",
+            value=shown[:40],
+            expected=f"at least {UNBLINDING_REASON_MIN_CHARS} visible characters with "
+            f"{UNBLINDING_REASON_MIN_DISTINCT} different letters or digits",
+        )
+    return shown
+
+
+def _unblinding_flag(count: int) -> str | None:
+    if count < UNBLINDING_FLAG_COUNT:
+        return None
+    return f"{count} emergency unblindings by this user in {UNBLINDING_FLAG_WINDOW.days} days"
+
+
+def _recent_unblindings(session: Session, trial: Trial, username: str, until: datetime) -> int:
+    """How many unblindings ``username`` did in ``trial`` in the flag window up to ``until``."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(UnblindingEvent)
+            .join(Participant, Participant.id == UnblindingEvent.participant_id)
+            .where(
+                Participant.trial_id == trial.id,
+                UnblindingEvent.username == username,
+                UnblindingEvent.at > until - UNBLINDING_FLAG_WINDOW,
+                UnblindingEvent.at <= until,
+            )
+        )
+        or 0
+    )
+
+
 def emergency_unblind(
     session: Session, actor: Actor, trial_id: int, participant_id: int, reason: str
 ) -> dict[str, Any]:
-    """Reveal one participant's arm for patient safety; the reason is required and audited."""
-    reason = reason.strip()
-    if len(reason) < 10:
-        raise InputError("a reason of at least 10 characters is required", field="reason", value=reason)
+    """Reveal one participant's arm for patient safety; a visible reason is required; the event is
+    audited and flagged when the same user unblinds often (:data:`UNBLINDING_FLAG_COUNT`)."""
+    reason = visible_reason(reason)
     trial = trial_by_id(session, trial_id)
     p = participant_by_id(session, trial, participant_id, actor)
     alloc = session.scalars(select(Allocation).where(Allocation.participant_id == p.id)).one_or_none()
@@ -886,14 +989,11 @@ def emergency_unblind(
     )
     session.add(event)
     session.flush()
-    audit.append(
-        session,
-        actor,
-        "emergency_unblind",
-        "allocation",
-        alloc.id,
-        new={"participant": p.pseudonym, "reason": reason, "unblinding_event": event.id},
-    )
+    flag = _unblinding_flag(_recent_unblindings(session, trial, actor.username, event.at))
+    entry: dict[str, Any] = {"participant": p.pseudonym, "reason": reason, "unblinding_event": event.id}
+    if flag is not None:
+        entry["flag"] = flag
+    audit.append(session, actor, "emergency_unblind", "allocation", alloc.id, new=entry)
     decision = latest_decision(session, p.id)
     active = alloc.arm != trial.control_arm
     return {
@@ -905,6 +1005,8 @@ def emergency_unblind(
         "unblinded_by": actor.username,
         "unblinded_at": as_utc(event.at),
         "reason": reason,
+        "flagged": flag is not None,
+        "flag": flag,
     }
 
 
@@ -925,8 +1027,11 @@ def unblinding_events(session: Session, trial_id: int) -> list[dict[str, Any]]:
             "role": e.role,
             "reason": e.reason,
             "at": as_utc(e.at),
+            "flagged": flag is not None,
+            "flag": flag,
         }
         for e, pseudonym in rows
+        for flag in [_unblinding_flag(_recent_unblindings(session, trial, e.username, e.at))]
     ]
 
 
