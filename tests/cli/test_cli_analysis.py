@@ -62,3 +62,57 @@ def test_published_lists_and_reproduces() -> None:
     assert table.exit_code == 0 and "Newcombe" in table.stdout
     bad = runner.invoke(app, ["published", "nope"])
     assert bad.exit_code == 2
+
+
+def test_published_prints_p_values_matching_test_notes_and_full_title() -> None:
+    immunosep = runner.invoke(app, ["published", "immunosep-jama-2025"], env={"COLUMNS": "200"})
+    assert immunosep.exit_code == 0, immunosep.output
+    text = immunosep.stdout
+    assert "e2524175" in text  # the end of the citation: nothing cut at 100 characters
+    assert "P, fisher" in text and "(the paper's test)" in text
+    assert "test matching the printed P" in text
+    assert "No standard 2x2 test gives .04" in text  # the MALS note
+    sepcell = runner.invoke(app, ["published", "sepcell-jcc-2024"], env={"COLUMNS": "200"})
+    assert sepcell.exit_code == 0 and "13/15, 26/30" in sepcell.stdout and "12.2 days" in sepcell.stdout
+    sle = runner.invoke(app, ["published", "sle-secretome-narra-2025"], env={"COLUMNS": "200"})
+    assert sle.exit_code == 0 and "fell more with secretome than placebo" in sle.stdout
+
+
+SIZE_PROPORTIONS = ["design", "samplesize", "proportions", "--p-control", "0.2", "--p-treated", "0.4"]
+
+
+def test_samplesize_prints_achieved_power_and_takes_an_allocation_ratio() -> None:
+    res = runner.invoke(
+        app,
+        [
+            "design",
+            "samplesize",
+            "proportions",
+            "--p-control",
+            "0.2",
+            "--p-treated",
+            "0.4",
+            "--ratio",
+            "2",
+            "--method",
+            "normal",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    # rpact getSampleSizeRates(0.4, 0.2, allocationRatioPlanned = 2): 163.75 + 81.88 -> 164 + 82
+    assert "164 + 82 = 246" in res.stdout and "achieved power" in res.stdout
+    bad = runner.invoke(
+        app,
+        [
+            "design",
+            "samplesize",
+            "proportions",
+            "--p-control",
+            "0.2",
+            "--p-treated",
+            "0.4",
+            "--method",
+            "wald",
+        ],
+    )
+    assert bad.exit_code == 2

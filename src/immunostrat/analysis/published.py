@@ -94,6 +94,8 @@ def reproduce_binary(item: dict[str, Any]) -> dict[str, Any]:
         out["p_printed"] = pub_p["printed"]
         out["p_matching_tests"] = matching
         out["p_expected_test"] = item.get("matching_test")
+    if item.get("note"):
+        out["note"] = " ".join(str(item["note"]).split())
     return out
 
 
@@ -153,7 +155,12 @@ def reproduce_ordinal(item: dict[str, Any]) -> dict[str, Any]:
 def reproduce(pub_id: str) -> dict[str, Any]:
     """Every recomputable number of one published record, ours beside the printed one."""
     rec = load_published(pub_id)
-    out: dict[str, Any] = {"id": pub_id, "citation": rec["citation"], "items": []}
+    out: dict[str, Any] = {
+        "id": pub_id,
+        "trial": rec.get("trial", pub_id),
+        "citation": " ".join(str(rec["citation"]).split()),
+        "items": [],
+    }
     for item in rec.get("binary", []):
         out["items"].append(reproduce_binary(item))
     for item in rec.get("ordinal", []):
@@ -175,7 +182,72 @@ def reproduce(pub_id: str) -> dict[str, Any]:
                 "note": item.get("note"),
             }
         )
+    flow_n = _treated_flow_n(rec)
+    for item in rec.get("percentages", []):
+        candidates = {
+            arm: candidate_fractions(float(item[arm]), flow_n[arm]) if arm in flow_n else []
+            for arm in ("treated", "control")
+        }
+        out["items"].append(
+            {
+                "id": item["id"],
+                "label": item.get("label", item["id"].replace("_", " ")),
+                "checks": [],
+                "printed": {arm: item[arm] for arm in ("treated", "control")},
+                "unit": item.get("unit", "percent"),
+                "candidates": {arm: [f"{x}/{n}" for x, n in c] for arm, c in candidates.items()},
+                "note": item.get("note")
+                or (
+                    "no counts published; x/n below the treated numbers that round to the printed value"
+                    if any(candidates.values())
+                    else "no x/n up to the treated numbers rounds to it (probably a Kaplan-Meier estimate)"
+                ),
+            }
+        )
+    for item in rec.get("means", []):
+        out["items"].append(
+            {
+                "id": item["id"],
+                "label": item.get("label", item["id"].replace("_", " ")),
+                "checks": [],
+                "printed": {arm: item[arm] for arm in ("treated", "control")},
+                "unit": item.get("unit"),
+                "note": item.get("note") or "means only (no SD or n published): nothing to recompute",
+            }
+        )
+    for item in rec.get("hazard_ratios", []):
+        out["items"].append(
+            {
+                "id": item["id"],
+                "label": item.get("label", item["id"].replace("_", " ")),
+                "checks": [],
+                "printed": {"hazard ratio": f"{item['estimate']} ({item['ci'][0]} to {item['ci'][1]})"},
+                "note": item.get("note"),
+            }
+        )
+    for item in rec.get("results", []):
+        out["items"].append(
+            {
+                "id": item["measure"],
+                "label": item["measure"].replace("_", " "),
+                "checks": [],
+                "printed": {"result": item.get("direction"), "P": item.get("p_value")},
+                "note": "qualitative result only: per-arm values are not published",
+            }
+        )
+    if "conclusion" in rec:
+        out["conclusion"] = rec["conclusion"]
     return dict(stats._clean(out))
+
+
+def _treated_flow_n(rec: dict[str, Any]) -> dict[str, int]:
+    """Per-arm numbers from the record's flow (treated, else randomized), for denominators."""
+    flow = rec.get("flow", {})
+    for key in ("treated", "randomized", "analysed"):
+        arms = flow.get(key)
+        if isinstance(arms, dict) and isinstance(arms.get("treated"), int):
+            return {arm: int(arms[arm]) for arm in ("treated", "control") if isinstance(arms.get(arm), int)}
+    return {}
 
 
 def candidate_fractions(percent: float, n_max: int, decimals: int = 1) -> list[tuple[int, int]]:

@@ -115,20 +115,66 @@ def published(
             )
         )
         raise AssertionError from error  # unreachable: _fail exits
-    table = Table(title=result["citation"][:100])
+    out.print(f"[bold]{result['trial']}[/]: {result['citation']}", soft_wrap=True, highlight=False)
+    table = Table()
     for col in ("item", "quantity", "ours", "printed", "match"):
         table.add_column(col, overflow="fold")
+    notes: list[str] = []
     for item in result["items"]:
-        for check in item.get("checks", []):
-            ours = check["ours"]
-            table.add_row(
-                item.get("label", item["id"]),
+        label = item.get("label", item["id"])
+        for row in _published_rows(item):
+            table.add_row(label, *row)
+        if item.get("note"):
+            notes.append(f"{label}: {item['note']}")
+    out.print(table)
+    for note in notes:
+        out.print(f"note - {note}", soft_wrap=True, highlight=False)
+    if result.get("conclusion"):
+        out.print(f"conclusion (as published): {result['conclusion']}", soft_wrap=True, highlight=False)
+
+
+def _published_rows(item: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Table rows of one published item: every recomputed number, then its P values (the one the
+    paper's test gives, and which tests match the printed P), then what was printed only."""
+    from immunostrat.analysis.report import fmt_p
+
+    rows: list[tuple[str, str, str, str]] = []
+    for check in item.get("checks", []):
+        ours = check["ours"]
+        rows.append(
+            (
                 check["what"],
                 f"{ours:.4g}" if isinstance(ours, float) else str(ours),
                 str(check["printed"]),
                 "yes" if check["match"] else "NO",
             )
-    out.print(table)
+        )
+    p_values = item.get("p_values") or {}
+    if p_values:
+        matching = item.get("p_matching_tests") or []
+        expected = item.get("p_expected_test")
+        for test, p in p_values.items():
+            if p is None:
+                continue
+            mark = "yes" if test in matching else "no"
+            if test == expected:
+                mark += " (the paper's test)"
+            rows.append((f"P, {test.replace('_', ' ')}", f"{p:.4f} ({fmt_p(p)})", item["p_printed"], mark))
+        rows.append(
+            (
+                "test matching the printed P",
+                ", ".join(t.replace("_", " ") for t in matching) or "none",
+                item["p_printed"],
+                "yes" if matching else "NO",
+            )
+        )
+    for what, printed in (item.get("printed") or {}).items():
+        unit = f" {item['unit']}" if item.get("unit") and item["unit"] != "percent" else ""
+        shown = f"{printed}{'%' if item.get('unit') == 'percent' else unit}"
+        cands = (item.get("candidates") or {}).get(what)
+        ours = ("x/n: " + ", ".join(cands)) if cands else ("no x/n" if cands is not None else "-")
+        rows.append((what, ours, shown, "printed only"))
+    return rows
 
 
 @samplesize_app.command("proportions")
@@ -139,12 +185,30 @@ def samplesize_proportions(
     power: Annotated[float, typer.Option(help="Power.")] = 0.9,
     dropout: Annotated[float, typer.Option(help="Drop-out fraction to allow for.")] = 0.0,
     method: Annotated[str, typer.Option(help="fisher-exact | normal | normal-cc | arcsine")] = "fisher-exact",
+    ratio: Annotated[float, typer.Option(help="Treated participants per control participant.")] = 1.0,
 ) -> None:
     """Two proportions (default: exact Fisher power, as ImmunoSep's 117 per arm)."""
     from immunostrat.analysis import sample_size_two_proportions
 
+    if method not in ("fisher-exact", "normal", "normal-cc", "arcsine"):
+        fail(
+            InputError(
+                "unknown method",
+                field="--method",
+                value=method,
+                expected="fisher-exact, normal, normal-cc or arcsine",
+            )
+        )
     try:
-        result = sample_size_two_proportions(p_treated, p_control, alpha, power, dropout, method)
+        result = sample_size_two_proportions(
+            p_treated,
+            p_control,
+            alpha,
+            power,
+            dropout,
+            method,
+            ratio=ratio,
+        )
     except ValueError as error:
         fail(error)
     typer.echo(result.text())
