@@ -289,12 +289,15 @@ def assign_to_stays(
     subject: str,
     before: timedelta = timedelta(0),
     after: timedelta = timedelta(0),
+    every_stay: bool = False,
 ) -> pl.DataFrame:
     """Give each event (``subject``, ``time``, ``_rid``) the ICU stay of that subject it falls in.
 
     A window runs from ``before`` ahead of ICU admission to ``after`` past discharge. An event inside
-    a stay belongs to it; otherwise to the stay whose admission it precedes most closely. Events in
-    no window are left out (the caller counts them).
+    a stay belongs to it; otherwise to the stay whose admission it precedes most closely. With
+    ``every_stay`` an event belongs to every stay whose window holds it (one row per stay; mimic-code's
+    suspicion_of_infection.sql likewise gives each ICU stay a copy of the hospitalization's
+    prescriptions). Events in no window are left out (the caller counts them).
     """
     windows = stays.select(
         pl.col("patient_id").alias(subject), "stay_id", pl.col("icu_intime"), pl.col("icu_outtime")
@@ -303,6 +306,8 @@ def assign_to_stays(
         (pl.col("time") >= pl.col("icu_intime") - before)
         & (pl.col("icu_outtime").is_null() | (pl.col("time") <= pl.col("icu_outtime") + after))
     )
+    if every_stay:
+        return joined.drop("icu_intime", "icu_outtime")
     inside = (pl.col("time") >= pl.col("icu_intime")) & (
         pl.col("icu_outtime").is_null() | (pl.col("time") <= pl.col("icu_outtime"))
     )

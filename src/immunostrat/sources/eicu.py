@@ -123,4 +123,19 @@ def load_eicu(path: str | Path, *, mapping: str | None = None) -> SourceData:
         "apacheApsVar day-1 worst values are used only for stays with no other row of the concept, "
         "timed at 24 h after unit admission"
     )
-    return collector.build()
+    return collector.build({"care_sites": care_sites(root)})
+
+
+def care_sites(root: Path) -> pl.DataFrame:
+    """Each stay's hospital (patient.hospitalid): eICU hospitals differ in what they chart (most record
+    no microLab rows), so Sepsis-3 is assessable per hospital, not per database."""
+    path = find_table(root, "patient")
+    assert path is not None  # build_stays has already required it
+    lazy = scan_table(path)
+    if "hospitalid" not in lazy.collect_schema().names():
+        return pl.DataFrame(schema={"stay_id": pl.String, "care_site": pl.String})
+    frame = lazy.select("patientunitstayid", "hospitalid").collect()
+    return frame.select(
+        pl.col("patientunitstayid").cast(pl.String).alias("stay_id"),
+        pl.col("hospitalid").cast(pl.String).alias("care_site"),
+    ).sort("stay_id")

@@ -36,7 +36,26 @@ class TableSpec(BaseModel):
     before_hours: float = 0.0  # rows up to this long before ICU admission count for the stay
     after_hours: float = 0.0  # ... and after ICU discharge
     time_kind: str = "datetime"  # datetime | offset_minutes (eICU: minutes from unit admission)
+    # subject_column tables: a row reaches every stay whose window holds it (not only the nearest),
+    # e.g. a culture drawn in one stay also lies in the next stay's 72-h look-back
+    every_stay: bool = False
     note: str = ""
+
+
+class RelatedRows(BaseModel):
+    """Rows of the same table that must exist for an entry's row to count, joined on ``key`` (e.g. a
+    blood-gas value counts only when its specimen's type row says arterial)."""
+
+    model_config = ConfigDict(extra="forbid")
+    key: str
+    where: dict[str, list[str]] = Field(default_factory=dict)
+    match: dict[str, str] = Field(default_factory=dict)
+    reason: str  # why a row without the related row is not kept (counted under this reason)
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _texts(cls, value: dict[str, Any]) -> dict[str, list[str]]:
+        return {k: [str(x) for x in (v if isinstance(v, list) else [v])] for k, v in (value or {}).items()}
 
 
 class ConceptEntry(BaseModel):
@@ -59,6 +78,7 @@ class ConceptEntry(BaseModel):
     weight_column: str | None = None  # per-row body weight (kg) for per-minute drug rates
     missing_values: list[float] = Field(default_factory=list)  # sentinels meaning "not measured"
     fill_missing_stays: bool = False  # fallback: used only for stays with no other row of the concept
+    requires: RelatedRows | None = None  # a related row of the same table that must exist
     callback: str | None = None  # small named transformation (see the adapter's CALLBACKS)
     options: dict[str, Any] = Field(default_factory=dict)  # callback options
 

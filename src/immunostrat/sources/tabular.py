@@ -102,7 +102,18 @@ def _entry_columns(entry: ConceptEntry) -> set[str]:
         if name:
             cols.add(name)
     cols.update(entry.options.get("columns", []))
+    if entry.requires is not None:
+        cols.update({entry.requires.key, *entry.requires.where, *entry.requires.match})
     return cols
+
+
+def _related_filter(entry: ConceptEntry) -> pl.Expr:
+    """The rows an entry's ``requires`` names (e.g. the specimen-type rows of a blood gas)."""
+    assert entry.requires is not None
+    related = entry.model_copy(
+        update={"where": entry.requires.where, "match": entry.requires.match, "exclude": {}}
+    )
+    return _entry_filter(related)
 
 
 def read_tables(ctx: TabularContext) -> None:
@@ -164,6 +175,8 @@ def _load_table(
     for entry in entries:
         if _entry_columns(entry) <= set(names):
             condition = condition | _entry_filter(entry)
+            if entry.requires is not None:
+                condition = condition | _related_filter(entry)
     if "source_row" not in names:
         lazy = lazy.with_row_index("source_row", offset=1)
     present = [c for c in present if c != "source_row"]
@@ -181,6 +194,17 @@ def _read_entry(
     if rows.height == 0:
         col.mapped[concept].append(label)
         return
+    if entry.requires is not None:
+        key = entry.requires.key
+        keys = table.filter(_related_filter(entry)).select(pl.col(key).cast(pl.String)).unique()
+        related = rows.with_columns(pl.col(key).cast(pl.String).alias("_related_key"))
+        kept = related.filter(pl.col("_related_key").is_in(keys[key].implode()))
+        col.skip(concept, label, entry.requires.reason, rows.height - kept.height)
+        rows = kept.drop("_related_key")
+    # raw text columns a callback reads after the value column has replaced them (e.g. GCS "ETT")
+    rows = rows.with_columns(
+        [pl.col(c).cast(pl.String).alias(f"_text_{c}") for c in entry.options.get("keep_text", [])]
+    )
     # Value: a column (text or number) or a constant.
     if entry.constant is not None:
         value = pl.lit(entry.constant).cast(pl.String)
@@ -236,8 +260,14 @@ def _read_entry(
             subject="_subject",
             before=timedelta(hours=spec.before_hours),
             after=timedelta(hours=spec.after_hours),
+            every_stay=spec.every_stay,
         ).drop("time", "_rid", "_subject")
-        col.skip(concept, label, "outside every ICU stay window", rows.height - assigned.height)
+        col.skip(
+            concept,
+            label,
+            "outside every ICU stay window",
+            rows.height - assigned["source_row"].n_unique() if assigned.height else rows.height,
+        )
         rows = assigned
     if spec.time_kind == "offset_minutes":
         rows = _offset_times(rows, entry, stays)
@@ -308,11 +338,21 @@ def gcs_sum(frame: pl.DataFrame, entry: ConceptEntry) -> pl.DataFrame:
     first component's source row.
     """
     component = str(entry.options.get("component", "itemid"))
-    grouped = frame.with_columns(pl.col("value").cast(pl.Float64, strict=False).alias("_v")).group_by(
-        "stay_id", "time"
+    unable = entry.options.get("unable_text")
+    text = f"_text_{entry.options.get('unable_column', 'value')}"
+    flagged = (
+        pl.col(text).str.contains(str(unable)).fill_null(False)
+        if unable and text in frame.columns
+        else pl.lit(False)
     )
+    grouped = frame.with_columns(
+        pl.col("value").cast(pl.Float64, strict=False).alias("_v"), flagged.alias("_unable")
+    ).group_by("stay_id", "time")
     sums = grouped.agg(
-        pl.col("_v").sum().alias("_sum"),
+        # a verbal response not testable because of the tube: the GCS before sedation is presumed
+        # normal, 15 (mimic-code gcs.sql: "No Response-ETT" -> verbal 0 -> GCS 15; ricu gcs
+        # sed_impute = "max"; SAPS II and Vincent 1996 score the GCS without sedation)
+        pl.when(pl.col("_unable").any()).then(pl.lit(15.0)).otherwise(pl.col("_v").sum()).alias("_sum"),
         pl.col(component).n_unique().alias("_n"),
         pl.len().alias("_rows"),
         pl.col("source_row").min(),
@@ -346,9 +386,13 @@ def unit_from_name(frame: pl.DataFrame, entry: ConceptEntry) -> pl.DataFrame:
     """The unit written in brackets at the end of a name, e.g. "Norepinephrine (mcg/min)"."""
     column = str(entry.options.get("column", "drugname"))
     unit = pl.col(column).str.extract(r"\(([^()]*)\)\s*$", 1).str.strip_chars()
-    return frame.with_columns(
-        pl.when(unit.is_not_null() & (unit != "")).then(unit).otherwise(None).alias("unit")
-    )
+    named = pl.when(unit.is_not_null() & (unit != "")).then(unit).otherwise(None)
+    zero_unit = entry.options.get("zero_unit")
+    if zero_unit:
+        # a charted rate of 0 is a stopped infusion in any unit ("ml/hr", "()"): kept, so the stop counts
+        stopped = pl.col("value").cast(pl.Float64, strict=False) == 0
+        named = pl.when(stopped.fill_null(False)).then(pl.lit(str(zero_unit))).otherwise(named)
+    return frame.with_columns(named.alias("unit"))
 
 
 SHARED_CALLBACKS: dict[str, Callback] = {
