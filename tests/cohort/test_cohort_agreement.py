@@ -45,3 +45,20 @@ def test_confusion_matrix_and_onset_difference() -> None:
     assert result["onset_pairs"] == 1
     assert result["median_proxy_minus_label_hours"] == pytest.approx(1.0)
     assert "sensitivity 50.0%" in format_agreement(result)
+
+
+def test_stays_without_any_laboratory_input_are_not_assessable() -> None:
+    rows = [
+        # a: platelets charted, partial SOFA 2 -> counted; e: vital signs only -> not assessable
+        {"stay_id": "a", "time": T0, "sofa_total": 2, "platelets": 120.0},
+        {"stay_id": "e", "time": T0, "sofa_total": 2, "platelets": None},
+    ]
+    hourly = pl.DataFrame(rows, schema_overrides={"platelets": pl.Float64})
+    onset = pl.DataFrame(
+        {"stay_id": ["a", "e"], "sepsis_label_any": [False, False], "sepsis_onset_time": [None, None]},
+        schema_overrides={"sepsis_onset_time": pl.Datetime("us", "UTC")},
+    )
+    result = label_agreement(hourly, onset)
+    assert result["stays"] == 1 and result["false_positive"] == 1 and result["not_assessable_stays"] == 1
+    assert result["proxy"].startswith("partial SOFA >= 2 at any hour")
+    assert "not assessable: 1 stays" in format_agreement(result)

@@ -6,13 +6,14 @@ grid hour 09:00 is hour 0, hour k is 09:00 + k h and summarises (T - 24 h, T]).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 from cohorttools import T0, at
 
-from immunostrat.cohort import build_cohort, format_summary
+from immunostrat.cohort import build_cohort, cohort_summary, format_summary
 from immunostrat.concepts import CANONICAL_SCHEMA
 from immunostrat.sources import STAYS_SCHEMA, SourceData
 
@@ -265,14 +266,33 @@ def test_not_assessable_per_care_site(request: pytest.FixtureRequest, engine: st
     assert r.summary["sepsis3_not_assessable_stays"] == 2  # site_b and outside_only
 
 
-def test_dropped_rows_in_summary() -> None:
-    r = build_cohort(_source())
+def test_dropped_rows_in_summary(tmp_path: Path) -> None:
+    r = build_cohort(_source(), output_dir=tmp_path / "cohort")
     assert r.summary["dropped_rows"] == [
         {"concept": "norepinephrine_rate", "table": "infusiondrug", "reason": "unit: ml/hr", "rows": 7},
         {"concept": "pao2", "table": "lab", "reason": "outside the plausible range", "rows": 2},
     ]
     text = format_summary(r.summary)
     assert "rows not kept (9)" in text and "norepinephrine_rate: 7 unit: ml/hr (infusiondrug)" in text
+    shown = cohort_summary(tmp_path / "cohort")
+    assert "norepinephrine_rate: 7 unit: ml/hr" in shown.text()
+    page = (tmp_path / "cohort" / "summary.html").read_text(encoding="utf-8")
+    assert "<td>norepinephrine_rate</td><td>7</td><td>unit: ml/hr</td>" in page
+
+
+def test_mortality_not_in_the_source_is_not_zero(hand_result: Any) -> None:
+    # no stay of the rules source records a death or a discharge: no follow-up, not "no deaths"
+    r = built_duckdb_default()
+    assert r.summary["mortality_28d_known"] is False and r.summary["mortality_28d_by_endotype"] == {}
+    assert "28-day mortality by first known endotype: not in the source" in format_summary(r.summary)
+    assert hand_result.summary["mortality_28d_known"] is True  # the hand source records deaths
+
+
+def built_duckdb_default() -> Any:
+    key = ("duckdb", None, None)
+    if key not in _BUILDS:
+        _BUILDS[key] = build_cohort(_source())
+    return _BUILDS[key]
 
 
 def test_unknown_rule_names_fail() -> None:

@@ -90,6 +90,13 @@ def summarise(
                     "detail": status.detail if status is not None else "no observations in this source",
                 }
             )
+    # a source with no death and no discharge recorded for any stay has no follow-up: mortality is
+    # not in it (PhysioNet 2019), which is not the same as "no deaths"
+    mortality_known = bool(
+        stays_out.height == 0
+        or stays_out["death_time"].is_not_null().any()
+        or stays_out["hospital_discharge_time"].is_not_null().any()
+    )
     septic_n = int(stays_out["sepsis3"].sum())
     # source level: the source holds the events the suspicion rule needs (per stay: sepsis3_reason)
     source_level = sepsis3.filter(~pl.col("sepsis3_reason").str.contains("^not assessable: source has no"))
@@ -118,7 +125,10 @@ def summarise(
         ),
         "missing_concepts": missing,
         "dropped_rows": _dropped_rows(dropped),
-        "mortality_28d_by_endotype": {
+        "mortality_28d_known": mortality_known,
+        "mortality_28d_by_endotype": {}
+        if not mortality_known
+        else {
             row["first_endotype"]: {
                 "stays": int(row["stays"]),
                 "deaths": int(row["deaths"]),
@@ -180,8 +190,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in summary["endotype_first_known"].items()),
         "endotype (ever, stays): " + ", ".join(f"{k} {v}" for k, v in summary["endotype_stays_ever"].items()),
         "28-day mortality by first known endotype: "
-        + ", ".join(
-            f"{k} {v['deaths']}/{v['stays']}" for k, v in summary["mortality_28d_by_endotype"].items()
+        + (
+            ", ".join(
+                f"{k} {v['deaths']}/{v['stays']}" for k, v in summary["mortality_28d_by_endotype"].items()
+            )
+            if summary.get("mortality_28d_known", True)
+            else "not in the source (no death or discharge recorded for any stay)"
         ),
     ]
     rules = summary.get("rules") or {}
@@ -307,11 +321,25 @@ def cohort_summary(output_dir: str | Path) -> CohortSummary:
         "<title>immunostrat cohort summary</title></head><body>"
         f"<h1>Cohort summary</h1><pre>{_escape(format_summary(summary))}</pre>"
         + "".join(parts)
+        + _dropped_table(summary.get("dropped_rows") or [])
         + "</body></html>"
     )
     figures.append(folder / "summary.html")
     figures[-1].write_text(html, encoding="utf-8")
     return CohortSummary(summary=summary, figures=figures)
+
+
+def _dropped_table(dropped: list[dict[str, Any]]) -> str:
+    """The rows the source adapter read but did not keep, as an HTML table."""
+    if not dropped:
+        return "<h2>Rows not kept</h2><p>none</p>"
+    head = "<tr><th>concept</th><th>rows</th><th>reason</th><th>table</th></tr>"
+    body = "".join(
+        f"<tr><td>{_escape(d['concept'])}</td><td>{d['rows']}</td><td>{_escape(d['reason'])}</td>"
+        f"<td>{_escape(d['table'])}</td></tr>"
+        for d in dropped
+    )
+    return f"<h2>Rows not kept, by concept and reason</h2><table>{head}{body}</table>"
 
 
 def _escape(text: str) -> str:
