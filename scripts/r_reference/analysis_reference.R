@@ -215,6 +215,63 @@ tables <- list(
 out$unconditional_2x2 <- lapply(tables, function(t) c(list(counts = t), unconditional(t[1], t[2], t[3], t[4])))
 
 # ---------------------------------------------------------------------------------------------
+# Cochran-Mantel-Haenszel, Breslow-Day, treatment-by-stratum interaction
+
+# Breslow-Day statistic from its definition (Breslow & Day 1980, 4.30), with Tarone's correction
+# (Tarone 1985), as DescTools::BreslowDayTest computes it (DescTools is not packaged by Debian)
+breslow_day <- function(tab) {
+  or_mh <- mantelhaen.test(tab)$estimate[[1]]
+  k <- dim(tab)[3]
+  stat <- 0; sum_diff <- 0; sum_var <- 0
+  for (j in seq_len(k)) {
+    t <- tab[, , j]
+    m1 <- sum(t[1, ]); n1 <- sum(t[, 1]); tot <- sum(t)
+    a_obs <- t[1, 1]
+    lo <- max(0, n1 - (tot - m1)); hi <- min(m1, n1)
+    f <- function(a) a * (tot - m1 - n1 + a) / ((m1 - a) * (n1 - a)) - or_mh
+    a_exp <- uniroot(f, c(lo + 1e-12, hi - 1e-12), tol = 1e-14)$root
+    v <- 1 / (1 / a_exp + 1 / (m1 - a_exp) + 1 / (n1 - a_exp) + 1 / (tot - m1 - n1 + a_exp))
+    stat <- stat + (a_obs - a_exp)^2 / v
+    sum_diff <- sum_diff + (a_obs - a_exp); sum_var <- sum_var + v
+  }
+  tarone <- stat - sum_diff^2 / sum_var
+  list(chi2 = stat, p = pchisq(stat, k - 1, lower.tail = FALSE),
+       tarone_chi2 = tarone, tarone_p = pchisq(tarone, k - 1, lower.tail = FALSE))
+}
+
+cmh_case <- function(strata) {
+  k <- length(strata)
+  tab <- array(0, c(2, 2, k))
+  for (j in seq_len(k)) {
+    s <- strata[[j]]
+    tab[, , j] <- matrix(c(s[1], s[2] - s[1], s[3], s[4] - s[3]), 2, byrow = TRUE)
+  }
+  mh <- mantelhaen.test(tab)
+  mh_plain <- mantelhaen.test(tab, correct = FALSE)
+  rows <- do.call(rbind, lapply(seq_len(k), function(j) {
+    s <- strata[[j]]
+    data.frame(stratum = names(strata)[j],
+               treated = c(rep(1, s[2]), rep(0, s[4])),
+               outcome = c(rep(1, s[1]), rep(0, s[2] - s[1]), rep(1, s[3]), rep(0, s[4] - s[3])))
+  }))
+  full <- glm(outcome ~ treated * stratum, family = binomial, data = rows)
+  main <- glm(outcome ~ treated + stratum, family = binomial, data = rows)
+  lrt <- anova(main, full, test = "LRT")
+  bd <- breslow_day(tab)
+  list(strata = strata, mh_or = mh$estimate[[1]], ci = unname(mh$conf.int[1:2]),
+       cmh_chi2 = unname(mh$statistic), p = mh$p.value,
+       cmh_chi2_uncorrected = unname(mh_plain$statistic), p_uncorrected = mh_plain$p.value,
+       breslow_day_chi2 = bd$chi2, breslow_day_p = bd$p,
+       breslow_day_tarone_chi2 = bd$tarone_chi2, breslow_day_tarone_p = bd$tarone_p,
+       interaction_lr_chi2 = lrt$Deviance[2], interaction_p = lrt[["Pr(>Chi)"]][2])
+}
+
+out$cmh <- list(
+  immunosep_sofa_day9_by_stratum = cmh_case(list(MALS = c(12, 25, 4, 23), immunoparalysis = c(34, 106, 22, 122))),
+  three_strata_heterogeneous = cmh_case(list(a = c(20, 40, 10, 40), b = c(15, 50, 14, 45), c = c(5, 30, 12, 32)))
+)
+
+# ---------------------------------------------------------------------------------------------
 # sample size
 
 # repeated measures: mean of k visits with compound symmetry = a two-sample t test on the mean

@@ -177,3 +177,32 @@ def test_survival_sample_size_divides_unrounded_events(i: int) -> None:
     res = sample_size_time_to_event(a["hazard_ratio"], a["p_event_control"], a["alpha"], a["power"])
     assert res.events == a["events"]
     assert res.total == a["participants"]
+
+
+@pytest.mark.parametrize("case_id", sorted(REF["cmh"]))
+def test_cochran_mantel_haenszel_and_breslow_day_match_r(case_id: str) -> None:
+    case = REF["cmh"][case_id]
+    strata = {name: tuple(int(v) for v in counts) for name, counts in case["strata"].items()}
+    est = stats.cochran_mantel_haenszel(strata)
+    assert close(est.estimate, case["mh_or"])
+    assert close(est.ci_low, case["ci"][0]) and close(est.ci_high, case["ci"][1])
+    assert close(est.p_value, case["p"]) and close(est.details["cmh_chi2"], case["cmh_chi2"])
+    assert close(est.details["p_uncorrected"], case["p_uncorrected"])
+    for key in ("breslow_day_chi2", "breslow_day_p", "breslow_day_tarone_chi2", "breslow_day_tarone_p"):
+        assert close(est.details[key], case[key]), key
+    rows = [
+        {"stratum": name, "treated": arm, "outcome": int(i < events)}
+        for name, (x1, n1, x0, n0) in strata.items()
+        for arm, events, n in ((1, x1, n1), (0, x0, n0))
+        for i in range(n)
+    ]
+    inter = stats.treatment_by_stratum_interaction(pd.DataFrame(rows), "outcome", "stratum")
+    assert close(inter.estimate, case["interaction_lr_chi2"])
+    assert close(inter.p_value, case["interaction_p"])
+
+
+def test_cmh_with_an_empty_arm_in_one_stratum_leaves_it_out() -> None:
+    est = stats.cochran_mantel_haenszel({"MALS": (12, 25, 4, 23), "empty": (3, 5, 0, 0)})
+    assert est.details["strata_left_out"] == ["empty"] and "breslow_day_p" not in est.details
+    with pytest.raises(stats.NotEstimable, match="both arms"):
+        stats.cochran_mantel_haenszel({"empty": (3, 5, 0, 0)})

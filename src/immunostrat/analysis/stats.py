@@ -194,6 +194,106 @@ def _fisher_mid_p(x1: int, n1: int, x0: int, n0: int) -> float:
     return float(probs[probs < p_obs - tol].sum() + 0.5 * probs[np.abs(probs - p_obs) <= tol].sum())
 
 
+def cochran_mantel_haenszel(strata: Mapping[str, tuple[int, int, int, int]], conf: float = 0.95) -> Estimate:
+    """Stratified 2x2 analysis, one (events treated, n treated, events control, n control) per
+    stratum: Mantel-Haenszel common odds ratio with the Robins-Breslow-Greenland interval and the
+    Cochran-Mantel-Haenszel test with continuity correction (R's ``mantelhaen.test`` defaults;
+    the uncorrected P in ``details``), and the Breslow-Day test of a common odds ratio, plain and
+    with Tarone's correction (Breslow & Day 1980, section 4.4; Tarone 1985). A stratum with an
+    empty arm carries no information and is left out (named in ``details``)."""
+    from statsmodels.stats.contingency_tables import StratifiedTable
+
+    tables: list[np.ndarray] = []
+    used: list[str] = []
+    for name, (x1, n1, x0, n0) in strata.items():
+        if n1 < 0 or n0 < 0 or not (0 <= x1 <= n1 and 0 <= x0 <= n0):
+            raise ValueError(f"invalid counts in stratum {name}: {x1}/{n1} vs {x0}/{n0}")
+        if n1 > 0 and n0 > 0:
+            tables.append(np.array([[x1, n1 - x1], [x0, n0 - x0]], dtype=float))
+            used.append(name)
+    if not tables:
+        raise NotEstimable("no stratum has participants in both arms")
+    margins = np.array([[t[:, 0].sum(), t[:, 1].sum()] for t in tables])
+    if (margins.min(axis=1) == 0).all():
+        raise NotEstimable("every stratum has only events or only non-events")
+    table = StratifiedTable(tables)
+    odds = float(table.oddsratio_pooled)
+    if not math.isfinite(odds) or odds == 0:
+        raise NotEstimable("the Mantel-Haenszel odds ratio is 0 or infinite (no discordant cells)")
+    lo, hi = table.oddsratio_pooled_confint(alpha=1 - conf)
+    corrected = table.test_null_odds(correction=True)
+    plain = table.test_null_odds(correction=False)
+    details: dict[str, Any] = {
+        "strata_used": used,
+        "strata_left_out": [n for n in strata if n not in used],
+        "cmh_chi2": float(corrected.statistic),
+        "cmh_chi2_uncorrected": float(plain.statistic),
+        "p_uncorrected": float(plain.pvalue),
+    }
+    if len(tables) > 1:
+        bd = table.test_equal_odds(adjust=False)
+        tarone = table.test_equal_odds(adjust=True)
+        details.update(
+            breslow_day_chi2=float(bd.statistic),
+            breslow_day_df=len(tables) - 1,
+            breslow_day_p=float(bd.pvalue),
+            breslow_day_tarone_chi2=float(tarone.statistic),
+            breslow_day_tarone_p=float(tarone.pvalue),
+        )
+    return Estimate(
+        measure="Mantel-Haenszel odds ratio",
+        estimate=odds,
+        ci_low=float(lo),
+        ci_high=float(hi),
+        p_value=float(corrected.pvalue),
+        method="Cochran-Mantel-Haenszel (continuity-corrected), Robins-Breslow-Greenland interval; "
+        "Breslow-Day test of a common odds ratio",
+        conf_level=conf,
+        details=details,
+    )
+
+
+def treatment_by_stratum_interaction(
+    data: pd.DataFrame, outcome: str, stratum: str, treatment: str = "treated"
+) -> Estimate:
+    """Likelihood-ratio test of the treatment-by-stratum interaction in a logistic regression
+    (``outcome ~ treated * stratum`` against ``outcome ~ treated + stratum``; R's
+    ``anova(glm, test = "LRT")``). The estimate is the LR chi-square."""
+    import statsmodels.api as sm
+
+    frame = data[[outcome, treatment, stratum]].dropna()
+    levels = sorted(frame[stratum].astype(str).unique())
+    if len(levels) < 2:
+        raise NotEstimable("one stratum: no interaction to test")
+    dummies = pd.get_dummies(frame[stratum].astype(str), dtype=float)[levels[1:]]
+    trt = frame[treatment].astype(float)
+    main = pd.concat([pd.Series(1.0, index=frame.index, name="const"), trt, dummies], axis=1)
+    inter = dummies.mul(trt, axis=0).add_prefix("treated_x_")
+    full = pd.concat([main, inter], axis=1)
+    y = frame[outcome].astype(float)
+    for (arm, lvl), cell in y.groupby([trt, frame[stratum].astype(str)]):
+        if cell.nunique() < 2:
+            raise NotEstimable(
+                f"arm {'treated' if arm == 1 else 'control'} in stratum {lvl} has only "
+                f"{'events' if cell.iloc[0] == 1 else 'non-events'}: the interaction is not finite"
+            )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit_full = sm.Logit(y, full).fit(disp=0, maxiter=200)
+        fit_main = sm.Logit(y, main).fit(disp=0, maxiter=200)
+    chi2 = float(2 * (fit_full.llf - fit_main.llf))
+    df = inter.shape[1]
+    return Estimate(
+        measure="treatment-by-stratum interaction (LR chi-square)",
+        estimate=chi2,
+        ci_low=None,
+        ci_high=None,
+        p_value=float(st.chi2.sf(chi2, df)),
+        method="logistic regression, likelihood-ratio test of treated x stratum",
+        details={"df": df, "strata": levels},
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # regression models
 
