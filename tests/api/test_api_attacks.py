@@ -292,3 +292,61 @@ def test_repeated_unblinding_by_one_user_is_flagged(server: Server) -> None:
         events = c.get(f"/trials/{tid}/unblindings").json()
         assert [e["flagged"] for e in events] == flags
         assert "3 emergency unblindings" in events[2]["flag"]
+
+
+# --- 10: tokens of deactivated or re-roled users -------------------------------------------------------
+
+BEDSIDE = {"observations": [{"concept": "ferritin", "value": 9000, "unit": "ng/mL", "time": WHEN}]}
+HOOK = {
+    "hook": "patient-view",
+    "hookInstance": "deactivated-1",
+    "context": {"patientId": "p1"},
+    "prefetch": {},
+}
+
+
+def _bedside_statuses(server: Server, token: str) -> list[int]:
+    with httpx.Client(base_url=server.base_url, timeout=60) as c:
+        c.headers["Authorization"] = f"Bearer {token}"
+        return [
+            c.post("/classify", json=BEDSIDE).status_code,
+            c.post("/score", json=BEDSIDE).status_code,
+            c.post("/cds-services/immunostrat-endotype", json=HOOK).status_code,
+            c.get("/me").status_code,
+        ]
+
+
+def _login(server: Server, username: str, password: str) -> httpx.Response:
+    return httpx.post(
+        f"{server.base_url}/token", data={"username": username, "password": password}, timeout=30
+    )
+
+
+def test_tokens_of_deactivated_or_re_roled_users_stop_everywhere(server: Server) -> None:
+    username, password = f"bedside-{server.kind}", "correct horse battery staple 7"
+    with server.client("admin") as ad:
+        r = ad.post("/users", json={"username": username, "password": password, "role": "investigator"})
+        assert r.status_code == 201, r.text
+        uid = r.json()["id"]
+        token = _login(server, username, password).json()["access_token"]
+        assert 401 not in _bedside_statuses(server, token)
+
+        assert ad.patch(f"/users/{uid}", json={"active": False}).json()["active"] is False
+        assert _bedside_statuses(server, token) == [401] * 4
+        assert _login(server, username, password).status_code == 401
+
+        r = ad.patch(f"/users/{uid}", json={"active": True, "role": "monitor"})
+        assert r.json() == r.json() | {"active": True, "role": "monitor"}
+        assert _bedside_statuses(server, token) == [401] * 4  # the token still says investigator
+        fresh = _login(server, username, password).json()["access_token"]
+        assert 401 not in _bedside_statuses(server, fresh)
+
+        assert ad.patch(f"/users/{uid}", json={"password": "a different pass phrase 8"}).status_code == 200
+        assert _login(server, username, password).status_code == 401
+        assert _login(server, username, "a different pass phrase 8").status_code == 200
+        me = ad.get("/me").json()
+        assert ad.patch(f"/users/{me['id']}", json={"active": False}).status_code == 409
+        rows = ad.get("/audit", params={"after": 0, "limit": 1000}).json()
+    changes = [json.loads(r["new"]) for r in rows if r["entity"] == "user" and r["entity_id"] == str(uid)]
+    assert changes[-1] == {"active": True, "role": "monitor", "password_changed": True}
+    assert all(password not in json.dumps(c) for c in changes)

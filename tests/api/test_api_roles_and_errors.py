@@ -22,6 +22,7 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/me"): ALL,
     ("POST", "/users"): {"admin"},
     ("GET", "/users"): {"admin"},
+    ("PATCH", "/users/{user_id}"): {"admin"},
     ("POST", "/trials"): {"admin"},
     ("GET", "/trials"): ALL,
     ("GET", "/trials/{trial_id}"): ALL,
@@ -61,7 +62,7 @@ def test_role_matrix_covers_every_endpoint_and_role(server: Server) -> None:
     checked = 0
     try:
         for (method, template), allowed in sorted(MATRIX.items()):
-            path = template.format(trial_id=trial["id"], participant_id=999999)
+            path = template.format(trial_id=trial["id"], participant_id=999999, user_id=999999)
             r = anonymous.request(method, path, json={})
             assert r.status_code == 401, (method, path, r.status_code)
             for role in ROLES:

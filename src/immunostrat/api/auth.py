@@ -2,7 +2,9 @@
 
 The role check runs from the token's claims before the request body is read, so a forbidden role
 always gets 403; inside the request's transaction :func:`confirm` re-reads the user, so a
-deactivated user or a changed role stops working at once, not when the token expires.
+deactivated user or a changed role stops working at once, not when the token expires. Endpoints
+that store nothing (``/classify``, ``/score``, CDS Hooks) confirm the user in a read-only
+transaction (:func:`require_current`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.orm import Session
 
 from immunostrat.trial.audit import Actor
+from immunostrat.trial.db import read_transaction
 from immunostrat.trial.models import User
 from immunostrat.trial.schemas import ROLES
 
@@ -96,6 +99,26 @@ def require(*roles: str) -> Callable[..., Principal]:
 
     dependency.allowed_roles = allowed  # type: ignore[attr-defined]
     return dependency
+
+
+def require_current(*roles: str) -> Callable[..., Principal]:
+    """Like :func:`require`, and the user must still be active with the token's role (a read-only
+    look-up: for endpoints that open no transaction of their own)."""
+    by_claims = require(*roles)
+
+    # the default form, not Annotated: a string annotation could not name the local ``by_claims``
+    def dependency(request: Request, principal: Principal = Depends(by_claims)) -> Principal:
+        confirm_current(request, principal)
+        return principal
+
+    dependency.allowed_roles = by_claims.allowed_roles  # type: ignore[attr-defined]
+    return dependency
+
+
+def confirm_current(request: Request, principal: Principal) -> Actor:
+    """:func:`confirm` in a read-only transaction of its own."""
+    with read_transaction(request.app.state.engine) as session:
+        return confirm(session, principal)
 
 
 def confirm(session: Session, principal: Principal) -> Actor:

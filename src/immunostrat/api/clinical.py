@@ -15,7 +15,7 @@ import polars as pl
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from immunostrat.api.auth import ALL_ROLES, Principal, require
+from immunostrat.api.auth import ALL_ROLES, Principal, require_current
 from immunostrat.concepts import observations_from_records
 from immunostrat.errors import InputError
 from immunostrat.scores import score_windows, windows_at
@@ -26,7 +26,8 @@ router = APIRouter(tags=["clinical"])
 EARLIEST_DECISION_YEAR = 1900
 """No bedside data comes from before 1900; the bound also keeps the look-back window's arithmetic
 off the year-1 floor of Python's dates (``at`` = 0001-01-01 minus 24 hours was a server error)."""
-AnyUser = Annotated[Principal, Depends(require(*ALL_ROLES))]
+# a deactivated or re-roled user's token stops here too, though nothing is stored
+AnyUser = Annotated[Principal, Depends(require_current(*ALL_ROLES))]
 
 
 class PatientIn(BaseModel):

@@ -21,9 +21,9 @@ from pydantic import Field
 from sqlalchemy import select
 
 from immunostrat.api.app import unit_of_work
-from immunostrat.api.auth import ALL_ROLES, Principal, _unauthorized, issue_token, require
+from immunostrat.api.auth import ALL_ROLES, Principal, _unauthorized, confirm, issue_token, require
 from immunostrat.trial import audit, service
-from immunostrat.trial.db import transaction
+from immunostrat.trial.db import read_transaction, transaction
 from immunostrat.trial.export import build_export, write_export
 from immunostrat.trial.models import AuditRow, Trial, User
 from immunostrat.trial.passwords import hash_password
@@ -37,6 +37,7 @@ from immunostrat.trial.schemas import (
     TrialSpec,
     UnblindIn,
     UserIn,
+    UserUpdate,
     WithdrawIn,
 )
 
@@ -84,7 +85,8 @@ def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()
 
 @router.get("/me", tags=["auth"])
 def me(request: Request, principal: AnyUser) -> dict[str, Any]:
-    with unit_of_work(request, principal) as (session, actor):
+    with read_transaction(request.app.state.engine) as session:
+        actor = confirm(session, principal)
         user = session.get(User, actor.user_id)
         assert user is not None
         return service.user_view(user)
@@ -100,6 +102,20 @@ def create_user(
     hashed = hash_password(body.password)  # slow on purpose: before the transaction, not inside it
     with unit_of_work(request, principal) as (session, actor):
         return service.user_view(service.create_user(session, actor, body, password_hash=hashed))
+
+
+@router.patch("/users/{user_id}", tags=["admin"])
+def update_user(
+    request: Request,
+    user_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    body: UserUpdate,
+    principal: Annotated[Principal, Depends(ADMIN)],
+) -> dict[str, Any]:
+    """Deactivate or reactivate a user, change the role or the password; tokens already issued to
+    the user stop working at their next request."""
+    hashed = hash_password(body.password) if body.password is not None else None
+    with unit_of_work(request, principal) as (session, actor):
+        return service.user_view(service.update_user(session, actor, user_id, body, hashed))
 
 
 @router.get("/users", tags=["admin"])

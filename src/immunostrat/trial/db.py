@@ -8,6 +8,7 @@ ship inside this package (``immunostrat/trial/migrations``).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,9 @@ from immunostrat.errors import InputError
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 _ENGINES: dict[str, Engine] = {}
+_READERS: weakref.WeakKeyDictionary[Engine, Engine] = weakref.WeakKeyDictionary()
+READ_ONLY = "immunostrat_read_only"
+"""Execution option of the engines :func:`read_transaction` uses."""
 
 
 def normalise_url(db_url: str) -> str:
@@ -69,7 +73,10 @@ def make_engine(db_url: str, *, pool_size: int = 20) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # a reader must not queue behind a writer for the write lock (WAL readers never block)
+            conn.exec_driver_sql(
+                "BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
+            )
 
         return engine
     if url.get_backend_name() == "postgresql":
@@ -106,6 +113,20 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 def transaction(engine: Engine) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
     with Session(engine, expire_on_commit=False) as session, session.begin():
+        yield session
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Session]:
+    """A unit of work that only reads: a deferred ``BEGIN`` on SQLite (it sees the last commit and
+    does not wait for a writer), ``READ ONLY`` on PostgreSQL; a write in it is an error."""
+    reader = _READERS.get(engine)
+    if reader is None:
+        options: dict[str, Any] = {READ_ONLY: True}
+        if not is_sqlite(engine):
+            options["postgresql_readonly"] = True
+        reader = _READERS.setdefault(engine, engine.execution_options(**options))
+    with Session(reader, expire_on_commit=False) as session, session.begin():
         yield session
 
 

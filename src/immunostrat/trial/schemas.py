@@ -202,6 +202,14 @@ class UserIn(_Model):
     trial_id: int | None = Field(default=None, ge=1, le=MAX_ID)
 
 
+class UserUpdate(_Model):
+    """What an admin may change about a user; absent fields stay as they are."""
+
+    active: bool | None = None
+    role: Role | None = None
+    password: str | None = Field(default=None, min_length=8, max_length=1024)
+
+
 class UnblindIn(_Model):
     reason: str = Field(min_length=10, max_length=2000)
 

@@ -56,6 +56,7 @@ from immunostrat.trial.schemas import (
     SiteSpec,
     TrialSpec,
     UserIn,
+    UserUpdate,
 )
 
 SOFA_FIELDS = tuple(f"sofa_{c}" for c in SOFA_COMPONENTS)
@@ -417,6 +418,32 @@ def create_user(
         user.id,
         new={"username": user.username, "role": user.role, "site_id": site_id},
     )
+    return user
+
+
+def update_user(
+    session: Session, actor: Actor, user_id: int, spec: UserUpdate, password_hash: str | None = None
+) -> User:
+    """Deactivate or reactivate a user, change the role or the password (``password_hash`` from
+    :func:`~immunostrat.trial.passwords.hash_password`, made outside the transaction). Tokens
+    already issued stop working at the next request (the user is re-read each time)."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} not found", field="user_id")
+    if user.id == actor.user_id and (spec.active is False or (spec.role or user.role) != user.role):
+        raise Conflict("an admin cannot deactivate or re-role themselves", field="user_id")
+    old = {"active": user.active, "role": user.role}
+    if spec.active is not None:
+        user.active = spec.active
+    if spec.role is not None:
+        user.role = spec.role
+    if spec.password is not None:
+        user.password_hash = password_hash or hash_password(spec.password)
+    new: dict[str, Any] = {"active": user.active, "role": user.role}
+    if spec.password is not None:
+        new["password_changed"] = True  # never the password or its hash
+    session.flush()
+    audit.append(session, actor, "update", "user", user.id, old=old, new=new)
     return user
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
 from immunostrat.api.auth import ALGORITHM as OWN_ALGORITHM
-from immunostrat.api.auth import Principal, decode_token, oauth2_scheme
+from immunostrat.api.auth import Principal, confirm_current, decode_token, oauth2_scheme
 from immunostrat.api.cds.settings import CdsClient, CdsSettings, cds_settings, public_base
 from immunostrat.trial.db import transaction
 from immunostrat.trial.models import CdsTokenUse
@@ -181,5 +181,7 @@ def cds_caller(
     except (JoseError, ValueError):
         raise _unauthorized("invalid token") from None
     if header.get("alg") == OWN_ALGORITHM:
-        return decode_token(token, request.app.state.signing_key)
+        principal = decode_token(token, request.app.state.signing_key)
+        confirm_current(request, principal)  # a deactivated or re-roled user's token stops here
+        return principal
     return verify_ehr_jwt(request, token, settings, header)
