@@ -73,6 +73,8 @@ class ConceptEntry(BaseModel):
     unit_spelling: dict[str, str] = Field(default_factory=dict)  # source spelling -> dictionary spelling
     time: str = ""  # time column (required unless fixed_offset_minutes is given)
     time_fallback: str | None = None  # used where ``time`` is empty (e.g. chartdate for charttime)
+    # a date-only fallback is known only to the day: time it at the day's last second, never before it
+    fallback_end_of_day: bool = False
     end_time: str | None = None  # a period: hourly points from time to end_time
     fixed_offset_minutes: float | None = None  # a fixed time after ICU admission (eICU APACHE day 1)
     weight_column: str | None = None  # per-row body weight (kg) for per-minute drug rates

@@ -315,7 +315,10 @@ def _time_expr(rows: pl.DataFrame, entry: ConceptEntry) -> pl.Expr:
         raise ValueError(f"{entry.table}: fixed_offset_minutes needs a table with time_kind offset_minutes")
     primary = parse_time(entry.time, rows.schema[entry.time])
     if entry.time_fallback:
-        return pl.coalesce(primary, parse_time(entry.time_fallback, rows.schema[entry.time_fallback]))
+        fallback = parse_time(entry.time_fallback, rows.schema[entry.time_fallback])
+        if entry.fallback_end_of_day:
+            fallback = fallback.dt.truncate("1d") + timedelta(days=1) - timedelta(seconds=1)
+        return pl.coalesce(primary, fallback)
     return primary
 
 
