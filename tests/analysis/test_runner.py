@@ -203,3 +203,24 @@ def test_logrank_is_stratified_as_the_cox_model(sepsis_results: dict, sepsis_exp
     surv = next(x for x in sepsis_results["endpoints"] if x["id"] == "survival_day90")
     assert surv["result"]["estimates"]["logrank"]["method"] == "log-rank test stratified"
     assert "stratified by stratum" in surv["result"]["estimates"]["cox"]["method"]
+
+
+def test_primary_has_the_stratified_cmh_analysis(sepsis_results: dict) -> None:
+    from immunostrat.analysis import stats
+
+    prim = sepsis_results["endpoints"][0]
+    cmh = prim["result"]["estimates"]["cmh"]
+    arms = sepsis_results["data"]["arms"]
+    tables = {
+        name: tuple(r["counts"][arm][key] for arm in arms for key in ("events", "n"))
+        for name, r in prim["by_stratum"].items()
+    }
+    again = stats.cochran_mantel_haenszel(tables)
+    assert cmh["estimate"] == pytest.approx(again.estimate) and cmh["p_value"] == pytest.approx(again.p_value)
+    assert cmh["details"]["breslow_day_p"] is not None
+    assert 0 <= prim["result"]["estimates"]["stratum_interaction"]["p_value"] <= 1
+
+
+def test_report_prints_the_stratified_analysis(sepsis_report: dict) -> None:
+    page = (sepsis_report["dir"] / "report.html").read_text()
+    assert "Cochran-Mantel-Haenszel" in page and "Breslow-Day" in page

@@ -25,6 +25,7 @@ TestName = Literal[
     "fisher",
     "chi_square",
     "logistic_adjusted",
+    "cmh",
     "kaplan_meier",
     "logrank",
     "cox",
@@ -35,9 +36,9 @@ TestName = Literal[
 ]
 
 _ALLOWED_TESTS: dict[str, set[str]] = {
-    "sofa_response": {"risk_difference", "odds_ratio", "fisher", "chi_square", "logistic_adjusted"},
-    "mortality": {"risk_difference", "odds_ratio", "fisher", "chi_square", "logistic_adjusted"},
-    "immune_reversal": {"risk_difference", "odds_ratio", "fisher", "chi_square", "logistic_adjusted"},
+    "sofa_response": {"risk_difference", "odds_ratio", "fisher", "chi_square", "logistic_adjusted", "cmh"},
+    "mortality": {"risk_difference", "odds_ratio", "fisher", "chi_square", "logistic_adjusted", "cmh"},
+    "immune_reversal": {"risk_difference", "odds_ratio", "fisher", "chi_square", "logistic_adjusted", "cmh"},
     "survival": {"kaplan_meier", "logrank", "cox"},
     "infection_status": {"ordinal", "mann_whitney"},
     "repeated": {"mmrm"},

@@ -127,6 +127,32 @@ def _binary_table(res: dict[str, Any], arms: list[str], label: str = "all") -> s
     return "<tr>" + "".join(cells) + "</tr>"
 
 
+def _stratum_note(r: dict[str, Any]) -> str:
+    if r.get("error"):
+        return f"not estimable: {html.escape(str(r['error']))}"
+    return html.escape(str(r.get("note", "not analysed")))
+
+
+def _cmh_html(est: dict[str, Any]) -> str:
+    """The stratified analysis under a binary table: Mantel-Haenszel OR, CMH P, Breslow-Day and
+    the treatment-by-stratum interaction."""
+    cmh = est.get("cmh")
+    if not cmh:
+        return ""
+    text = f"Stratified (Cochran-Mantel-Haenszel): common OR {_ci(cmh)}"
+    if cmh.get("estimate") is not None:
+        text += f", {p_text(cmh.get('p_value'))}"
+        d = cmh.get("details") or {}
+        if d.get("breslow_day_p") is not None:
+            text += f"; Breslow-Day test of a common OR {p_text(d['breslow_day_p'])}"
+    inter = est.get("stratum_interaction") or {}
+    if inter.get("p_value") is not None:
+        text += f"; treatment-by-stratum interaction {p_text(inter['p_value'])}"
+    elif inter.get("error"):
+        text += f"; interaction not estimable: {html.escape(str(inter['error']))}"
+    return f"<p class='note'>{text}.</p>"
+
+
 def endpoint_html(e: dict[str, Any], arms: list[str]) -> str:
     res = e["result"]
     t = res.get("type")
@@ -143,7 +169,7 @@ def endpoint_html(e: dict[str, Any], arms: list[str]) -> str:
             out.append(
                 _binary_table(r, arms, s)
                 if r.get("type") == "binary"
-                else f"<tr><td>{s}</td><td colspan=6>{r}</td></tr>"
+                else f"<tr><td>{html.escape(s)}</td><td colspan=6>{_stratum_note(r)}</td></tr>"
             )
         for s, r in (e.get("sensitivity") or {}).items():
             out.append(_binary_table(r, arms, f"sensitivity: {s}"))
@@ -151,6 +177,7 @@ def endpoint_html(e: dict[str, Any], arms: list[str]) -> str:
         adj = res.get("estimates", {}).get("logistic_adjusted", {})
         if adj.get("method"):
             out.append(f"<p class='note'>Adjusted OR: {html.escape(str(adj['method']))}.</p>")
+        out.append(_cmh_html(res.get("estimates", {})))
     elif t == "ordinal":
         levels = res["levels"]
         out.append(

@@ -191,6 +191,15 @@ def _binary_tests(df: pd.DataFrame, endpoint: Endpoint, plan: AnalysisPlan, adju
             est[test] = stats.fisher_exact(*args).to_dict()
         elif test == "chi_square":
             est[test] = stats.chi_square(*args).to_dict()
+        elif test == "cmh" and adjust and plan.design.strata_column in df.columns:
+            est[test] = _safe("cochran_mantel_haenszel", _cmh, df, plan, conf)
+            est["stratum_interaction"] = _safe(
+                "treatment_by_stratum_interaction",
+                stats.treatment_by_stratum_interaction,
+                df.dropna(subset=["outcome"]).assign(outcome=lambda d: d["outcome"].astype(int)),
+                "outcome",
+                str(plan.design.strata_column),
+            )
         elif test == "logistic_adjusted" and adjust:
             d = df.dropna(subset=["outcome"]).copy()
             d["outcome"] = d["outcome"].astype(int)
@@ -205,6 +214,17 @@ def _binary_tests(df: pd.DataFrame, endpoint: Endpoint, plan: AnalysisPlan, adju
                 conf=conf,
             )
     return res
+
+
+def _cmh(df: pd.DataFrame, plan: AnalysisPlan, conf: float) -> stats.Estimate:
+    """Mantel-Haenszel over the plan's strata (the stratification factor of randomisation)."""
+    col = str(plan.design.strata_column)
+    tables: dict[str, tuple[int, int, int, int]] = {}
+    for stratum, sub in df.dropna(subset=["outcome"]).groupby(col):
+        counts = _counts_binary(sub, plan)
+        t, c = counts[plan.design.treated_arm], counts[plan.design.control_arm]
+        tables[str(stratum)] = (t["events"], t["n"], c["events"], c["n"])
+    return stats.cochran_mantel_haenszel(tables, conf=conf)
 
 
 def _survival_tests(df: pd.DataFrame, endpoint: Endpoint, plan: AnalysisPlan, adjust: bool) -> dict[str, Any]:
