@@ -5,6 +5,7 @@ charted in a unit that cannot be converted, and each eICU stay's hospital."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -12,6 +13,8 @@ from sourcetools import write_csv
 
 from immunostrat.sources import SourceData, load_eicu, load_mimic_iv
 from immunostrat.sources.collect import assign_to_stays
+from immunostrat.sources.mapping import load_mapping
+from immunostrat.sources.mimic_iv import meds_tube_verbal
 
 
 def t(text: str) -> datetime:
@@ -176,3 +179,28 @@ def test_a_date_only_culture_is_timed_at_the_end_of_its_day(mimic: SourceData) -
     # cultures with a charttime keep it
     assert rows(mimic, "culture", "200")[-1] == (t("2150-01-07 23:59:59"), 1.0)
     assert (t("2150-01-05 20:00:00"), 1.0) in rows(mimic, "culture", "200")
+
+
+def test_meds_verbal_one_during_invasive_ventilation_is_the_tube(tmp_path: Path) -> None:
+    write_csv(
+        tmp_path / "icu/procedureevents.csv",
+        """
+        subject_id,hadm_id,stay_id,starttime,endtime,itemid,value,valueuom
+        1,11,100,2150-01-02 00:00:00,2150-01-02 12:00:00,225792,720,min
+    """,
+    )
+    chart = pl.LazyFrame(
+        {
+            "source_row": [1, 2, 3],
+            "subject_id": ["1", "1", "1"],
+            "charttime": [datetime(2150, 1, 2, 6), datetime(2150, 1, 2, 18), datetime(2150, 1, 2, 6)],
+            "itemid": ["223900", "223900", "223901"],
+            "valuenum": ["1.0", "1.0", "1.0"],
+            "valueuom": [None, None, None],
+            "value": [None, None, None],
+        },
+        schema_overrides={"value": pl.String, "valueuom": pl.String},
+    )
+    got = meds_tube_verbal(chart, tmp_path, load_mapping("mimic-iv-demo")).collect().sort("source_row")
+    # verbal 1 at 06:00 (ventilated) -> the tube; at 18:00 (extubated) and the motor 1 stay as they were
+    assert got["value"].to_list() == ["No Response-ETT", None, None]

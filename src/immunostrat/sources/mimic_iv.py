@@ -61,6 +61,40 @@ def meds_chartevents(meds_file: Path, min_itemid: int = 220000) -> pl.LazyFrame:
     )
 
 
+def meds_tube_verbal(chart: pl.LazyFrame, root: Path, mapping: dict[str, object]) -> pl.LazyFrame:
+    """MEDS keeps GCS verbal "No Response-ETT" only as its number, 1 (text values are not in MEDS). A
+    verbal 1 charted during invasive ventilation (procedureevents, ``meds.tube_itemids``) is given the
+    text "No Response-ETT" back, so that the GCS rule of the full database applies (mimic-iv.yaml gcs)."""
+    meds = dict(mapping.get("meds") or {})  # type: ignore[call-overload]
+    tube = [str(i) for i in meds.get("tube_itemids", [])]
+    verbal = str(meds.get("verbal_itemid", ""))
+    path = find_table(root, "icu/procedureevents")
+    if not tube or not verbal or path is None:
+        return chart
+    raw = scan_table(path).select("subject_id", "itemid", "starttime", "endtime").collect()
+    periods = raw.filter(pl.col("itemid").cast(pl.String).is_in(tube)).select(
+        pl.col("subject_id").cast(pl.String),
+        parse_time("starttime", raw.schema["starttime"]).alias("_start"),
+        parse_time("endtime", raw.schema["endtime"]).alias("_end"),
+    )
+    time = pl.col("charttime").cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    candidates = chart.filter(
+        (pl.col("itemid") == verbal) & (pl.col("valuenum").cast(pl.Float64, strict=False) == 1)
+    )
+    tubed = (
+        candidates.join(periods.lazy(), on="subject_id", how="inner")
+        .filter((time >= pl.col("_start")) & (time <= pl.col("_end")))
+        .select("source_row")
+        .unique()
+        .with_columns(pl.lit("No Response-ETT").alias("_tube"))
+    )
+    return (
+        chart.join(tubed, on="source_row", how="left")
+        .with_columns(pl.coalesce("_tube", "value").alias("value"))
+        .drop("_tube")
+    )
+
+
 def _chart_rows(
     chart: pl.LazyFrame | None, itemids: list[int], stays: pl.DataFrame, by_stay: bool
 ) -> pl.DataFrame:
@@ -245,7 +279,7 @@ def load_mimic_iv(
             )
         else:
             min_itemid = int(dict(spec.get("meds") or {}).get("min_chart_itemid", 220000))
-            chart = meds_chartevents(meds_file, min_itemid)
+            chart = meds_tube_verbal(meds_chartevents(meds_file, min_itemid), root, spec)
             chart_by_stay = False
             provided["chartevents"] = Provided(
                 chart,
@@ -255,7 +289,8 @@ def load_mimic_iv(
             notes.append(
                 f"chart values from MEDS file {meds_file.name} (float32 values read as their shortest "
                 "decimal; rows given to the subject's ICU stay containing their time; text values such as "
-                "the O2 device are not in MEDS)"
+                "the O2 device are not in MEDS; GCS verbal 1 during invasive ventilation is read as "
+                "'No Response-ETT')"
             )
     elif has_chartevents:
         chart_path = find_table(root, "icu/chartevents")
