@@ -178,3 +178,20 @@ def test_immunosep_day9_status_adds_up() -> None:
     for arm in ("treated", "control"):
         status = rec["day9_status"][arm]
         assert status["measured"] + status["dead"] + status["carried_forward"] == rec["flow"]["analysed"][arm]
+
+
+def test_printed_notes_quote_our_own_p_values(immunosep: dict) -> None:
+    """The MALS note lists every 2x2 P value; each one must be what the code computes (the note
+    once carried Barnard/Boschloo from the transposed table)."""
+    import re
+
+    item = _item(immunosep, "sofa_response_day9_mals")
+    names = {"Fisher": "fisher", "chi-square": "chi_square", "Yates": "chi_square_yates"}
+    names |= {"Boschloo": "boschloo", "Barnard": "barnard", "mid-p": "fisher_mid_p"}
+    names |= {"central Fisher": "fisher_central"}
+    quoted = dict(
+        re.findall(r"(central Fisher|Fisher|chi-square|Yates|Boschloo|Barnard|mid-p) (\.\d+)", item["note"])
+    )
+    assert set(quoted) == set(names)
+    for label, printed in quoted.items():
+        assert f"{item['p_values'][names[label]]:.3f}".lstrip("0") == printed, label
