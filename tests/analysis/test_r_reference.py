@@ -1,7 +1,7 @@
 """Our statistics against reference values computed in R (``scripts/r_reference/analysis_reference.R``
 writes ``fixtures/r_reference.json`` with the input data, R's results and R's package versions;
 the tests do not need R). Tolerance 1e-6 where R uses the same method, 1e-4 where the numerics
-differ (an optimiser's stopping rule, a numerical supremum)."""
+differ (confint(clm)'s spline-interpolated profile, the numerical supremum of Barnard/Boschloo)."""
 
 from __future__ import annotations
 
@@ -46,15 +46,16 @@ def test_proportional_odds_matches_clm(case_id: str) -> None:
     case = REF["ordinal"][case_id]
     est = stats.ordinal_odds_ratio(ordinal_frame(case), "status", case["levels"])
     assert close(est.estimate, case["or"])  # the MLE, not an early stop
-    assert close(est.details["se_log_or"], case["se_log_or"], 1e-4)
-    assert close(est.p_value, case["wald_p"], 1e-4)
+    assert close(est.details["se_log_or"], case["se_log_or"])
+    assert close(est.p_value, case["wald_p"])
     assert close(est.details["lr_p_value"], case["lr_p"], 1e-6)
     # exact likelihood-ratio limits (uniroot on clm with an offset) ...
     assert close(est.ci_low, case["profile_ci"][0], 1e-6) and close(est.ci_high, case["profile_ci"][1], 1e-6)
     # ... which confint(clm)'s spline-interpolated profile reproduces to 1e-4
     assert close(est.ci_low, case["confint_clm_profile"][0], 1e-4)
     assert close(est.ci_high, case["confint_clm_profile"][1], 1e-4)
-    assert close(est.details["wald_ci"][1], case["wald_ci"][1], 1e-4)
+    assert close(est.details["wald_ci"][0], case["wald_ci"][0])
+    assert close(est.details["wald_ci"][1], case["wald_ci"][1])
     dropped = [lvl for lvl in case["levels"] if lvl not in case["levels_used"]]
     assert est.details["empty_levels_dropped"] == dropped
 
