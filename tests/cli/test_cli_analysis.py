@@ -116,3 +116,24 @@ def test_samplesize_prints_achieved_power_and_takes_an_allocation_ratio() -> Non
         ],
     )
     assert bad.exit_code == 2
+
+
+def test_analyze_prints_not_estimable_reasons_in_words(tmp_path: Path) -> None:
+    """One week of follow-up and nobody dead: the console says why, never a Python exception."""
+    import polars as pl
+
+    from immunostrat.analysis.schema import TrialExport
+    from immunostrat.analysis.synthetic import synthetic_trial
+
+    e = synthetic_trial(n=80, seed=11)
+    outcomes = e.outcomes.with_columns(
+        pl.lit(None, dtype=pl.Int64).alias("death_day"),
+        pl.lit(9, dtype=pl.Int64).alias("last_contact_day"),
+    )
+    folder = tmp_path / "export"
+    TrialExport(e.participants, e.daily_assessments, outcomes, e.screening, None, e.manifest).write(folder)
+    result = runner.invoke(app, ["analyze", "--data", str(folder)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "logrank: not estimable: no events" in result.stdout
+    assert "an arm has no evaluable participant" in result.stdout
+    assert "Error" not in result.stdout

@@ -81,7 +81,9 @@ def _endpoint_cells(result: dict[str, Any]) -> tuple[str, str, str]:
     estimates = result.get("estimates") or {}
     main = estimates.get("risk_difference") or next(iter(estimates.values()), None) if estimates else None
     if not isinstance(main, dict) or main.get("estimate") is None:
-        return arms, str(result.get("status", "-")), "-"
+        if isinstance(main, dict) and main.get("error"):
+            return arms, f"{main.get('measure', '')}: not estimable: {main['error']}", "-"
+        return arms, str(result.get("note") or result.get("status", "-")), "-"
     scale = 100 if main.get("measure") == "risk difference" else 1
     low, high = main.get("ci_low"), main.get("ci_high")
     ci = f" ({low * scale:.1f} to {high * scale:.1f})" if low is not None and high is not None else ""
