@@ -156,3 +156,13 @@ def test_sample_size_repeated_measures() -> None:
     assert more.per_arm[0] < one.per_arm[0]
     adj = sample_size_repeated_measures(3, 6, baseline_adjusted=True, baseline_correlation=0.6)
     assert adj.per_arm[0] == t_test_n(0.5 / 0.8)
+
+
+def test_sample_size_fisher_exact_with_allocation_ratio() -> None:
+    res = sample_size_two_proportions(0.40, 0.20, 0.05, 0.80, ratio=2.0)
+    n_treated, n_control = res.per_arm
+    assert n_treated == math.ceil(2 * n_control)
+    assert res.achieved_power is not None and res.achieved_power >= 0.80
+    # the smallest control n: one fewer misses the power
+    assert fisher_exact_power(math.ceil(2 * (n_control - 1)), n_control - 1, 0.4, 0.2) < 0.80
+    assert res.design == "two proportions, parallel 2:1"
