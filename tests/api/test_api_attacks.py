@@ -350,3 +350,37 @@ def test_tokens_of_deactivated_or_re_roled_users_stop_everywhere(server: Server)
     changes = [json.loads(r["new"]) for r in rows if r["entity"] == "user" and r["entity_id"] == str(uid)]
     assert changes[-1] == {"active": True, "role": "monitor", "password_changed": True}
     assert all(password not in json.dumps(c) for c in changes)
+
+
+# --- 11: passwords --------------------------------------------------------------------------------------
+
+
+def _new_user(server: Server, username: str, password: str) -> httpx.Response:
+    with server.client("admin") as ad:
+        return ad.post("/users", json={"username": username, "password": password, "role": "monitor"})
+
+
+@pytest.mark.parametrize(
+    "password", ["password", "12345678", "passwordpassword1", "weak-pw-user-{kind}", "immunostrat-trial-1"]
+)
+def test_weak_passwords_are_refused(server: Server, password: str) -> None:
+    username = f"weak-pw-user-{server.kind}"
+    r = _new_user(server, username, password.format(kind=server.kind))
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "password"
+
+
+def test_long_passwords_differ_after_72_bytes(server: Server) -> None:
+    stem = "Sepsis-Ward-7-night-shift " + "é" * 36  # 98 bytes in UTF-8: bcrypt alone reads 72
+    r = _new_user(server, f"long-pw-{server.kind}", stem + "AAAA")
+    assert r.status_code == 201, r.text
+    assert _login(server, f"long-pw-{server.kind}", stem + "ZZZZ").status_code == 401
+    assert _login(server, f"long-pw-{server.kind}", stem + "AAAA").status_code == 200
+
+
+def test_password_is_taken_as_typed_in_nfkc(server: Server) -> None:
+    typed = "  Ｑuiet lantern over harbour 9  "  # a full-width Q and surrounding spaces
+    assert _new_user(server, f"nfkc-pw-{server.kind}", typed).status_code == 201
+    assert _login(server, f"nfkc-pw-{server.kind}", typed).status_code == 200
+    assert _login(server, f"nfkc-pw-{server.kind}", "  Quiet lantern over harbour 9  ").status_code == 200
+    assert _login(server, f"nfkc-pw-{server.kind}", typed.strip()).status_code == 401

@@ -242,7 +242,9 @@ def test_other_bad_requests_name_the_field(server: Server, bad_trial: dict) -> N
                 "password",
             ),
             (
-                ad.post("/users", json={"username": "zz-user", "password": "long-enough-1", "role": "king"}),
+                ad.post(
+                    "/users", json={"username": "zz-user", "password": "long-enough-pass-1", "role": "king"}
+                ),
                 422,
                 "role",
             ),

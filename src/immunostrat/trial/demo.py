@@ -95,7 +95,7 @@ def create_demo(db_url: str, *, patients: int = 40, days: int = 7) -> DemoInfo:
         )
         info = DemoInfo(db_url, setup.trial_id, setup.code, setup.seed_hex)
         for role in ROLES:
-            username, password = f"demo-{role}", secrets.token_urlsafe(9)
+            username, password = f"demo-{role}", secrets.token_urlsafe(12)
             spec = parse(UserIn, {"username": username, "password": password, "role": role})
             service.create_user(session, system, spec)
             info.users[role] = (username, password)

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from immunostrat.errors import InputError
+from immunostrat.trial.passwords import MAX_PASSWORD_CHARS, password_problem
 
 ROLES: tuple[str, ...] = ("investigator", "pharmacist", "monitor", "statistician", "admin")
 UNBLINDED_ROLES: frozenset[str] = frozenset({"pharmacist"})
@@ -194,12 +204,24 @@ class AdverseEventIn(_Model):
     outcome: str | None = Field(default=None, max_length=64)
 
 
+Password = Annotated[str, StringConstraints(strip_whitespace=False, max_length=MAX_PASSWORD_CHARS)]
+"""Taken as typed (surrounding spaces too): sign-in does not strip either (see ``passwords``)."""
+
+
 class UserIn(_Model):
     username: str = Field(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
-    password: str = Field(min_length=8, max_length=72)
+    password: Password
     role: Role
     site: str | None = Field(default=None, max_length=32)
     trial_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+
+    @field_validator("password")
+    @classmethod
+    def _policy(cls, password: str, info: ValidationInfo) -> str:
+        problem = password_problem(password, info.data.get("username"))
+        if problem:
+            raise ValueError(problem)
+        return password
 
 
 class UserUpdate(_Model):
@@ -207,7 +229,15 @@ class UserUpdate(_Model):
 
     active: bool | None = None
     role: Role | None = None
-    password: str | None = Field(default=None, min_length=8, max_length=1024)
+    password: Password | None = None
+
+    @field_validator("password")
+    @classmethod
+    def _policy(cls, password: str | None) -> str | None:
+        problem = password_problem(password) if password is not None else None
+        if problem:
+            raise ValueError(problem)
+        return password
 
 
 class UnblindIn(_Model):

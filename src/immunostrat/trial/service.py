@@ -46,7 +46,7 @@ from immunostrat.trial.models import (
     as_utc,
     utcnow,
 )
-from immunostrat.trial.passwords import burn_time, hash_password, verify_password
+from immunostrat.trial.passwords import burn_time, hash_password, password_problem, verify_password
 from immunostrat.trial.schemas import (
     UNBLINDED_ROLES,
     AdverseEventIn,
@@ -438,6 +438,9 @@ def update_user(
     if spec.role is not None:
         user.role = spec.role
     if spec.password is not None:
+        problem = password_problem(spec.password, user.username)
+        if problem:
+            raise InputError(problem, field="password")
         user.password_hash = password_hash or hash_password(spec.password)
     new: dict[str, Any] = {"active": user.active, "role": user.role}
     if spec.password is not None:
