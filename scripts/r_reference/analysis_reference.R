@@ -80,6 +80,28 @@ out$ordinal <- list(
     list(resolution = 12, intermediate = 0, failure = 18, superinfection = 20)
   )
 )
+# adjusted for a numeric covariate (profile over the thresholds and the covariate)
+set.seed(11)
+adj <- data.frame(treated = rep(c(1, 0), each = 90), age = round(rnorm(180, 62, 12)))
+latent <- -0.5 * adj$treated + 0.03 * (adj$age - 62) + rlogis(180)
+adj$status <- factor(immunosep_levels[findInterval(latent, c(-0.8, -0.3, 0.9)) + 1],
+                     levels = immunosep_levels, ordered = TRUE)
+adj_fit <- clm(status ~ treated + age, data = adj, control = clm.control(gradTol = 1e-10))
+adj_gap <- function(beta) {
+  adj$off <- beta * adj$treated
+  2 * (as.numeric(logLik(adj_fit)) - as.numeric(logLik(clm(status ~ age + offset(off), data = adj)))) -
+    qchisq(0.95, 1)
+}
+adj_b <- coef(adj_fit)[["treated"]]
+adj_se <- sqrt(vcov(adj_fit)["treated", "treated"])
+out$ordinal_adjusted <- list(
+  data = data.frame(status = as.character(adj$status), treated = adj$treated, age = adj$age),
+  levels = immunosep_levels,
+  or = exp(adj_b), se_log_or = adj_se, wald_p = 2 * pnorm(-abs(adj_b / adj_se)),
+  profile_ci = exp(c(uniroot(adj_gap, c(adj_b - 6 * adj_se, adj_b), tol = 1e-12)$root,
+                     uniroot(adj_gap, c(adj_b, adj_b + 6 * adj_se), tol = 1e-12)$root))
+)
+
 # separation: the arms' categories do not overlap; R's clm reports it cannot converge / the
 # coefficient runs off; recorded, and ours must say "not estimable"
 sep <- expand_ordinal(immunosep_levels,

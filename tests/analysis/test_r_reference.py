@@ -67,6 +67,22 @@ def test_immunosep_infection_status_profile_interval_prints_the_published_091() 
     assert f"{est.details['wald_ci'][1]:.2f}" == "0.92"
 
 
+def test_proportional_odds_adjusted_for_a_covariate_matches_clm() -> None:
+    case = REF["ordinal_adjusted"]
+    est = stats.ordinal_odds_ratio(pd.DataFrame(case["data"]), "status", case["levels"], covariates=["age"])
+    assert close(est.estimate, case["or"]) and close(est.details["se_log_or"], case["se_log_or"])
+    assert close(est.p_value, case["wald_p"])
+    assert close(est.ci_low, case["profile_ci"][0]) and close(est.ci_high, case["profile_ci"][1])
+
+
+def test_proportional_odds_separated_by_a_covariate_is_not_estimable() -> None:
+    case = REF["ordinal_adjusted"]
+    data = pd.DataFrame(case["data"])
+    data["status"] = np.where(data["age"] > 62, case["levels"][-1], case["levels"][0])
+    with pytest.raises(stats.NotEstimable, match="infinity"):
+        stats.ordinal_odds_ratio(data, "status", case["levels"], covariates=["age"])
+
+
 def test_proportional_odds_separation_is_not_estimable() -> None:
     case = REF["ordinal_separation"]
     assert abs(case["r_log_or"]) > 10  # R runs off towards infinity

@@ -362,7 +362,9 @@ def logistic_odds_ratio(
 
 
 def _logistic(x: np.ndarray) -> np.ndarray:
-    return np.asarray(1.0 / (1.0 + np.exp(-x)), dtype=float)
+    from scipy.special import expit
+
+    return np.asarray(expit(x), dtype=float)
 
 
 def _po_loglik_grad(
@@ -485,6 +487,10 @@ def ordinal_odds_ratio(
             "the arms' outcome categories do not overlap (separation): the odds ratio is infinite"
         )
     par, loglik, converged, hess = _po_fit(y, x, k)
+    if np.max(np.abs(par[k - 1 :] * np.std(x, axis=0))) > 25:
+        # a log odds ratio beyond 25 per SD of its covariate is the likelihood running to
+        # infinity (separation by a covariate), not an estimate; R's clm reports a singular Hessian
+        raise NotEstimable("a coefficient runs to infinity (separation): the odds ratio is not finite")
     if not converged:
         raise NotEstimable("the proportional-odds fit did not converge")
     cov = np.linalg.inv(-hess)
