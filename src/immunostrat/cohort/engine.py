@@ -15,13 +15,17 @@ Worst values (the rules of ``scores/windows.py``, on the hourly grid):
 - respiration: each PaO2 is paired with the latest FiO2 charted in the preceding 4 h and the latest
   respiratory-support status of the preceding 24 h (found with RANGE windows over the event times plus
   an equi-join back on that time, not an as-of join), scored with the SOFA expressions; a window keeps
-  the pairing with the most respiration points, then the lowest ratio (exact). Ties at one instant: the
-  lowest PaO2 and the highest FiO2 count.
+  the pairing with the most respiration points, then the lowest ratio (exact), and reports that
+  pairing's support status as ``mechanical_ventilation``. Ties at one instant: the lowest PaO2 and the
+  highest FiO2 count.
 - vasopressors (dopamine, dobutamine, epinephrine, norepinephrine): a charted rate runs until the next
-  charted rate of that drug (the last one until the end of the grid) and counts only when it ran for at
-  least ``vasopressor_min_hours`` (sofa-1996.yaml); the interval is spread over the hourly buckets it
-  touches and the window takes the highest rate running at any moment in it (exact). Rates charted
-  more than ``LOOKBACK`` before the first grid hour are not carried into the stay.
+  charted rate of that drug when that comes within ``vasopressor_max_gap_hours`` (rules.yaml; ricu's
+  eICU gap), else it ends where it was charted (the last charting is not carried to the end of the
+  stay). Consecutive positive rates form one infusion run, which counts only when it lasted at least
+  ``vasopressor_min_hours`` (sofa-1996.yaml; Vincent's "given for at least 1 h" is per infusion, not
+  per charted segment); each rate is spread over the hourly buckets it touches and the window takes
+  the highest rate running at any moment in it. Rates charted more than ``LOOKBACK`` before the
+  first grid hour are not carried into the stay.
 - urine output: charted volumes summed over the 24 h window when the stay's urine charting covers it
   (first urine event <= window start + 2 h and last >= window end - 2 h); sums are rounded to 1e-6 mL
   so that engines summing in a different order agree. ``urine_output_24h`` = the smaller of that sum and
@@ -29,6 +33,11 @@ Worst values (the rules of ``scores/windows.py``, on the hourly grid):
 - biomarkers of the protocol (ferritin, mHLA-DR): the latest value charted at or before ``T`` and not
   older than the protocol's ``freshness_hours`` (else null, i.e. stale or missing) - the inputs of
   ``protocols.endotype_expression``.
+
+Sepsis-3 (``plan_suspicion``, ``plan_sepsis3``): every suspected-infection episode of a stay is
+assessed, not only the first; the rule variants of rules.yaml (suspected infection, SOFA baseline) are
+arguments of ``build_cohort``. A stay is "not assessable" where the source or the stay's care site has
+no events of a concept the suspicion rule needs, or where every suspicion window lies outside the stay.
 
 Scores come from ``immunostrat.scores.sofa`` and the protocol from ``protocols.classify_frame``, both
 applied to the Ibis table through narwhals: no band or threshold is written here.
