@@ -31,6 +31,7 @@ STAY_HOURS = {
     "site_a": 30,
     "site_b": 30,
     "site_a_cultures": 30,
+    "no_data": 30,
 }
 
 
@@ -81,6 +82,9 @@ def _observations() -> list[tuple[str, float, str, float]]:
         ("site_a", 5, "antibiotic", 1.0),
         ("site_b", 5, "antibiotic", 1.0),
         ("site_a_cultures", 5, "culture", 1.0),
+        # suspected infection, but not one SOFA component charted: nothing could rise
+        ("no_data", 5, "antibiotic", 1.0),
+        ("no_data", 6, "culture", 1.0),
     ]
     r += [("chronic", k, "platelets", 40.0) for k in range(-1, 80, 12)]
     return r
@@ -228,6 +232,19 @@ def test_every_suspicion_episode_is_assessed(request: pytest.FixtureRequest, eng
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_no_sofa_data_in_the_window_is_not_assessable(request: pytest.FixtureRequest, engine: str) -> None:
+    r = built(request, engine)
+    row = sepsis_row(r, "no_data")
+    assert row["suspicion_time"] == at(5) and row["sofa_hours_in_window"] > 0
+    assert row["sofa_hours_with_data"] == 0 and row["sepsis3_assessable"] is False
+    assert (
+        row["sepsis3_reason"] == "not assessable: no SOFA component charted in any suspected-infection window"
+    )
+    # the other side: charted, and no rise (acute stay before its platelets) is assessed
+    assert sepsis_row(r, "two_episodes")["sofa_hours_with_data"] > 0
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_suspected_infection_rule_variants(request: pytest.FixtureRequest, engine: str) -> None:
     default = built(request, engine)
     assert sepsis_row(default, "abx_only")["sepsis3"] is False
@@ -263,7 +280,7 @@ def test_not_assessable_per_care_site(request: pytest.FixtureRequest, engine: st
     assert b["sepsis3_reason"] == "not assessable: no culture events at this stay's care site"
     # a source-level flag stays true: the source does record cultures
     assert r.summary["sepsis3_assessable"] is True
-    assert r.summary["sepsis3_not_assessable_stays"] == 2  # site_b and outside_only
+    assert r.summary["sepsis3_not_assessable_stays"] == 3  # site_b, outside_only, no_data
 
 
 def test_dropped_rows_in_summary(tmp_path: Path) -> None:

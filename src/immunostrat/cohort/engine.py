@@ -61,7 +61,7 @@ import polars as pl
 
 from immunostrat.extras import require_extra
 from immunostrat.protocols import Protocol, classify_frame, load_protocol
-from immunostrat.scores import SOFA_INPUTS, SOFA_OUTPUTS, load_definition, sofa
+from immunostrat.scores import SOFA_COMPONENTS, SOFA_INPUTS, SOFA_OUTPUTS, load_definition, sofa
 from immunostrat.sources import STAYS_SCHEMA, ConceptStatus, SourceData
 
 Progress = Callable[[str, int, int], None]
@@ -496,7 +496,7 @@ def plan_sepsis3(
     ``sofa_hours_in_window`` 0, not assessable)."""
     spec = load_definition("sepsis3")
     rise = int(spec["sofa_rise"])
-    h = hourly.select("stay_id", "time", "sofa_total")
+    h = hourly.select("stay_id", "time", "sofa_total", "sofa_missing")
     if baseline_rule == "running-minimum":
         so_far = ibis.window(group_by=h.stay_id, order_by=h.time, rows=(None, 0))
         h = h.mutate(baseline=h.sofa_total.min().over(so_far).cast("int64"))
@@ -518,11 +518,13 @@ def plan_sepsis3(
         baseline_at_rise=h.baseline.max(where=risen),
         baseline_min=h.baseline.min(),
         sofa_hours_in_window=h.time.count(),
+        # hours with at least one SOFA component charted (all six missing: nothing could rise)
+        sofa_hours_with_data=h.time.count(where=h.sofa_missing < len(SOFA_COMPONENTS)),
     )
     ep = _drop_right(episodes.left_join(per, ["stay_id", "onset"]))
     ep = ep.mutate(
         _rank=ibis.cases(
-            (ep.sofa_rise_time.notnull(), 0), (ep.sofa_hours_in_window.fill_null(0) > 0, 1), else_=2
+            (ep.sofa_rise_time.notnull(), 0), (ep.sofa_hours_with_data.fill_null(0) > 0, 1), else_=2
         )
     )
     ep = ep.mutate(_n=ibis.row_number().over(ibis.window(group_by=ep.stay_id, order_by=[ep._rank, ep.onset])))
@@ -535,6 +537,7 @@ def plan_sepsis3(
         sofa_max_in_window=ep.sofa_max_in_window,
         baseline_sofa=ep.baseline_at_rise.coalesce(ep.baseline_min),
         sofa_hours_in_window=ep.sofa_hours_in_window.fill_null(0).cast("int64"),
+        sofa_hours_with_data=ep.sofa_hours_with_data.fill_null(0).cast("int64"),
     )
     counts = episodes.group_by("stay_id").agg(suspicion_episodes=episodes.onset.count())
     out = stays.select("stay_id")
@@ -664,7 +667,7 @@ def build_cohort(
         infection_rows = _collect(con, plan.infection_stays, ["stay_id", "concept"])
         hourly_path = work / "hourly.parquet"
         hourly.select(
-            "stay_id", "time", "hour", "sofa_total", "endotype", "therapy", *plan.biomarkers
+            "stay_id", "time", "hour", "sofa_total", "sofa_missing", "endotype", "therapy", *plan.biomarkers
         ).write_parquet(hourly_path)
         hourly_t = con.read_parquet(str(hourly_path))
         tick(2)
@@ -738,11 +741,9 @@ def _sepsis_reasons(
                 .otherwise(site_note)
             )
     shown = "antibiotic + culture" if suspicion_rule == "antibiotic-and-culture" else "antibiotic"
-    outside = (
-        pl.col("suspicion_time").is_not_null()
-        & pl.col("sofa_rise_time").is_null()
-        & (pl.col("sofa_hours_in_window") == 0)
-    )
+    no_rise = pl.col("suspicion_time").is_not_null() & pl.col("sofa_rise_time").is_null()
+    outside = no_rise & (pl.col("sofa_hours_in_window") == 0)
+    no_data = no_rise & (pl.col("sofa_hours_with_data") == 0)
     reason = (
         pl.when(pl.lit(bool(lacking)))
         .then(pl.lit(f"not assessable: {source_note}: suspected infection not assessable"))
@@ -752,6 +753,8 @@ def _sepsis_reasons(
         .then(pl.lit(f"no suspected infection ({shown})"))
         .when(outside)
         .then(pl.lit("not assessable: every suspected-infection window lies outside the ICU stay"))
+        .when(no_data)
+        .then(pl.lit("not assessable: no SOFA component charted in any suspected-infection window"))
         .when(pl.col("sofa_rise_time").is_null())
         .then(pl.lit(f"no SOFA rise >= {int(spec['sofa_rise'])} in the window"))
         .otherwise(pl.lit("suspected infection with SOFA rise"))
@@ -775,6 +778,7 @@ def _sepsis_reasons(
             "sofa_rise_time",
             "sofa_max_in_window",
             "sofa_hours_in_window",
+            "sofa_hours_with_data",
             "baseline_sofa",
             "sepsis3_reason",
             "sepsis3_assessable",
