@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -384,3 +385,67 @@ def test_password_is_taken_as_typed_in_nfkc(server: Server) -> None:
     assert _login(server, f"nfkc-pw-{server.kind}", typed).status_code == 200
     assert _login(server, f"nfkc-pw-{server.kind}", "  Quiet lantern over harbour 9  ").status_code == 200
     assert _login(server, f"nfkc-pw-{server.kind}", typed.strip()).status_code == 401
+
+
+# --- 9: request size, observation count, readers and the write lock -----------------------------------
+
+
+def test_oversized_bodies_are_refused_before_reading(server: Server) -> None:
+    tid = server.new_trial(f"BIG-{server.kind}")["id"]
+    filler = {"concept": "ferritin", "value": 9000, "unit": "ng/mL", "time": WHEN}
+    huge = json.dumps(_screening(observations=[filler] * 60_000)).encode()  # about 6 MB
+    assert len(huge) > 5 * 1024 * 1024
+    with server.client("investigator") as c:
+        headers = {"Content-Type": "application/json"}
+        r = c.post(f"/trials/{tid}/participants", content=huge, headers=headers)
+        assert r.status_code == 413, r.text
+
+        def chunks() -> Any:  # no Content-Length: the count is made while reading
+            for i in range(0, len(huge), 65536):
+                yield huge[i : i + 65536]
+
+        r = c.post(f"/trials/{tid}/participants", content=chunks(), headers=headers)
+        assert r.status_code == 413, r.text
+        r = c.post(f"/trials/{tid}/participants", json=_screening(observations=[filler] * 1001))
+        assert r.status_code == 422 and r.json()["field"] == "observations", r.text
+        assert c.get(f"/trials/{tid}/participants").json() == []
+
+
+def test_reads_do_not_wait_for_the_write_lock(backends: dict[str, Server]) -> None:
+    """SQLite only: there one writer holds the whole database (PostgreSQL readers never wait)."""
+    server = backends["sqlite"]
+    engine = get_engine(server.db_url)
+    server.token("monitor")
+    with engine.connect() as holder:
+        holder.execute(text("SELECT 1"))  # the engine's BEGIN IMMEDIATE: the write lock is ours
+        other = sqlite3.connect(server.db_url.removeprefix("sqlite:///"), timeout=0)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+        other.close()
+        with server.client("monitor", timeout=5) as c:
+            assert c.get("/me").status_code == 200
+        with server.client("investigator", timeout=5) as c:
+            assert c.post("/classify", json=BEDSIDE).status_code == 200
+        r = httpx.post(f"{server.base_url}/token", data={"username": "x-user", "password": "y"}, timeout=5)
+        assert r.status_code == 401
+
+
+# --- 15: duplicate keys and numbers JSON does not have --------------------------------------------------
+
+
+def test_duplicate_keys_and_non_finite_numbers_are_refused(server: Server) -> None:
+    tid, (pid,) = _randomized(server, f"DUPKEY-{server.kind}")
+    with server.client("investigator") as c:
+        headers = {"Content-Type": "application/json"}
+        r = c.post(
+            f"/trials/{tid}/participants",
+            content=b'{"site": "S1", "age": 50, "sex": "F", "sex": "M"}',
+            headers=headers,
+        )
+        assert r.status_code == 422 and r.json()["field"] == "sex", r.text
+        for number in (b"1e400", b"NaN", b"Infinity", b"-Infinity"):
+            body = b'{"last_contact_day": 28, "ferritin_day15_ng_ml": ' + number + b"}"
+            r = c.put(f"/trials/{tid}/participants/{pid}/outcome", content=body, headers=headers)
+            assert r.status_code == 422, (number, r.text)
+        assert c.get(f"/trials/{tid}/participants").json()[0]["status"] == "randomized"
+        assert len(c.get(f"/trials/{tid}/participants").json()) == 1

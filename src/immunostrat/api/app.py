@@ -7,7 +7,9 @@ signing key, and mounts the REST, clinical and CDS Hooks routes. Run it with uvi
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import secrets
 from collections.abc import Iterator
@@ -35,6 +37,108 @@ SIGNING_KEY_SETTING = "jwt_signing_key"
 DEFAULT_TOKEN_MINUTES = 30.0
 
 logger = logging.getLogger("immunostrat.api")
+
+
+MAX_BODY_BYTES = 5 * 1024 * 1024
+"""Largest request body: a screening's or a bedside bundle's observations fit many times over (the
+same bound as a FHIR server's answer in ``cds.fhir_fetch``); a 53 MB body took a minute and 2.8 GB."""
+
+
+def _json_problem(body: bytes) -> tuple[str, str] | None:
+    """(field, message) when the JSON body repeats a key or holds a number that is not finite
+    (``NaN``, ``Infinity``, ``1e400``): the standard parser would keep the last key and ``inf``."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                raise _Refused(key, f"duplicate key {key!r}: each key once")
+            seen.add(key)
+        return dict(items)
+
+    def constant(name: str) -> float:
+        raise _Refused("", f"{name} is not a number JSON allows: finite numbers only")
+
+    def number(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise _Refused("", f"{text} is out of range: finite numbers only")
+        return value
+
+    try:
+        json.loads(body, object_pairs_hook=pairs, parse_constant=constant, parse_float=number)
+    except _Refused as refused:
+        return refused.field, refused.message
+    except ValueError:
+        return None  # not JSON at all: the route's own validation answers that
+    return None
+
+
+class _Refused(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+class RequestLimits:
+    """Bodies over :data:`MAX_BODY_BYTES` are refused (413) before anything reads them, and JSON
+    bodies with a repeated key or a non-finite number (422), for every route alike."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            await self._refuse(scope, receive, send, 413, None, self._too_large())
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                await self._refuse(scope, receive, send, 413, None, self._too_large())
+                return
+            chunks.append(chunk)
+            more = bool(message.get("more_body"))
+        body = b"".join(chunks)
+        if b"json" in headers.get(b"content-type", b"") and body:
+            problem = _json_problem(body)
+            if problem is not None:
+                field, message_text = problem
+                detail = f"field '{field}': {message_text}" if field else message_text
+                await self._refuse(scope, receive, send, 422, field or None, detail)
+                return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    def _too_large() -> str:
+        return f"request body larger than {MAX_BODY_BYTES} bytes"
+
+    @staticmethod
+    async def _refuse(
+        scope: Scope, receive: Receive, send: Send, status: int, field: str | None, detail: str
+    ) -> None:
+        response = JSONResponse(status_code=status, content={"detail": detail, "field": field})
+        await response(scope, receive, send)
 
 
 class ServerErrors:
@@ -172,7 +276,8 @@ def create_app(
     app.state.signing_key = key
     app.state.token_minutes = minutes
     _install_error_handlers(app)
-    app.add_middleware(ServerErrors)
+    app.add_middleware(RequestLimits)
+    app.add_middleware(ServerErrors)  # added last: the outermost, so it also covers RequestLimits
     app.include_router(trial_router)
     app.include_router(clinical_router)
     app.include_router(cds_router)

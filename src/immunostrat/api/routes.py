@@ -23,7 +23,7 @@ from sqlalchemy import select
 from immunostrat.api.app import unit_of_work
 from immunostrat.api.auth import ALL_ROLES, Principal, _unauthorized, confirm, issue_token, require
 from immunostrat.trial import audit, service
-from immunostrat.trial.db import read_transaction, transaction
+from immunostrat.trial.db import read_transaction
 from immunostrat.trial.export import build_export, write_export
 from immunostrat.trial.models import AuditRow, Trial, User
 from immunostrat.trial.passwords import hash_password
@@ -72,7 +72,7 @@ def health() -> dict[str, str]:
 @router.post("/token", tags=["auth"])
 def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> dict[str, Any]:
     """OAuth2 password flow: a bearer token that expires (``expires_in`` seconds)."""
-    with transaction(request.app.state.engine) as session:
+    with read_transaction(request.app.state.engine) as session:
         user = session.scalars(select(User).where(User.username == form.username)).one_or_none()
     # the password check (bcrypt, deliberately slow) runs outside the transaction: on SQLite a
     # transaction holds the write lock, and logins must not stall randomizations
@@ -184,8 +184,13 @@ def screen(
     principal: Annotated[Principal, Depends(INVESTIGATOR)],
 ) -> dict[str, Any]:
     """Screen a patient: observations in any accepted unit, the protocol's decision with reasons."""
+    with read_transaction(request.app.state.engine) as session:
+        confirm(session, principal)
+        rules = service.screening_rules(service.trial_by_id(session, trial_id))
+    # converting observations and deciding need no lock: done before the write transaction opens
+    work = service.evaluate_screening(rules, body)
     with unit_of_work(request, principal) as (session, actor):
-        return dataclasses.asdict(service.screen(session, actor, trial_id, body))
+        return dataclasses.asdict(service.screen(session, actor, trial_id, body, work))
 
 
 @router.get("/trials/{trial_id}/participants", tags=["participants"])

@@ -36,6 +36,10 @@ MAX_ID = 2**31 - 1
 """Largest row id (the id columns are 32-bit INTEGER on PostgreSQL): larger ids in paths, queries
 and bodies are refused by the schema instead of overflowing the database driver."""
 
+MAX_OBSERVATIONS = 1000
+"""Observations in one screening or daily assessment: a day of every lab and vital sign of an ICU
+patient is a few hundred; 600,000 in one screening held the database for a minute."""
+
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 """C0 control characters but tab, line feed and carriage return: never typed, invisible when shown,
 and NUL is refused by PostgreSQL (it was a server error there and stored as is on SQLite)."""
@@ -162,7 +166,7 @@ class ScreeningIn(_Model):
     infection_suspected: bool | None = None
     pre_infection_sofa: int | None = Field(default=None, ge=0, le=24)
     exclusions: dict[str, bool] = Field(default_factory=dict)
-    observations: list[ObservationIn] = Field(default_factory=list)
+    observations: list[ObservationIn] = Field(default_factory=list, max_length=MAX_OBSERVATIONS)
     pseudonym: str | None = Field(default=None, min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
 
 
@@ -175,7 +179,7 @@ class AssessmentIn(_Model):
     sofa_cns: int | None = Field(default=None, ge=0, le=4)
     sofa_renal: int | None = Field(default=None, ge=0, le=4)
     sofa_total: int | None = Field(default=None, ge=0, le=24)
-    observations: list[ObservationIn] = Field(default_factory=list)
+    observations: list[ObservationIn] = Field(default_factory=list, max_length=MAX_OBSERVATIONS)
     infection_status: Literal["resolution", "intermediate", "failure", "superinfection"] | None = None
     doses_given: int | None = Field(default=None, ge=0, le=100)
 

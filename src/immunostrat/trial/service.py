@@ -533,9 +533,60 @@ class ScreeningResult:
     """The Sepsis-3 check (SOFA total, components, verdict) when the trial requires it, else None."""
 
 
-def screen(session: Session, actor: Actor, trial_id: int, data: ScreeningIn) -> ScreeningResult:
+@dataclass(frozen=True)
+class ScreeningRules:
+    """What a trial's screening decision depends on (fixed at set-up)."""
+
+    protocol_id: str
+    randomized_endotypes: tuple[str, ...]
+    require_sepsis3: bool
+
+
+def screening_rules(trial: Trial) -> ScreeningRules:
+    return ScreeningRules(
+        trial.protocol_id,
+        tuple(trial.config["randomized_endotypes"]),
+        # trials set up before the option existed have no key: they never required it
+        bool(trial.config.get("require_sepsis3", False)),
+    )
+
+
+@dataclass(frozen=True)
+class ScreeningWork:
+    """The observations converted and the protocol's decision, worked out before the write
+    transaction (on SQLite every write transaction holds the database's one write lock)."""
+
+    rules: ScreeningRules
+    observations: list[eligibility.CanonicalObservation]
+    decision: eligibility.EligibilityResult
+
+
+def evaluate_screening(rules: ScreeningRules, data: ScreeningIn) -> ScreeningWork:
+    """Convert the observations and decide eligibility: no database, no participant yet."""
+    label = data.pseudonym or "screening"  # the observations' patient label; nothing keeps it
+    obs = eligibility.canonical_observations(
+        label, [o.model_dump() for o in data.observations], data.weight_kg, source="observations"
+    )
+    patient = {"patient_id": label, "age": data.age, "sex": data.sex, "weight_kg": data.weight_kg}
+    decision = eligibility.decide(
+        rules.protocol_id,
+        patient,
+        obs,
+        data.exclusions,
+        list(rules.randomized_endotypes),
+        require_sepsis3=rules.require_sepsis3,
+        infection_suspected=data.infection_suspected,
+        pre_infection_sofa=data.pre_infection_sofa,
+    )
+    return ScreeningWork(rules, obs, decision)
+
+
+def screen(
+    session: Session, actor: Actor, trial_id: int, data: ScreeningIn, work: ScreeningWork | None = None
+) -> ScreeningResult:
     """Register a pseudonymised participant, store the screening observations (as entered and
-    canonical) and the protocol's eligibility decision with its reasons."""
+    canonical) and the protocol's eligibility decision with its reasons. ``work`` from
+    :func:`evaluate_screening` (done before the transaction) is used when the trial's rules match."""
     trial = trial_by_id(session, trial_id)
     _require_open(trial)
     site = site_by_code(session, trial, data.site)
@@ -549,27 +600,11 @@ def screen(session: Session, actor: Actor, trial_id: int, data: ScreeningIn) -> 
         ).first()
         if taken is not None:
             raise Conflict(f"pseudonym {data.pseudonym!r} exists", field="pseudonym")
+    rules = screening_rules(trial)
+    if work is None or work.rules != rules:
+        work = evaluate_screening(rules, data)
+    obs, decision = work.observations, work.decision
     pseudonym = data.pseudonym or _next_pseudonym(session, trial, site)
-    obs = eligibility.canonical_observations(
-        pseudonym, [o.model_dump() for o in data.observations], data.weight_kg, source="observations"
-    )
-    patient = {
-        "patient_id": pseudonym,
-        "age": data.age,
-        "sex": data.sex,
-        "weight_kg": data.weight_kg,
-    }
-    decision = eligibility.decide(
-        trial.protocol_id,
-        patient,
-        obs,
-        data.exclusions,
-        trial.config["randomized_endotypes"],
-        # trials set up before the option existed have no key: they never required it
-        require_sepsis3=bool(trial.config.get("require_sepsis3", False)),
-        infection_suspected=data.infection_suspected,
-        pre_infection_sofa=data.pre_infection_sofa,
-    )
     c = decision.classification
     sepsis3 = decision.sepsis3.as_dict() if decision.sepsis3 is not None else None
     p = Participant(
