@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 
-from immunostrat.trial.audit import SYSTEM, Actor, append, row_hash, verify_chain
+from immunostrat.trial.audit import GENESIS, SYSTEM, Actor, append, row_hash, verify_chain
 from immunostrat.trial.db import get_engine, transaction
 from immunostrat.trial.ops import verify_audit
 
@@ -20,10 +22,16 @@ def _disable_guard(engine: Engine) -> None:
     """What an attacker with database access would do first."""
     with transaction(engine) as s:
         if engine.dialect.name == "postgresql":
-            s.execute(text("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_change"))
+            s.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
+            s.execute(text("ALTER TABLE audit_head DISABLE TRIGGER USER"))
         else:
-            s.execute(text("DROP TRIGGER audit_log_no_update"))
-            s.execute(text("DROP TRIGGER audit_log_no_delete"))
+            for name in (
+                "audit_log_no_update",
+                "audit_log_no_delete",
+                "audit_head_step",
+                "audit_head_no_delete",
+            ):
+                s.execute(text(f"DROP TRIGGER {name}"))
 
 
 def test_intact_chain_verifies(db_url: str) -> None:
@@ -98,3 +106,76 @@ def test_append_continues_the_chain_across_transactions(sqlite_url: str) -> None
         assert row.seq == 4
     with transaction(engine) as s:
         assert verify_chain(s).ok
+
+
+def test_truncate_and_a_rewound_or_deleted_head_are_refused(db_url: str) -> None:
+    engine = get_engine(db_url)
+    _fill(engine, 5)
+    attacks = [
+        "UPDATE audit_head SET seq = 0, hash = :genesis",
+        "DELETE FROM audit_head",
+        "DELETE FROM audit_log",
+    ]
+    if engine.dialect.name == "postgresql":
+        attacks += ["TRUNCATE audit_log", "TRUNCATE audit_head", "UPDATE audit_head SET seq = seq + 1"]
+    for sql in attacks:
+        with pytest.raises(DBAPIError), transaction(engine) as s:
+            s.execute(text(sql), {"genesis": GENESIS} if ":genesis" in sql else {})
+    result = verify_audit(db_url)
+    assert result.ok and result.rows_checked == 5
+
+
+def test_swapped_rows_are_named(db_url: str) -> None:
+    engine = get_engine(db_url)
+    _fill(engine, 10)
+    _disable_guard(engine)
+    columns = ("at", "actor", "role", "action", "entity", "entity_id", "old", "new", "prev_hash", "hash")
+    with transaction(engine) as s:
+        rows = {
+            r["seq"]: r for r in s.execute(text("SELECT * FROM audit_log WHERE seq IN (4, 5)")).mappings()
+        }
+        for seq, other in ((4, 5), (5, 4)):
+            sets = ", ".join(f"{c} = :{c}" for c in columns)
+            s.execute(
+                text(f"UPDATE audit_log SET {sets} WHERE seq = :seq"), {**dict(rows[other]), "seq": seq}
+            )
+    result = verify_audit(db_url)
+    assert (result.ok, result.first_bad_seq) == (False, 4)
+    assert "contents of row 5" in (result.problem or "")
+
+
+def test_edited_head_is_named(db_url: str) -> None:
+    engine = get_engine(db_url)
+    _fill(engine, 10)
+    _disable_guard(engine)
+    with transaction(engine) as s:
+        s.execute(text("UPDATE audit_head SET hash = :h"), {"h": "f" * 64})
+    result = verify_audit(db_url)
+    assert (result.ok, result.first_bad_seq) == (False, 10)
+    assert "head row was edited" in (result.problem or "")
+
+
+def test_forged_row_beyond_the_head_is_named(db_url: str) -> None:
+    engine = get_engine(db_url)
+    _fill(engine, 10)
+    with transaction(engine) as s:
+        last = s.execute(text("SELECT hash FROM audit_log WHERE seq = 10")).scalar_one()
+        forged = {
+            "seq": 11,
+            "at": "2026-01-01T00:00:00+00:00",
+            "actor": "mallory",
+            "role": "admin",
+            "action": "update",
+            "entity": "allocation",
+            "entity_id": "1",
+            "old": None,
+            "new": "{}",
+            "prev_hash": last,
+            "hash": "e" * 64,
+        }
+        names = ", ".join(forged)
+        values = ", ".join(f":{k}" for k in forged)
+        s.execute(text(f"INSERT INTO audit_log ({names}) VALUES ({values})"), forged)
+    result = verify_audit(db_url)
+    assert (result.ok, result.first_bad_seq) == (False, 11)
+    assert "forged" in (result.problem or "")

@@ -131,8 +131,25 @@ class AuditVerification:
         return f"audit chain broken at row {self.first_bad_seq}: {self.problem}"
 
 
+def _digest(row: AuditRow, seq: int) -> str:
+    return row_hash(
+        row.prev_hash,
+        seq,
+        row.at,
+        row.actor,
+        row.role,
+        row.action,
+        row.entity,
+        row.entity_id,
+        row.old,
+        row.new,
+    )
+
+
 def verify_chain(session: Session) -> AuditVerification:
-    """Recompute every hash in order; report the first row that was changed, inserted or deleted."""
+    """Recompute every hash in order; report the first row that was changed, moved, inserted or
+    deleted, and a head row that does not point at the last row."""
+    head = session.get(AuditHead, 1)
     expected_seq = 1
     prev_hash = GENESIS
     checked = 0
@@ -145,9 +162,35 @@ def verify_chain(session: Session) -> AuditVerification:
                 else f"row {row.seq} appears out of order"
             )
             return AuditVerification(False, checked, expected_seq, missing)
+        if head is not None and row.seq > head.seq:
+            # the service moves the head with every row it writes: this one came from elsewhere
+            return AuditVerification(
+                False,
+                checked,
+                row.seq,
+                f"row {row.seq} lies beyond the recorded head (row {head.seq}): "
+                "written outside the service (forged)",
+            )
+        if _digest(row, row.seq) != row.hash:
+            # contents that hash correctly under a neighbour's number were moved, not edited
+            moved = next(
+                (
+                    other
+                    for other in (row.seq + 1, row.seq - 1)
+                    if other >= 1 and _digest(row, other) == row.hash
+                ),
+                None,
+            )
+            if moved is not None:
+                return AuditVerification(
+                    False, checked, row.seq, f"row {row.seq} holds the contents of row {moved} (rows swapped)"
+                )
+            return AuditVerification(
+                False, checked, row.seq, "contents do not match the stored hash (edited)"
+            )
         if row.prev_hash != prev_hash:
-            # the previous row's own hash checked out, so it was rewritten with a recomputed hash
-            # (or this row's link was altered): the earlier row is the first bad one
+            # both rows hash correctly on their own: the earlier one was rewritten with a recomputed
+            # hash (or this row's link was, and its hash with it)
             bad = row.seq - 1 if row.seq > 1 else row.seq
             return AuditVerification(
                 False,
@@ -156,33 +199,22 @@ def verify_chain(session: Session) -> AuditVerification:
                 f"row {row.seq} records prev_hash {row.prev_hash[:12]}..., "
                 f"but row {row.seq - 1} hashes to {prev_hash[:12]}... (row {bad} was rewritten)",
             )
-        digest = row_hash(
-            row.prev_hash,
-            row.seq,
-            row.at,
-            row.actor,
-            row.role,
-            row.action,
-            row.entity,
-            row.entity_id,
-            row.old,
-            row.new,
-        )
-        if digest != row.hash:
-            return AuditVerification(
-                False, checked, row.seq, "contents do not match the stored hash (edited)"
-            )
         prev_hash = row.hash
         expected_seq += 1
         checked += 1
-    head = session.get(AuditHead, 1)
     if head is None:
         return AuditVerification(False, checked, expected_seq, "the audit head row is missing")
     last = expected_seq - 1
-    if head.seq != last or head.hash != prev_hash:
-        if head.seq > last:
-            return AuditVerification(
-                False, checked, last + 1, f"rows {last + 1}..{head.seq} are missing (deleted from the end)"
-            )
-        return AuditVerification(False, checked, head.seq + 1, "rows after the recorded head (inserted)")
+    if head.seq > last:
+        return AuditVerification(
+            False, checked, last + 1, f"rows {last + 1}..{head.seq} are missing (deleted from the end)"
+        )
+    if head.hash != prev_hash:
+        return AuditVerification(
+            False,
+            checked,
+            last,
+            f"the head records hash {head.hash[:12]}... for row {last}, which hashes to "
+            f"{prev_hash[:12]}... (the head row was edited)",
+        )
     return AuditVerification(True, checked, head_hash=prev_hash)
