@@ -19,7 +19,7 @@ Worst values (the rules of ``scores/windows.py``, on the hourly grid):
   pairing's support status as ``mechanical_ventilation``. Ties at one instant: the lowest PaO2 and the
   highest FiO2 count.
 - vasopressors (dopamine, dobutamine, epinephrine, norepinephrine): a charted rate runs until the next
-  charted rate of that drug when that comes within ``vasopressor_max_gap_hours`` (rules.yaml; ricu's
+  charted rate of that drug when that comes within ``vasopressor_max_gap_hours`` (sofa-1996.yaml; ricu's
   eICU gap), else it ends where it was charted (the last charting is not carried to the end of the
   stay). Consecutive positive rates form one infusion run, which counts only when it lasted at least
   ``vasopressor_min_hours`` (sofa-1996.yaml; Vincent's "given for at least 1 h" is per infusion, not
@@ -211,7 +211,7 @@ def plan_hourly(
     (else at ``icu_intime``: one hour)."""
     sofa_spec = load_definition("sofa")
     min_run = ibis.interval(minutes=round(float(sofa_spec["vasopressor_min_hours"]) * 60))
-    max_gap = ibis.interval(minutes=round(float(load_rules()["vasopressor_max_gap_hours"]) * 60))
+    max_gap = ibis.interval(minutes=round(float(sofa_spec["vasopressor_max_gap_hours"]) * 60))
     biomarkers = tuple(protocol.requires)
     fresh = {c: float(protocol.requires[c].freshness_hours) for c in biomarkers}
     fresh_buckets = max([math.floor(h) for h in fresh.values()] or [0])
@@ -308,7 +308,7 @@ def plan_hourly(
 
     # -- vasopressors: a charted rate runs until the next one (within the maximum gap, else it ends
     # where charted); consecutive positive rates form one infusion run, and a run counts when it lasted
-    # >= min_run (rules.yaml); its rates are spread over the hourly buckets they touch
+    # >= min_run (sofa-1996.yaml); its rates are spread over the hourly buckets they touch
     v = o_all.filter(o_all.concept.isin(VASOPRESSORS))
     v = v.group_by(["stay_id", "concept", "time", "grid_first", "grid_last"]).agg(value=v.value.max())
     by_drug = ibis.window(group_by=[v.stay_id, v.concept], order_by=v.time)
@@ -694,7 +694,7 @@ def build_cohort(
             rules={
                 "suspected_infection": suspicion_rule,
                 "sofa_baseline": baseline_rule,
-                "vasopressor_max_gap_hours": float(rules["vasopressor_max_gap_hours"]),
+                "vasopressor_max_gap_hours": float(load_definition("sofa")["vasopressor_max_gap_hours"]),
             },
             dropped=side_tables.get("dropped"),
         )

@@ -7,8 +7,11 @@ turns canonical long observations into one row per (patient, window) with the SO
   and the latest respiratory-support status (within ``support_lookback_hours``); the pairing with the
   worst respiration points (then the lowest ratio) represents the window;
 - platelets, GCS, MAP: minimum; bilirubin, creatinine: maximum;
-- vasopressor rates: the highest rate that ran for at least ``vasopressor_min_hours`` (a charted
-  rate runs until the next charted rate of the same drug; the last one is taken as still running);
+- vasopressor rates (the rules of ``sofa-1996.yaml``): a charted rate runs until the next charted
+  rate of the same drug when that comes within ``vasopressor_max_gap_hours``, else it ends where it
+  was charted (the last charting is not carried on); a rate of 0 is a stop. Consecutive positive
+  rates form one infusion run, counted only when the run lasted at least ``vasopressor_min_hours``
+  (per infusion, not per charted segment). The window takes the highest counted rate running in it;
   a rate charted before the window and still running counts;
 - urine output: events summed over a 24-h window when the charting covers it (first and last urine
   events within ``urine_coverage_slack_hours`` of the window's edges), else the window gets no
@@ -194,21 +197,44 @@ def _respiration(obs: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
     return worst.select("patient_id", "window_start", "pao2_fio2_ratio", "mechanical_ventilation")
 
 
-def _vasopressors(obs: pl.DataFrame, windows: pl.DataFrame, min_hours: float) -> pl.DataFrame:
-    rates = obs.filter(pl.col("concept").is_in(VASOPRESSORS)).sort("patient_id", "concept", "time")
-    if rates.is_empty():
-        return pl.DataFrame(schema={"patient_id": pl.String, "window_start": pl.Datetime("us", "UTC")})
-    rates = rates.with_columns(pl.col("time").shift(-1).over("patient_id", "concept").alias("until"))
-    long_enough = pl.col("until").is_null() | (
-        (pl.col("until") - pl.col("time")) >= timedelta(hours=min_hours)
+def _vasopressors(
+    obs: pl.DataFrame, windows: pl.DataFrame, min_hours: float, max_gap_hours: float
+) -> pl.DataFrame:
+    empty = pl.DataFrame(schema={"patient_id": pl.String, "window_start": pl.Datetime("us", "UTC")})
+    rates = (
+        obs.filter(pl.col("concept").is_in(VASOPRESSORS))
+        .group_by("patient_id", "concept", "time")
+        .agg(pl.col("value").max())
+        .sort("patient_id", "concept", "time")
     )
-    rates = rates.filter(long_enough & (pl.col("value") > 0))
+    if rates.is_empty():
+        return empty
+    drug = ("patient_id", "concept")
+    max_gap = timedelta(hours=max_gap_hours)
+    next_time = pl.col("time").shift(-1).over(drug)
+    prev_time = pl.col("time").shift(1).over(drug)
+    prev_value = pl.col("value").shift(1).over(drug)
+    # A rate runs to the next charting within the gap; after a longer silence it ends where charted.
+    until = pl.when(next_time - pl.col("time") <= max_gap).then(next_time).otherwise(pl.col("time"))
+    # A positive rate after a stop (0), a silence or nothing starts a new infusion run.
+    run_start = (pl.col("value") > 0) & (
+        prev_value.is_null() | (prev_value <= 0) | (pl.col("time") - prev_time > max_gap)
+    )
+    rates = (
+        rates.with_columns(until.alias("until"), run_start.cast(pl.Int64).cum_sum().over(drug).alias("_run"))
+        .filter(pl.col("value") > 0)
+        .filter(
+            pl.col("until").max().over(*drug, "_run") - pl.col("time").min().over(*drug, "_run")
+            >= timedelta(hours=min_hours)
+        )
+    )
+    # A rate overlaps the window while it runs; one that ended where charted counts at that instant.
     joined = rates.join(windows, on="patient_id", how="inner").filter(
         (pl.col("time") < pl.col("window_end"))
-        & (pl.col("until").is_null() | (pl.col("until") > pl.col("window_start")))
+        & ((pl.col("until") > pl.col("window_start")) | (pl.col("time") >= pl.col("window_start")))
     )
     if joined.is_empty():
-        return pl.DataFrame(schema={"patient_id": pl.String, "window_start": pl.Datetime("us", "UTC")})
+        return empty
     return joined.pivot(
         on="concept", index=["patient_id", "window_start"], values="value", aggregate_function="max"
     )
@@ -243,11 +269,16 @@ def worst_values(
     windows: pl.DataFrame,
     *,
     vasopressor_min_hours: float | None = None,
+    vasopressor_max_gap_hours: float | None = None,
 ) -> pl.DataFrame:
-    """One row per window with the worst value of every score input (see module docstring)."""
+    """One row per window with the worst value of every score input (see module docstring); the
+    vasopressor rules default to ``sofa-1996.yaml``."""
     spec = load_definition("sofa")
     min_hours = float(
         spec["vasopressor_min_hours"] if vasopressor_min_hours is None else vasopressor_min_hours
+    )
+    max_gap_hours = float(
+        spec["vasopressor_max_gap_hours"] if vasopressor_max_gap_hours is None else vasopressor_max_gap_hours
     )
     hours = windows.select((pl.col("window_end") - pl.col("window_start")).dt.total_seconds().max()).item()
     hours = (hours or 0) / 3600.0
@@ -262,7 +293,7 @@ def worst_values(
     frame = base.join(simple, on=["patient_id", "window_start"], how="left")
     resp = _respiration(observations, windows)
     frame = frame.drop("mechanical_ventilation").join(resp, on=["patient_id", "window_start"], how="left")
-    vaso = _vasopressors(observations, windows, min_hours)
+    vaso = _vasopressors(observations, windows, min_hours, max_gap_hours)
     frame = frame.join(vaso, on=["patient_id", "window_start"], how="left")
     for name in VASOPRESSORS:
         if name not in frame.columns:
