@@ -131,7 +131,11 @@ def _resp_points(ratio: np.ndarray, vent: np.ndarray) -> np.ndarray:
 
 
 def pandas_stay(
-    stay: Any, obs: pd.DataFrame, fresh_hours: dict[str, float], min_run: pd.Timedelta
+    stay: Any,
+    obs: pd.DataFrame,
+    fresh_hours: dict[str, float],
+    min_run: pd.Timedelta,
+    max_gap: pd.Timedelta,
 ) -> pd.DataFrame:
     """The rules of the engine for one stay, as a pandas user would write them."""
     first = (stay.icu_intime - pd.Timedelta(microseconds=1)).floor("h") + HOUR
@@ -204,7 +208,8 @@ def pandas_stay(
                 best_vent.append(1.0 if top >= 3 else 0.0)
             out["pao2_fio2_ratio"] = best_ratio
             out["mechanical_ventilation"] = best_vent
-    # vasopressors: a rate runs until the next one; counted when it ran >= 1 h
+    # vasopressors: a rate runs until the next one when that comes within max_gap, else it ends where
+    # charted; consecutive positive rates form one infusion run, counted when it lasted >= min_run
     ends = grid.to_numpy()
     for drug in VASOPRESSORS:
         part = by.get(drug)
@@ -212,13 +217,17 @@ def pandas_stay(
         if part is None:
             continue
         r = part.groupby("time", as_index=False).agg(value=("value", "max")).sort_values("time")
-        r["until"] = r["time"].shift(-1)
-        r = r[(r["value"] > 0) & (r["until"].isna() | (r["until"] - r["time"] >= min_run))]
+        following, previous = r["time"].shift(-1), r["time"].shift(1)
+        r["until"] = following.where(following - r["time"] <= max_gap, r["time"])
+        prev_value = r["value"].shift(1)
+        starts = (r["value"] > 0) & (prev_value.isna() | (prev_value <= 0) | (r["time"] - previous > max_gap))
+        r["run"] = starts.cumsum()
+        r = r[r["value"] > 0]
+        runs = r.groupby("run")
+        r = r[runs["until"].transform("max") - runs["time"].transform("min") >= min_run]
         values = []
         for end in ends:
-            m = (r["time"].to_numpy() <= end) & (
-                r["until"].isna().to_numpy() | (r["until"].to_numpy() > end - np.timedelta64(24, "h"))
-            )
+            m = (r["time"].to_numpy() <= end) & (r["until"].to_numpy() > end - np.timedelta64(24, "h"))
             values.append(r["value"].to_numpy()[m].max() if m.any() else np.nan)
         out[drug] = values
     # biomarkers: the latest value within the protocol's freshness window
@@ -238,7 +247,9 @@ def pandas_stay(
 def run_pandas(folder: Path, stay_ids: list[str]) -> pl.DataFrame:
     protocol = load_protocol(PROTOCOL)
     fresh = {c: float(r.freshness_hours) for c, r in protocol.requires.items()}
-    min_run = pd.Timedelta(hours=float(load_definition("sofa")["vasopressor_min_hours"]))
+    sofa_spec = load_definition("sofa")
+    min_run = pd.Timedelta(hours=float(sofa_spec["vasopressor_min_hours"]))
+    max_gap = pd.Timedelta(hours=float(sofa_spec["vasopressor_max_gap_hours"]))
     stays = pd.read_parquet(folder / "stays.parquet")
     stays = stays[stays["stay_id"].isin(stay_ids)]
     obs = pd.read_parquet(folder / "observations", filters=[("patient_id", "in", stay_ids)])
@@ -247,7 +258,7 @@ def run_pandas(folder: Path, stay_ids: list[str]) -> pl.DataFrame:
     groups = dict(tuple(obs.groupby("patient_id")))
     empty = obs.iloc[0:0]
     for stay in stays.itertuples(index=False):
-        frames.append(pandas_stay(stay, groups.get(str(stay.stay_id), empty), fresh, min_run))
+        frames.append(pandas_stay(stay, groups.get(str(stay.stay_id), empty), fresh, min_run, max_gap))
     wide = pd.concat(frames, ignore_index=True)
     # The score and protocol functions, once; through polars because the core's expressions do not run
     # on numpy-backed pandas yet (nw.lit(None, Int64) cannot be cast there).
