@@ -449,3 +449,37 @@ def test_duplicate_keys_and_non_finite_numbers_are_refused(server: Server) -> No
             assert r.status_code == 422, (number, r.text)
         assert c.get(f"/trials/{tid}/participants").json()[0]["status"] == "randomized"
         assert len(c.get(f"/trials/{tid}/participants").json()) == 1
+
+
+# --- 12: screening idempotency ------------------------------------------------------------------------
+
+
+def test_retried_screening_with_the_same_key_registers_one_participant(server: Server) -> None:
+    tid = server.new_trial(f"IDEMSCR-{server.kind}")["id"]
+    with server.client("investigator") as c:
+        first = c.post(f"/trials/{tid}/participants", json=_screening(), headers={"Idempotency-Key": "scr-1"})
+        assert first.status_code == 201, first.text
+        again = c.post(f"/trials/{tid}/participants", json=_screening(), headers={"Idempotency-Key": "scr-1"})
+        assert again.status_code == 200, again.text
+        assert again.json() == first.json() | {"replayed": True, "warnings": again.json()["warnings"]}
+        other = c.post(
+            f"/trials/{tid}/participants", json=_screening(age=60), headers={"Idempotency-Key": "scr-1"}
+        )
+        assert other.status_code == 409 and other.json()["field"] == "Idempotency-Key", other.text
+        assert len(c.get(f"/trials/{tid}/participants").json()) == 1
+
+    token = server.token("investigator")
+    barrier = threading.Barrier(6)
+
+    def retry(_: int) -> int:  # the same retry sent six times at once: one participant, no 5xx
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            client.headers["Authorization"] = f"Bearer {token}"
+            barrier.wait()
+            headers = {"Idempotency-Key": "scr-2"}
+            return client.post(f"/trials/{tid}/participants", json=_screening(), headers=headers).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        codes = sorted(pool.map(retry, range(6)))
+    assert codes.count(201) == 1 and set(codes) <= {200, 201, 409}, codes
+    with server.client("investigator") as c:
+        assert len(c.get(f"/trials/{tid}/participants").json()) == 2

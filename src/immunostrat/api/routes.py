@@ -179,18 +179,24 @@ def lock_trial(
 @router.post("/trials/{trial_id}/participants", status_code=201, tags=["participants"])
 def screen(
     request: Request,
+    response: Response,
     trial_id: TrialId,
     body: ScreeningIn,
     principal: Annotated[Principal, Depends(INVESTIGATOR)],
+    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> dict[str, Any]:
-    """Screen a patient: observations in any accepted unit, the protocol's decision with reasons."""
+    """Screen a patient: observations in any accepted unit, the protocol's decision with reasons.
+    Send an ``Idempotency-Key`` header: a retry with the same key and body returns the same
+    participant (200, ``replayed``) instead of registering a second one."""
     with read_transaction(request.app.state.engine) as session:
         confirm(session, principal)
         rules = service.screening_rules(service.trial_by_id(session, trial_id))
     # converting observations and deciding need no lock: done before the write transaction opens
     work = service.evaluate_screening(rules, body)
     with unit_of_work(request, principal) as (session, actor):
-        return dataclasses.asdict(service.screen(session, actor, trial_id, body, work))
+        result = service.screen(session, actor, trial_id, body, work, idempotency_key)
+        response.status_code = 200 if result.replayed else 201
+        return dataclasses.asdict(result)
 
 
 @router.get("/trials/{trial_id}/participants", tags=["participants"])

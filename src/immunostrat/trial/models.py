@@ -85,7 +85,10 @@ class User(Base):
 
 class Participant(Base):
     __tablename__ = "participants"
-    __table_args__ = (UniqueConstraint("trial_id", "pseudonym", name="uq_participants_trial_pseudonym"),)
+    __table_args__ = (
+        UniqueConstraint("trial_id", "pseudonym", name="uq_participants_trial_pseudonym"),
+        UniqueConstraint("trial_id", "idempotency_key", name="uq_participants_trial_idempotency_key"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id"), index=True)
@@ -103,6 +106,9 @@ class Participant(Base):
     data_removed: Mapped[bool] = mapped_column(Boolean, default=False)
     created_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # a retried screening with the same key returns this participant (same body) or is refused
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    request_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     site: Mapped[Site] = relationship()
 

@@ -13,6 +13,7 @@ stratum's ``next_seq`` and advances it, all in one transaction: no slot is used 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import unicodedata
@@ -531,6 +532,8 @@ class ScreeningResult:
     warnings: list[str] = field(default_factory=list)
     sepsis3: dict[str, Any] | None = None
     """The Sepsis-3 check (SOFA total, components, verdict) when the trial requires it, else None."""
+    replayed: bool = False
+    """True when an earlier screening with the same Idempotency-Key is returned (nothing written)."""
 
 
 @dataclass(frozen=True)
@@ -581,13 +584,61 @@ def evaluate_screening(rules: ScreeningRules, data: ScreeningIn) -> ScreeningWor
     return ScreeningWork(rules, obs, decision)
 
 
+def _screening_sha256(data: ScreeningIn) -> str:
+    return hashlib.sha256((audit.canonical(data.model_dump(mode="json")) or "").encode()).hexdigest()
+
+
+def _replayed_screening(session: Session, trial: Trial, p: Participant) -> ScreeningResult:
+    """The answer first given for participant ``p``, rebuilt from what was stored."""
+    d = latest_decision(session, p.id)
+    assert d is not None  # written with the participant
+    sepsis3 = next((r for r in d.reasons if r.get("rule") == "sepsis3"), None)
+    exclusion = next((r.get("text") for r in d.reasons if r.get("rule") == "eligibility"), None)
+    return ScreeningResult(
+        participant_id=p.id,
+        pseudonym=p.pseudonym,
+        site=p.site.code,
+        eligible=d.eligible,
+        endotype=d.endotype,
+        therapy=d.therapy,
+        dose=d.dose,
+        reasons=list(d.reasons),
+        exclusion_reason=exclusion,
+        protocol_id=d.protocol_id,
+        protocol_version=d.protocol_version,
+        sepsis3={k: v for k, v in sepsis3.items() if k != "rule"} if sepsis3 else None,
+        replayed=True,
+    )
+
+
 def screen(
-    session: Session, actor: Actor, trial_id: int, data: ScreeningIn, work: ScreeningWork | None = None
+    session: Session,
+    actor: Actor,
+    trial_id: int,
+    data: ScreeningIn,
+    work: ScreeningWork | None = None,
+    idempotency_key: str | None = None,
 ) -> ScreeningResult:
     """Register a pseudonymised participant, store the screening observations (as entered and
     canonical) and the protocol's eligibility decision with its reasons. ``work`` from
-    :func:`evaluate_screening` (done before the transaction) is used when the trial's rules match."""
+    :func:`evaluate_screening` (done before the transaction) is used when the trial's rules match.
+
+    A retry with the same ``idempotency_key`` and the same body returns the first answer
+    (``replayed``); the same key with another body is a conflict."""
+    if idempotency_key is not None and not (1 <= len(idempotency_key) <= 128):
+        raise InputError("idempotency key must be 1-128 characters", field="Idempotency-Key")
     trial = trial_by_id(session, trial_id)
+    fingerprint = _screening_sha256(data)
+    if idempotency_key is not None:
+        prior = session.scalars(
+            select(Participant).where(
+                Participant.trial_id == trial.id, Participant.idempotency_key == idempotency_key
+            )
+        ).one_or_none()
+        if prior is not None:
+            if prior.request_sha256 != fingerprint:
+                raise Conflict("idempotency key already used for another screening", field="Idempotency-Key")
+            return _replayed_screening(session, trial, participant_by_id(session, trial, prior.id, actor))
     _require_open(trial)
     site = site_by_code(session, trial, data.site)
     if actor.role == "investigator" and actor.site_id not in (None, site.id):
@@ -622,6 +673,8 @@ def screen(
         data_removed=False,
         created_by=actor.username,
         created_at=utcnow(),
+        idempotency_key=idempotency_key,
+        request_sha256=fingerprint if idempotency_key is not None else None,
     )
     session.add(p)
     session.flush()
