@@ -22,13 +22,15 @@ def _obs(concept: str, value: float, unit: str = "", hour: str = "08") -> dict[s
 # immunoparalysis (ferritin 800 ug/L <= 4,420 ng/mL, HLA-DR 3,000 < 5,000, domain.md A1)
 ENDOTYPE = [_obs("ferritin", 800, "ug/L"), _obs("mhla_dr", 3000, "receptors/cell")]
 # PaO2 60 mmHg on FiO2 60 % with ventilation = 100 (3), platelets 40,000/mm3 (3), bilirubin 1.3 mg/dL
-# (1), dopamine 6 ug/kg/min (3), GCS 9 (3), urine 0.3 L/day without creatinine (3): SOFA 16.
+# (1), dopamine 6 ug/kg/min charted 05:00 and 06:00 (a 1-h infusion, sofa-1996.yaml) (3), GCS 9 (3),
+# urine 0.3 L/day without creatinine (3): SOFA 16.
 SEPTIC = [
     _obs("mechanical_ventilation", 1, "", "04"),
     _obs("fio2", 60, "%", "05"),
     _obs("pao2", 60, "mmHg", "06"),
     _obs("platelets", 40000, "/mm3"),
     _obs("bilirubin", 22.23, "umol/L"),
+    _obs("dopamine_rate", 6, "mcg/kg/min", "05"),
     _obs("dopamine_rate", 6, "mcg/kg/min", "06"),
     _obs("gcs", 9),
     _obs("urine_output_24h", 0.3, "L/day"),

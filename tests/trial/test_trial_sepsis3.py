@@ -41,14 +41,15 @@ def _obs(concept: str, value: float, unit: str = "", hour: str = "08") -> dict[s
 ENDOTYPE = [_obs("ferritin", 9, "mg/L"), _obs("mhla_dr", 3000, "molecules/cell")]
 # Every organ system, in the units clinicians type (points per sofa-1996.yaml): PaO2 9 kPa on FiO2
 # 40 % = 169 mmHg without ventilation (capped at 2), platelets 120 x10^3/uL (1), bilirubin 40 umol/L
-# = 2.34 mg/dL (2), norepinephrine 10 ug/min at 70 kg = 0.14 ug/kg/min (4), GCS 14 (1),
-# creatinine 180 umol/L = 2.04 mg/dL (2): SOFA 12.
+# = 2.34 mg/dL (2), norepinephrine 10 ug/min at 70 kg = 0.14 ug/kg/min charted 06:00 and 07:00 (a 1-h
+# infusion, sofa-1996.yaml) (4), GCS 14 (1), creatinine 180 umol/L = 2.04 mg/dL (2): SOFA 12.
 SEPTIC = [
     _obs("fio2", 40, "%", "05"),
     _obs("pao2", 9.0, "kPa", "06"),
     _obs("platelets", 120, "x10^3/uL", "06"),
     _obs("bilirubin", 40, "umol/L", "06"),
     _obs("map", 62, "mmHg", "07"),
+    _obs("norepinephrine_rate", 10, "ug/min", "06"),
     _obs("norepinephrine_rate", 10, "ug/min", "07"),
     _obs("gcs", 14),
     _obs("creatinine", 180, "umol/L"),
