@@ -157,10 +157,15 @@ def generate(n_patients: int = 300, days: int = 5, seed: int = 20251208) -> tupl
             if shock and s > 0.35:
                 rate = float(np.clip(0.05 + 0.25 * s + rng.normal(0, 0.04), 0.02, 1.2))
                 t = admission + timedelta(days=day, hours=1)
+                # Charted at the start and re-charted 2 h later: one infusion run that lasted over
+                # an hour, so it counts under the 1-hour rule (sofa-1996.yaml); the re-charting
+                # draws no random number, so every other value is unchanged.
                 if rng.random() < 0.6:
-                    add(t, "norepinephrine_rate", round(rate, 3), "ug/kg/min")
+                    nor_value, nor_unit = round(rate, 3), "ug/kg/min"
                 else:
-                    add(t, "norepinephrine_rate", round(rate * weight, 1), "ug/min")
+                    nor_value, nor_unit = round(rate * weight, 1), "ug/min"
+                add(t, "norepinephrine_rate", nor_value, nor_unit)
+                add(t + timedelta(hours=2), "norepinephrine_rate", nor_value, nor_unit)
                 if s > 0.9 and rng.random() < 0.3:
                     add(t + timedelta(minutes=30), "vasopressin_rate", 2.4, "units/h")
     rows.sort(key=lambda r: (r["patient_id"], r["time"], r["concept"]))
