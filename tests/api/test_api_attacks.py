@@ -447,8 +447,13 @@ def test_duplicate_keys_and_non_finite_numbers_are_refused(server: Server) -> No
             body = b'{"last_contact_day": 28, "ferritin_day15_ng_ml": ' + number + b"}"
             r = c.put(f"/trials/{tid}/participants/{pid}/outcome", content=body, headers=headers)
             assert r.status_code == 422, (number, r.text)
+        r = c.post(f"/trials/{tid}/participants", json=_screening(exclusions={"neutropenai": True}))
+        assert r.status_code == 422 and r.json()["field"] == "exclusions", r.text
+        assert "neutropenia" in r.json()["detail"]
         assert c.get(f"/trials/{tid}/participants").json()[0]["status"] == "randomized"
         assert len(c.get(f"/trials/{tid}/participants").json()) == 1
+        r = c.post(f"/trials/{tid}/participants", json=_screening(exclusions={"neutropenia": True}))
+        assert r.status_code == 201 and r.json()["eligible"] is False, r.text
 
 
 # --- 12: screening idempotency ------------------------------------------------------------------------

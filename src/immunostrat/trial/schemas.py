@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from functools import cache
+from importlib import resources
 from typing import Annotated, Any, Literal, TypeVar
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -141,6 +144,13 @@ class TrialSpec(_Model):
         return dict(self.ratios.get(endotype) or dict.fromkeys(self.arms, 1))
 
 
+@cache
+def exclusion_criteria() -> dict[str, str]:
+    """Exclusion names a screening may record -> what each means (``exclusions.yaml``)."""
+    text = resources.files("immunostrat.trial").joinpath("exclusions.yaml").read_text(encoding="utf-8")
+    return {str(k): str(v) for k, v in yaml.safe_load(text)["criteria"].items()}
+
+
 class ObservationIn(_Model):
     """One measurement in the long format (value in the unit as entered)."""
 
@@ -168,6 +178,15 @@ class ScreeningIn(_Model):
     exclusions: dict[str, bool] = Field(default_factory=dict)
     observations: list[ObservationIn] = Field(default_factory=list, max_length=MAX_OBSERVATIONS)
     pseudonym: str | None = Field(default=None, min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
+
+    @field_validator("exclusions")
+    @classmethod
+    def _known_exclusions(cls, exclusions: dict[str, bool]) -> dict[str, bool]:
+        known = exclusion_criteria()
+        unknown = sorted(name for name in exclusions if name not in known)
+        if unknown:
+            raise ValueError(f"unknown exclusion {unknown[0]!r}; expected one of {', '.join(known)}")
+        return exclusions
 
 
 class AssessmentIn(_Model):
