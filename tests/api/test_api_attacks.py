@@ -488,3 +488,48 @@ def test_retried_screening_with_the_same_key_registers_one_participant(server: S
     assert codes.count(201) == 1 and set(codes) <= {200, 201, 409}, codes
     with server.client("investigator") as c:
         assert len(c.get(f"/trials/{tid}/participants").json()) == 2
+
+
+# --- 13: data edited behind the service's back ---------------------------------------------------------
+
+
+def test_audit_verify_names_data_edited_in_the_database(server: Server) -> None:
+    tid, (pid,) = _randomized(server, f"DATAEDIT-{server.kind}")
+    with server.client("investigator") as c:
+        r = c.post(f"/trials/{tid}/participants/{pid}/assessments", json={"day": 1, "sofa_total": 7})
+        assert r.status_code == 201, r.text
+        assessment_id = r.json()["id"]
+    engine = get_engine(server.db_url)
+    edits = [
+        (
+            "UPDATE assessments SET sofa_total = 2 WHERE id = :id",
+            "UPDATE assessments SET sofa_total = 7 WHERE id = :id",
+            {"id": assessment_id},
+            f"assessment {assessment_id}",
+        ),
+    ]
+    with transaction(engine) as s:
+        alloc_id, arm = s.execute(
+            text("SELECT id, arm FROM allocations WHERE participant_id = :p"), {"p": pid}
+        ).one()
+    other = "placebo" if arm != "placebo" else "immunotherapy"
+    edits.append(
+        (
+            "UPDATE allocations SET arm = :other WHERE id = :id",
+            "UPDATE allocations SET arm = :arm WHERE id = :id",
+            {"id": alloc_id, "other": other, "arm": arm},
+            f"allocation {alloc_id}",
+        )
+    )
+    with server.client("monitor") as c:
+        assert c.get("/audit/verify").json()["ok"] is True
+        for edit, undo, params, named in edits:
+            with transaction(engine) as s:
+                s.execute(text(edit), params)
+            try:
+                result = c.get("/audit/verify").json()
+                assert result["ok"] is False and named in result["problem"], result
+            finally:
+                with transaction(engine) as s:
+                    s.execute(text(undo), params)
+        assert c.get("/audit/verify").json()["ok"] is True

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from immunostrat.api.app import unit_of_work
 from immunostrat.api.auth import ALL_ROLES, Principal, _unauthorized, confirm, issue_token, require
-from immunostrat.trial import audit, service
+from immunostrat.trial import service
 from immunostrat.trial.db import read_transaction
 from immunostrat.trial.export import build_export, write_export
 from immunostrat.trial.models import AuditRow, Trial, User
@@ -412,7 +412,7 @@ def audit_rows(
 @router.get("/audit/verify", tags=["audit"])
 def audit_verify(request: Request, principal: Annotated[Principal, Depends(OVERSIGHT)]) -> dict[str, Any]:
     with unit_of_work(request, principal) as (session, _):
-        result = audit.verify_chain(session)
+        result = service.verify_audit(session)
         return {
             "ok": result.ok,
             "rows_checked": result.rows_checked,

@@ -12,7 +12,7 @@ import yaml
 from sqlalchemy import Engine
 
 from immunostrat.errors import InputError
-from immunostrat.trial import audit, service
+from immunostrat.trial import service
 from immunostrat.trial.audit import Actor, AuditVerification
 from immunostrat.trial.db import get_engine, migrate, transaction
 from immunostrat.trial.export import build_export, write_export
@@ -127,4 +127,4 @@ def verify_audit(db_url: str) -> AuditVerification:
     """Check the hash chain; the result names the first bad row (``first_bad_seq``)."""
     engine = open_db(db_url)
     with transaction(engine) as session:
-        return audit.verify_chain(session)
+        return service.verify_audit(session)
