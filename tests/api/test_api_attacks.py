@@ -170,6 +170,16 @@ def test_fhir_of_the_wrong_shape_is_a_422_naming_the_field(server: Server, shape
         assert r.status_code == 422, (r.status_code, r.text)
 
 
+def test_a_coding_whose_code_is_an_object_is_ignored(server: Server) -> None:
+    odd = _obs(id="odd", code={"coding": [{"system": "http://loinc.org", "code": {"a": 1}}]})
+    bundle = {"resourceType": "Bundle", "entry": [{"resource": _obs()}, {"resource": odd}]}
+    with server.client("investigator") as c:
+        r = c.post("/classify", json={"bundle": bundle, "at": "2025-03-01T10:00:00Z"})
+    assert r.status_code == 200, r.text
+    assert r.json()["endotype"] == "mals"
+    assert any("odd" in line for line in r.json()["ignored"])
+
+
 def test_score_at_year_one_is_a_422(server: Server) -> None:
     obs = [{"concept": "platelets", "value": 90, "unit": "10^9/L", "time": WHEN}]
     with server.client("investigator") as c:

@@ -235,7 +235,11 @@ def _collect(
                 if isinstance(x, Mapping)
             ]
             body_code = next(
-                (str(x.get("code")) for x in codings if x.get("system") == LOINC and x.get("code") in _BODY),
+                (
+                    str(x.get("code"))
+                    for x in codings
+                    if x.get("system") == LOINC and str(x.get("code")) in _BODY
+                ),
                 None,
             )
             if body_code is not None:
