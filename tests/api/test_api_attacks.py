@@ -211,6 +211,19 @@ def test_nul_characters_are_refused_and_nothing_is_stored(server: Server) -> Non
         assert s.scalar(select(func.count()).where(UnblindingEvent.participant_id == pid)) == 0
 
 
+def test_nul_in_cds_feedback_is_refused(server: Server) -> None:
+    entry = {
+        "card": "card-1",
+        "outcome": "overridden",
+        "overrideReason": {"userComment": "patient\x00 declined"},
+        "outcomeTimestamp": "2025-03-01T08:00:00Z",
+    }
+    with server.client("investigator") as c:
+        r = c.post("/cds-services/immunostrat-endotype/feedback", json={"feedback": [entry]})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "userComment"
+
+
 # --- 8: ids beyond 64 bits ---------------------------------------------------------------------------
 
 

@@ -50,9 +50,13 @@ def _json_problem(body: bytes) -> tuple[str, str] | None:
 
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
-        for key, _ in items:
+        for key, value in items:
+            if "\x00" in key:
+                raise _Refused("", "a key holds a NUL character")
             if key in seen:
                 raise _Refused(key, f"duplicate key {key!r}: each key once")
+            if _holds_nul(value):
+                raise _Refused(key, "NUL characters are not allowed")
             seen.add(key)
         return dict(items)
 
@@ -66,12 +70,22 @@ def _json_problem(body: bytes) -> tuple[str, str] | None:
         return value
 
     try:
-        json.loads(body, object_pairs_hook=pairs, parse_constant=constant, parse_float=number)
+        parsed = json.loads(body, object_pairs_hook=pairs, parse_constant=constant, parse_float=number)
+        if isinstance(parsed, list) and _holds_nul(parsed):
+            raise _Refused("", "NUL characters are not allowed")
     except _Refused as refused:
         return refused.field, refused.message
     except ValueError:
         return None  # not JSON at all: the route's own validation answers that
     return None
+
+
+def _holds_nul(value: Any) -> bool:
+    """A string with NUL in ``value`` or its lists (objects were checked as they were built):
+    PostgreSQL refuses NUL in text, and no one types it."""
+    if isinstance(value, str):
+        return "\x00" in value
+    return isinstance(value, list) and any(_holds_nul(v) for v in value)
 
 
 class _Refused(Exception):
@@ -82,7 +96,8 @@ class _Refused(Exception):
 
 class RequestLimits:
     """Bodies over :data:`MAX_BODY_BYTES` are refused (413) before anything reads them, and JSON
-    bodies with a repeated key or a non-finite number (422), for every route alike."""
+    bodies with a repeated key, a non-finite number or a NUL character (422), for every route
+    alike (CDS Hooks feedback included)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
