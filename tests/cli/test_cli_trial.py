@@ -69,6 +69,52 @@ def test_audit_verify_names_the_first_tampered_row(trial_db: str) -> None:
     assert "row 3" in result.stdout
 
 
+def test_audit_verify_refuses_a_database_that_does_not_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "mistyped.db"
+    result = runner.invoke(app, ["audit", "verify", "--db", f"sqlite:///{missing}"])
+    assert result.exit_code == 2, result.output
+    assert "database not found" in result.output and "intact" not in result.output
+    assert not missing.exists()
+
+
+def _head(result_stdout: str) -> str:
+    return result_stdout.split("head ")[1].split()[0].rstrip(";")
+
+
+def test_audit_verify_against_a_head_recorded_outside(trial_db: str) -> None:
+    first = runner.invoke(app, ["audit", "verify", "--db", trial_db])
+    assert first.exit_code == 0, first.output
+    recorded = _head(first.stdout)
+    rows = int(first.stdout.split("intact: ")[1].split()[0])
+    same = runner.invoke(app, ["audit", "verify", "--db", trial_db, "--expect-head", recorded])
+    assert same.exit_code == 0 and f"recorded head is row {rows}, 0 row(s) appended" in same.stdout
+    # The log grows: the recorded head is still in the chain, with the rows appended since counted.
+    added = runner.invoke(
+        app,
+        ["trial", "user", "--db", trial_db, "--username", "bob", "--role", "monitor"],
+        env={"IMMUNOSTRAT_USER_PASSWORD": "another long secret phrase"},
+    )
+    assert added.exit_code == 0, added.output
+    grown = runner.invoke(app, ["audit", "verify", "--db", trial_db, "--expect-head", recorded])
+    assert grown.exit_code == 0 and f"recorded head is row {rows}, 1 row(s) appended" in grown.stdout
+    latest = _head(grown.stdout)
+    # Someone who can write the database deletes the last rows and resets the head: the chain alone
+    # still verifies, the head recorded outside does not.
+    path = trial_db.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as con:
+        for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            con.execute(f'DROP TRIGGER "{name}"')
+        con.execute("DELETE FROM audit_log WHERE seq > ?", (rows - 1,))
+        (seq, digest) = con.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+        con.execute("UPDATE audit_head SET seq = ?, hash = ?", (seq, digest))
+    alone = runner.invoke(app, ["audit", "verify", "--db", trial_db])
+    assert alone.exit_code == 0 and "intact" in alone.stdout
+    for expected in (recorded, latest):
+        caught = runner.invoke(app, ["audit", "verify", "--db", trial_db, "--expect-head", expected])
+        assert caught.exit_code == 1, caught.output
+        assert "not in the chain" in caught.stdout and "truncation" in caught.stdout
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -142,14 +142,25 @@ def trial_user(
 
 
 @audit_app.command("verify")
-def audit_verify(db: DbOpt) -> None:
-    """Check the audit chain; names the first bad row (exit code 1 when broken)."""
+def audit_verify(
+    db: DbOpt,
+    expect_head: Annotated[
+        str | None,
+        typer.Option(
+            "--expect-head",
+            help="A head hash recorded outside the database earlier: the chain must still hold it.",
+        ),
+    ] = None,
+) -> None:
+    """Check the audit chain; names the first bad row (exit code 1 when broken, 2 when the database
+    does not exist)."""
     from immunostrat.trial import verify_audit
 
     try:
-        result = verify_audit(db)
+        result = verify_audit(db, expect_head)
     except InputError as error:
         fail(error)
-    out.print(str(result))
+    # One line, never wrapped: the head hash is copied from it into a record kept elsewhere.
+    out.print(str(result), soft_wrap=True, highlight=False)
     if not result.ok:
         raise typer.Exit(code=1)

@@ -124,11 +124,19 @@ class AuditVerification:
     head_hash: str | None = None
     """The last row's hash when intact: record it outside the database (a report, a ticket) so that
     even a rewrite of the whole tail together with the head row can be detected later."""
+    expected_head_seq: int | None = None
+    """The row whose hash is the head recorded earlier (``audit verify --expect-head``), when found."""
 
     def __str__(self) -> str:
-        if self.ok:
-            return f"audit chain intact: {self.rows_checked} rows, head {self.head_hash}"
-        return f"audit chain broken at row {self.first_bad_seq}: {self.problem}"
+        if not self.ok and self.first_bad_seq is None:
+            return f"audit chain broken: {self.problem}"
+        if not self.ok:
+            return f"audit chain broken at row {self.first_bad_seq}: {self.problem}"
+        text = f"audit chain intact: {self.rows_checked} rows, head {self.head_hash}"
+        if self.expected_head_seq is not None:
+            since = self.rows_checked - self.expected_head_seq
+            text += f"; the recorded head is row {self.expected_head_seq}, {since} row(s) appended since"
+        return text
 
 
 def _digest(row: AuditRow, seq: int) -> str:

@@ -5,17 +5,20 @@ set up a trial, export it, verify the audit chain. Each runs in its own transact
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url, select
+from sqlalchemy.exc import OperationalError
 
 from immunostrat.errors import InputError
 from immunostrat.trial import service
 from immunostrat.trial.audit import Actor, AuditVerification
-from immunostrat.trial.db import get_engine, migrate, transaction
+from immunostrat.trial.db import get_engine, migrate, normalise_url, transaction
 from immunostrat.trial.export import build_export, write_export
+from immunostrat.trial.models import AuditRow
 from immunostrat.trial.schemas import TrialSpec, UserIn, parse
 
 CLI_ACTOR = Actor("cli", "cli")
@@ -123,8 +126,51 @@ def export_trial(
         return write_export(tables, output_dir, fmt)
 
 
-def verify_audit(db_url: str) -> AuditVerification:
-    """Check the hash chain; the result names the first bad row (``first_bad_seq``)."""
-    engine = open_db(db_url)
+def existing_db(db_url: str) -> Engine:
+    """Open a database that must already exist: a mistyped SQLite path is an error, never a new,
+    empty database (which would verify as "intact: 0 rows")."""
+    url = make_url(normalise_url(db_url))
+    if url.get_backend_name() == "sqlite":
+        path = url.database or ""
+        if path in ("", ":memory:") or not Path(path).is_file():
+            raise InputError(
+                "database not found",
+                field="db",
+                value=db_url,
+                expected="the path of an existing trial database",
+            )
+    try:
+        return open_db(db_url)
+    except OperationalError as exc:
+        first = str(exc.orig or exc).strip().splitlines()[0]
+        raise InputError(
+            f"cannot open the database: {first}",
+            field="db",
+            value=db_url,
+            expected="a reachable trial database",
+        ) from None
+
+
+def verify_audit(db_url: str, expect_head: str | None = None) -> AuditVerification:
+    """Check the hash chain; the result names the first bad row (``first_bad_seq``).
+
+    ``expect_head``: a head hash recorded outside the database earlier. The chain must still hold it
+    (rows appended since are fine and counted); if no row has that hash, the log was truncated below
+    it or rewritten, and the result says so."""
+    engine = existing_db(db_url)
     with transaction(engine) as session:
-        return service.verify_audit(session)
+        result = service.verify_audit(session)
+        if expect_head is None or not result.ok:
+            return result
+        expected = expect_head.strip().lower()
+        row = session.scalars(select(AuditRow).where(AuditRow.hash == expected)).first()
+        if row is None:
+            return replace(
+                result,
+                ok=False,
+                problem=(
+                    f"the recorded head {expected} is not in the chain ({result.rows_checked} rows): "
+                    "rows were deleted from its end (truncation) or the chain was rewritten"
+                ),
+            )
+        return replace(result, expected_head_seq=row.seq)
