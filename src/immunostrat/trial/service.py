@@ -625,8 +625,7 @@ def screen(
 
     A retry with the same ``idempotency_key`` and the same body returns the first answer
     (``replayed``); the same key with another body is a conflict."""
-    if idempotency_key is not None and not (1 <= len(idempotency_key) <= 128):
-        raise InputError("idempotency key must be 1-128 characters", field="Idempotency-Key")
+    _check_idempotency_key(idempotency_key)
     trial = trial_by_id(session, trial_id)
     fingerprint = _screening_sha256(data)
     if idempotency_key is not None:
@@ -807,6 +806,12 @@ def withdraw(
     )
 
 
+def _check_idempotency_key(key: str | None) -> None:
+    """One rule for the ``Idempotency-Key`` of screening and allocation."""
+    if key is not None and not (1 <= len(key) <= 128):
+        raise InputError("idempotency key must be 1-128 characters", field="Idempotency-Key")
+
+
 def _require_open(trial: Trial) -> None:
     if trial.status != "open":
         raise Conflict(f"trial {trial.code} is {trial.status}: no more data entry", field="trial_id")
@@ -883,8 +888,7 @@ def randomize(
 
     A retried request with the same idempotency key returns the same allocation (``replayed``);
     the same key for another participant is a conflict."""
-    if idempotency_key is not None and not (1 <= len(idempotency_key) <= 128):
-        raise InputError("idempotency key must be 1-128 characters", field="Idempotency-Key")
+    _check_idempotency_key(idempotency_key)
     trial = _lock_trial(session, trial_id)  # serialises allocations within the trial
     if idempotency_key is not None:
         prior = session.scalars(
