@@ -1,0 +1,216 @@
+"""Fixed-layout data capture of the first ImmunoSep set-up: daily assessments, outcome and adverse
+events (trials defined with forms use ``immunostrat.trial.forms``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from immunostrat.errors import InputError
+from immunostrat.scores.sofa import SOFA_COMPONENTS
+from immunostrat.trial import audit, eligibility
+from immunostrat.trial.audit import Actor
+from immunostrat.trial.errors import Conflict
+from immunostrat.trial.models import (
+    AdverseEvent,
+    Assessment,
+    Outcome,
+    Participant,
+    Trial,
+    utcnow,
+)
+from immunostrat.trial.schemas import (
+    AdverseEventIn,
+    AssessmentIn,
+    OutcomeIn,
+)
+from immunostrat.trial.screening import participant_by_id, require_open
+from immunostrat.trial.setup import trial_by_id
+
+SOFA_FIELDS = tuple(f"sofa_{c}" for c in SOFA_COMPONENTS)
+# concept id -> assessment column (canonical units of the concept dictionary)
+ASSESSMENT_BIOMARKERS = {
+    "ferritin": "ferritin_ng_ml",
+    "mhla_dr": "hla_dr_abc",
+    "crp": "crp_mg_l",
+    "procalcitonin": "procalcitonin_ng_ml",
+}
+
+# --------------------------------------------------------------------------------------------
+# data capture
+
+
+def _randomized(
+    session: Session, actor: Actor, trial_id: int, participant_id: int
+) -> tuple[Trial, Participant]:
+    trial = trial_by_id(session, trial_id)
+    require_open(trial)
+    p = participant_by_id(session, trial, participant_id, actor)
+    if p.status not in ("randomized", "withdrawn"):
+        raise Conflict(f"participant {p.pseudonym} is not randomized", field="participant_id")
+    return trial, p
+
+
+def row_dict(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    return {n: getattr(obj, n) for n in names}
+
+
+ASSESSMENT_FIELDS = (
+    "day",
+    *SOFA_FIELDS,
+    "sofa_total",
+    *ASSESSMENT_BIOMARKERS.values(),
+    "infection_status",
+    "doses_given",
+)
+
+
+def record_assessment(
+    session: Session, actor: Actor, trial_id: int, participant_id: int, data: AssessmentIn
+) -> Assessment:
+    """Create or update one study day (SOFA components, biomarkers in any accepted unit, infection
+    status, doses given)."""
+    _, p = _randomized(session, actor, trial_id, participant_id)
+    values: dict[str, Any] = {f: getattr(data, f) for f in SOFA_FIELDS}
+    given = [v for v in values.values() if v is not None]
+    total = data.sofa_total
+    if len(given) == len(SOFA_FIELDS) and total is not None and total != sum(given):
+        raise InputError(
+            "sofa_total differs from the sum of the components",
+            field="sofa_total",
+            value=total,
+            expected=str(sum(given)),
+        )
+    if total is None and given:
+        total = sum(given)
+    values["sofa_total"] = total
+    obs = eligibility.canonical_observations(
+        p.pseudonym, [o.model_dump() for o in data.observations], p.weight_kg, source="observations"
+    )
+    for i, o in enumerate(obs):
+        column = ASSESSMENT_BIOMARKERS.get(o.concept)
+        if column is None:
+            raise InputError(
+                "concept not recorded in daily assessments",
+                field=f"observations[{i}].concept",
+                value=o.concept,
+                expected="one of " + ", ".join(ASSESSMENT_BIOMARKERS),
+            )
+        values[column] = o.value
+    values["infection_status"] = data.infection_status
+    values["doses_given"] = data.doses_given
+    row = session.scalars(
+        select(Assessment).where(Assessment.participant_id == p.id, Assessment.day == data.day)
+    ).one_or_none()
+    if row is None:
+        row = Assessment(
+            participant_id=p.id, day=data.day, entered_by=actor.username, entered_at=utcnow(), **values
+        )
+        session.add(row)
+        session.flush()
+        audit.append(session, actor, "create", "assessment", row.id, new=row_dict(row, ASSESSMENT_FIELDS))
+    else:
+        old = row_dict(row, ASSESSMENT_FIELDS)
+        for k, v in values.items():
+            if v is not None or k in SOFA_FIELDS or k == "sofa_total":
+                setattr(row, k, v)
+        row.entered_by = actor.username
+        row.entered_at = utcnow()
+        session.flush()
+        audit.append(
+            session, actor, "update", "assessment", row.id, old=old, new=row_dict(row, ASSESSMENT_FIELDS)
+        )
+    return row
+
+
+def assessment_view(row: Assessment) -> dict[str, Any]:
+    out = row_dict(row, ASSESSMENT_FIELDS)
+    out["id"] = row.id
+    out["entered_by"] = row.entered_by
+    return out
+
+
+def list_assessments(session: Session, actor: Actor, trial_id: int, participant_id: int) -> list[Assessment]:
+    trial = trial_by_id(session, trial_id)
+    p = participant_by_id(session, trial, participant_id, actor)
+    return list(
+        session.scalars(select(Assessment).where(Assessment.participant_id == p.id).order_by(Assessment.day))
+    )
+
+
+OUTCOME_FIELDS = (
+    "death_day",
+    "last_contact_day",
+    "discharge_day",
+    "infection_status_day15",
+    "ferritin_day15_ng_ml",
+    "hla_dr_day15_abc",
+)
+
+
+def record_outcome(
+    session: Session, actor: Actor, trial_id: int, participant_id: int, data: OutcomeIn
+) -> Outcome:
+    _, p = _randomized(session, actor, trial_id, participant_id)
+    values = data.model_dump()
+    row = session.scalars(select(Outcome).where(Outcome.participant_id == p.id)).one_or_none()
+    if row is None:
+        row = Outcome(participant_id=p.id, recorded_by=actor.username, recorded_at=utcnow(), **values)
+        session.add(row)
+        session.flush()
+        audit.append(session, actor, "create", "outcome", row.id, new=values)
+    else:
+        old = row_dict(row, OUTCOME_FIELDS)
+        for k, v in values.items():
+            setattr(row, k, v)
+        row.recorded_by = actor.username
+        row.recorded_at = utcnow()
+        session.flush()
+        audit.append(session, actor, "update", "outcome", row.id, old=old, new=values)
+    return row
+
+
+def outcome_view(row: Outcome) -> dict[str, Any]:
+    out = row_dict(row, OUTCOME_FIELDS)
+    out["participant_id"] = row.participant_id
+    return out
+
+
+AE_FIELDS = ("day", "term", "serious", "severity", "related", "outcome")
+
+
+def record_adverse_event(
+    session: Session, actor: Actor, trial_id: int, participant_id: int, data: AdverseEventIn
+) -> AdverseEvent:
+    _, p = _randomized(session, actor, trial_id, participant_id)
+    row = AdverseEvent(
+        participant_id=p.id, entered_by=actor.username, entered_at=utcnow(), **data.model_dump()
+    )
+    session.add(row)
+    session.flush()
+    audit.append(session, actor, "create", "adverse_event", row.id, new=data.model_dump())
+    return row
+
+
+def adverse_event_view(row: AdverseEvent, pseudonym: str | None = None) -> dict[str, Any]:
+    out = row_dict(row, AE_FIELDS)
+    out["id"] = row.id
+    out["participant_id"] = row.participant_id
+    if pseudonym is not None:
+        out["pseudonym"] = pseudonym
+    return out
+
+
+def list_adverse_events(session: Session, actor: Actor, trial_id: int) -> list[dict[str, Any]]:
+    trial = trial_by_id(session, trial_id)
+    stmt = (
+        select(AdverseEvent, Participant.pseudonym)
+        .join(Participant, Participant.id == AdverseEvent.participant_id)
+        .where(Participant.trial_id == trial.id)
+        .order_by(AdverseEvent.id)
+    )
+    if actor.role == "investigator" and actor.site_id is not None:
+        stmt = stmt.where(Participant.site_id == actor.site_id)
+    return [adverse_event_view(ae, pseudonym) for ae, pseudonym in session.execute(stmt)]

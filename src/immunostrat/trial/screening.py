@@ -1,0 +1,368 @@
+"""Screening: participants, the eligibility decision from the trial's rules, the screening log,
+re-screening and withdrawal."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from immunostrat.errors import InputError
+from immunostrat.trial import audit, eligibility
+from immunostrat.trial.audit import Actor
+from immunostrat.trial.errors import Conflict, Forbidden, NotFound
+from immunostrat.trial.models import (
+    Allocation,
+    EligibilityDecision,
+    Participant,
+    ScreeningObservation,
+    Site,
+    Trial,
+    as_utc,
+    utcnow,
+)
+from immunostrat.trial.schemas import (
+    ScreeningIn,
+)
+from immunostrat.trial.setup import site_by_code, trial_by_id
+
+# --------------------------------------------------------------------------------------------
+# participants and screening
+
+
+def participant_by_id(
+    session: Session, trial: Trial, participant_id: int, actor: Actor | None = None
+) -> Participant:
+    p = session.get(Participant, participant_id)
+    if p is None or p.trial_id != trial.id:
+        raise NotFound(
+            f"participant {participant_id} not found in trial {trial.code}", field="participant_id"
+        )
+    if actor is not None and actor.role == "investigator" and actor.site_id not in (None, p.site_id):
+        raise Forbidden("participant belongs to another site", field="participant_id")
+    return p
+
+
+def _next_pseudonym(session: Session, trial: Trial, site: Site) -> str:
+    """The site's next free ``<site>-<nnnn>``. The site row is locked first (FOR NO KEY UPDATE on
+    PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers) so that two screenings at the
+    same site cannot both count the same number; the lock is held until the participant is written."""
+    session.scalars(select(Site.id).where(Site.id == site.id).with_for_update(key_share=True)).one()
+    n = session.scalar(
+        select(func.count())
+        .select_from(Participant)
+        .where(Participant.trial_id == trial.id, Participant.site_id == site.id)
+    )
+    candidate = int(n or 0) + 1
+    while True:
+        name = f"{site.code}-{candidate:04d}"
+        taken = session.scalars(
+            select(Participant.id).where(Participant.trial_id == trial.id, Participant.pseudonym == name)
+        ).first()
+        if taken is None:
+            return name
+        candidate += 1
+
+
+@dataclass
+class ScreeningResult:
+    participant_id: int
+    pseudonym: str
+    site: str
+    eligible: bool
+    endotype: str
+    therapy: str
+    dose: str | None
+    reasons: list[dict[str, Any]]
+    exclusion_reason: str | None
+    protocol_id: str
+    protocol_version: str
+    warnings: list[str] = field(default_factory=list)
+    sepsis3: dict[str, Any] | None = None
+    """The Sepsis-3 check (SOFA total, components, verdict) when the trial requires it, else None."""
+    replayed: bool = False
+    """True when an earlier screening with the same Idempotency-Key is returned (nothing written)."""
+
+
+@dataclass(frozen=True)
+class ScreeningRules:
+    """What a trial's screening decision depends on (fixed at set-up)."""
+
+    protocol_id: str
+    randomized_endotypes: tuple[str, ...]
+    require_sepsis3: bool
+
+
+def screening_rules(trial: Trial) -> ScreeningRules:
+    return ScreeningRules(
+        trial.protocol_id,
+        tuple(trial.config["randomized_endotypes"]),
+        # trials set up before the option existed have no key: they never required it
+        bool(trial.config.get("require_sepsis3", False)),
+    )
+
+
+@dataclass(frozen=True)
+class ScreeningWork:
+    """The observations converted and the protocol's decision, worked out before the write
+    transaction (on SQLite every write transaction holds the database's one write lock)."""
+
+    rules: ScreeningRules
+    observations: list[eligibility.CanonicalObservation]
+    decision: eligibility.EligibilityResult
+
+
+def evaluate_screening(rules: ScreeningRules, data: ScreeningIn) -> ScreeningWork:
+    """Convert the observations and decide eligibility: no database, no participant yet."""
+    label = data.pseudonym or "screening"  # the observations' patient label; nothing keeps it
+    obs = eligibility.canonical_observations(
+        label, [o.model_dump() for o in data.observations], data.weight_kg, source="observations"
+    )
+    patient = {"patient_id": label, "age": data.age, "sex": data.sex, "weight_kg": data.weight_kg}
+    decision = eligibility.decide(
+        rules.protocol_id,
+        patient,
+        obs,
+        data.exclusions,
+        list(rules.randomized_endotypes),
+        require_sepsis3=rules.require_sepsis3,
+        infection_suspected=data.infection_suspected,
+        pre_infection_sofa=data.pre_infection_sofa,
+    )
+    return ScreeningWork(rules, obs, decision)
+
+
+def _screening_sha256(data: ScreeningIn) -> str:
+    return hashlib.sha256((audit.canonical(data.model_dump(mode="json")) or "").encode()).hexdigest()
+
+
+def _replayed_screening(session: Session, trial: Trial, p: Participant) -> ScreeningResult:
+    """The answer first given for participant ``p``, rebuilt from what was stored."""
+    d = latest_decision(session, p.id)
+    assert d is not None  # written with the participant
+    sepsis3 = next((r for r in d.reasons if r.get("rule") == "sepsis3"), None)
+    exclusion = next((r.get("text") for r in d.reasons if r.get("rule") == "eligibility"), None)
+    return ScreeningResult(
+        participant_id=p.id,
+        pseudonym=p.pseudonym,
+        site=p.site.code,
+        eligible=d.eligible,
+        endotype=d.endotype,
+        therapy=d.therapy,
+        dose=d.dose,
+        reasons=list(d.reasons),
+        exclusion_reason=exclusion,
+        protocol_id=d.protocol_id,
+        protocol_version=d.protocol_version,
+        sepsis3={k: v for k, v in sepsis3.items() if k != "rule"} if sepsis3 else None,
+        replayed=True,
+    )
+
+
+def screen(
+    session: Session,
+    actor: Actor,
+    trial_id: int,
+    data: ScreeningIn,
+    work: ScreeningWork | None = None,
+    idempotency_key: str | None = None,
+) -> ScreeningResult:
+    """Register a pseudonymised participant, store the screening observations (as entered and
+    canonical) and the protocol's eligibility decision with its reasons. ``work`` from
+    :func:`evaluate_screening` (done before the transaction) is used when the trial's rules match.
+
+    A retry with the same ``idempotency_key`` and the same body returns the first answer
+    (``replayed``); the same key with another body is a conflict."""
+    check_idempotency_key(idempotency_key)
+    trial = trial_by_id(session, trial_id)
+    fingerprint = _screening_sha256(data)
+    if idempotency_key is not None:
+        prior = session.scalars(
+            select(Participant).where(
+                Participant.trial_id == trial.id, Participant.idempotency_key == idempotency_key
+            )
+        ).one_or_none()
+        if prior is not None:
+            if prior.request_sha256 != fingerprint:
+                raise Conflict("idempotency key already used for another screening", field="Idempotency-Key")
+            return _replayed_screening(session, trial, participant_by_id(session, trial, prior.id, actor))
+    require_open(trial)
+    site = site_by_code(session, trial, data.site)
+    if actor.role == "investigator" and actor.site_id not in (None, site.id):
+        raise Forbidden("investigators screen at their own site only", field="site")
+    if data.pseudonym is not None:
+        taken = session.scalars(
+            select(Participant.id).where(
+                Participant.trial_id == trial.id, Participant.pseudonym == data.pseudonym
+            )
+        ).first()
+        if taken is not None:
+            raise Conflict(f"pseudonym {data.pseudonym!r} exists", field="pseudonym")
+    rules = screening_rules(trial)
+    if work is None or work.rules != rules:
+        work = evaluate_screening(rules, data)
+    obs, decision = work.observations, work.decision
+    pseudonym = data.pseudonym or _next_pseudonym(session, trial, site)
+    c = decision.classification
+    sepsis3 = decision.sepsis3.as_dict() if decision.sepsis3 is not None else None
+    p = Participant(
+        trial_id=trial.id,
+        site_id=site.id,
+        pseudonym=pseudonym,
+        age=data.age,
+        sex=data.sex,
+        weight_kg=data.weight_kg,
+        infection_site=data.infection_site,
+        baseline_sofa=data.baseline_sofa,
+        septic_shock=data.septic_shock,
+        exclusions=dict(data.exclusions),
+        status="eligible" if decision.eligible else "ineligible",
+        data_removed=False,
+        created_by=actor.username,
+        created_at=utcnow(),
+        idempotency_key=idempotency_key,
+        request_sha256=fingerprint if idempotency_key is not None else None,
+    )
+    session.add(p)
+    session.flush()
+    now = utcnow()
+    session.add_all(
+        ScreeningObservation(
+            participant_id=p.id,
+            concept=o.concept,
+            value_entered=o.value_entered,
+            unit_entered=o.unit_entered,
+            value=o.value,
+            unit=o.unit,
+            time=o.time,
+            entered_by=actor.username,
+            entered_at=now,
+        )
+        for o in obs
+    )
+    reasons = list(c.reasons)
+    if sepsis3 is not None:
+        reasons.append({"rule": "sepsis3", **sepsis3})
+    if decision.exclusion_reason:
+        reasons.append({"rule": "eligibility", "text": decision.exclusion_reason})
+    session.add(
+        EligibilityDecision(
+            participant_id=p.id,
+            protocol_id=c.protocol_id or trial.protocol_id,
+            protocol_version=c.protocol_version or trial.protocol_version,
+            endotype=c.endotype,
+            therapy=c.therapy,
+            dose=c.dose,
+            eligible=decision.eligible,
+            reasons=reasons,
+            decided_by=actor.username,
+            decided_at=now,
+        )
+    )
+    session.flush()
+    entered: dict[str, Any] = {
+        "pseudonym": pseudonym,
+        "site": site.code,
+        "age": data.age,
+        "sex": data.sex,
+        "weight_kg": data.weight_kg,
+        "exclusions": dict(data.exclusions),
+        "observations": [
+            {"concept": o.concept, "value": o.value_entered, "unit": o.unit_entered, "time": o.time}
+            for o in obs
+        ],
+        "endotype": c.endotype,
+        "eligible": decision.eligible,
+    }
+    # no participant column holds these: the audit row is where what was entered is kept
+    for name in ("infection_suspected", "pre_infection_sofa"):
+        if getattr(data, name) is not None:
+            entered[name] = getattr(data, name)
+    if sepsis3 is not None:
+        entered["sepsis3"] = sepsis3
+    audit.append(session, actor, "create", "participant", p.id, new=entered)
+    return ScreeningResult(
+        participant_id=p.id,
+        pseudonym=pseudonym,
+        site=site.code,
+        eligible=decision.eligible,
+        endotype=c.endotype,
+        therapy=c.therapy,
+        dose=c.dose,
+        reasons=reasons,
+        exclusion_reason=decision.exclusion_reason,
+        protocol_id=c.protocol_id or trial.protocol_id,
+        protocol_version=c.protocol_version or trial.protocol_version,
+        warnings=c.warnings,
+        sepsis3=sepsis3,
+    )
+
+
+def latest_decision(session: Session, participant_id: int) -> EligibilityDecision | None:
+    return session.scalars(
+        select(EligibilityDecision)
+        .where(EligibilityDecision.participant_id == participant_id)
+        .order_by(EligibilityDecision.id.desc())
+    ).first()
+
+
+def participant_view(session: Session, p: Participant) -> dict[str, Any]:
+    d = latest_decision(session, p.id)
+    alloc = session.scalars(select(Allocation).where(Allocation.participant_id == p.id)).one_or_none()
+    return {
+        "id": p.id,
+        "pseudonym": p.pseudonym,
+        "site": p.site.code,
+        "age": p.age,
+        "sex": p.sex,
+        "weight_kg": p.weight_kg,
+        "status": p.status,
+        "endotype": d.endotype if d else None,
+        "eligible": d.eligible if d else None,
+        "therapy_if_active": d.therapy if d else None,
+        "reasons": d.reasons if d else [],
+        "kit_number": alloc.kit.kit_number if alloc else None,
+        "created_at": as_utc(p.created_at),
+    }
+
+
+def list_participants(session: Session, actor: Actor, trial_id: int) -> list[Participant]:
+    trial = trial_by_id(session, trial_id)
+    stmt = select(Participant).where(Participant.trial_id == trial.id).order_by(Participant.id)
+    if actor.role == "investigator" and actor.site_id is not None:
+        stmt = stmt.where(Participant.site_id == actor.site_id)
+    return list(session.scalars(stmt))
+
+
+def withdraw(
+    session: Session, actor: Actor, trial_id: int, participant_id: int, reason: str, removed: bool
+) -> None:
+    trial = trial_by_id(session, trial_id)
+    p = participant_by_id(session, trial, participant_id, actor)
+    old = {"status": p.status, "data_removed": p.data_removed}
+    p.status = "withdrawn"
+    p.withdrawal_reason = reason
+    p.data_removed = removed
+    audit.append(
+        session,
+        actor,
+        "update",
+        "participant",
+        p.id,
+        old=old,
+        new={"status": "withdrawn", "withdrawal_reason": reason, "data_removed": removed},
+    )
+
+
+def check_idempotency_key(key: str | None) -> None:
+    """One rule for the ``Idempotency-Key`` of screening and allocation."""
+    if key is not None and not (1 <= len(key) <= 128):
+        raise InputError("idempotency key must be 1-128 characters", field="Idempotency-Key")
+
+
+def require_open(trial: Trial) -> None:
+    if trial.status != "open":
+        raise Conflict(f"trial {trial.code} is {trial.status}: no more data entry", field="trial_id")
