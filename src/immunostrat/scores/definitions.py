@@ -10,6 +10,8 @@ import yaml
 
 SCORE_FILES = {
     "sofa": "sofa-1996.yaml",
+    "sofa-1996": "sofa-1996.yaml",
+    "sofa-2": "sofa-2.yaml",
     "qsofa": "qsofa.yaml",
     "sepsis3": "sepsis3.yaml",
     "hscore": "hscore.yaml",
