@@ -308,7 +308,9 @@ def _register() -> None:
 
     app.command("serve")(trial_commands.serve)
     app.add_typer(trial_commands.trial_app, name="trial")
-    app.add_typer(trial_commands.audit_app, name="audit")
+    from immunostrat.cli import audit_commands
+
+    app.add_typer(audit_commands.audit_app, name="audit")
 
     from immunostrat.cli import simulate_commands
 
