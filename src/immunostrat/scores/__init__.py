@@ -6,10 +6,20 @@ from immunostrat.scores.definitions import SCORE_FILES, load_definition
 from immunostrat.scores.expressions import band_points, compare, ensure_columns
 from immunostrat.scores.sepsis3 import sepsis3, septic_shock, suspected_infection
 from immunostrat.scores.simple import hscore, mex_sledai, qsofa, sledai_2k
-from immunostrat.scores.sofa import SOFA_COMPONENTS, SOFA_INPUTS, SOFA_OUTPUTS, sofa, sofa_expressions
+from immunostrat.scores.sofa import (
+    SOFA_COMPONENTS,
+    SOFA_INPUTS,
+    SOFA_OUTPUTS,
+    SOFA_VARIANTS,
+    sofa,
+    sofa_definition,
+    sofa_expressions,
+    sofa_inputs,
+    sofa_labels,
+)
 from immunostrat.scores.windows import score_windows, windows_at, windows_every, worst_values
 
-SCORES = ("sofa", "qsofa", "hscore", "mex-sledai", "sledai-2k")
+SCORES = ("sofa", "sofa-2", "qsofa", "hscore", "mex-sledai", "sledai-2k")
 
 __all__ = [
     "SCORES",
@@ -17,6 +27,7 @@ __all__ = [
     "SOFA_COMPONENTS",
     "SOFA_INPUTS",
     "SOFA_OUTPUTS",
+    "SOFA_VARIANTS",
     "band_points",
     "compare",
     "ensure_columns",
@@ -29,7 +40,10 @@ __all__ = [
     "septic_shock",
     "sledai_2k",
     "sofa",
+    "sofa_definition",
     "sofa_expressions",
+    "sofa_inputs",
+    "sofa_labels",
     "suspected_infection",
     "windows_at",
     "windows_every",

@@ -5,7 +5,8 @@ turns canonical long observations into one row per (patient, window) with the SO
 
 - respiration: each PaO2 is paired with the latest FiO2 in the preceding ``fio2_lookback_hours``
   and the latest respiratory-support status (within ``support_lookback_hours``); the pairing with the
-  worst respiration points (then the lowest ratio) represents the window;
+  worst respiration points (then the lowest ratio) represents the window; for SOFA-2 the SpO2
+  readings below its limit (< 98 %, footnote f) are paired the same way for the S/F fallback;
 - platelets, GCS, MAP: minimum; bilirubin, creatinine: maximum;
 - vasopressor rates (the rules of ``sofa-1996.yaml``): a charted rate runs until the next charted
   rate of the same drug when that comes within ``vasopressor_max_gap_hours``, else it ends where it
@@ -26,7 +27,7 @@ import polars as pl
 
 from immunostrat.scores.definitions import load_definition
 from immunostrat.scores.simple import hscore, mex_sledai, qsofa, sledai_2k
-from immunostrat.scores.sofa import SOFA_OUTPUTS, sofa
+from immunostrat.scores.sofa import SOFA_OUTPUTS, SOFA_VARIANTS, sofa, sofa_variant_id
 
 VASOPRESSORS = (
     "dopamine_rate",
@@ -145,8 +146,21 @@ def _in_window(obs: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
     return joined.filter((pl.col("time") >= pl.col("window_start")) & (pl.col("time") < pl.col("window_end")))
 
 
-def _respiration(obs: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
-    pao2 = obs.filter(pl.col("concept") == "pao2").select("patient_id", "time", pl.col("value").alias("pao2"))
+def _respiration(
+    obs: pl.DataFrame,
+    windows: pl.DataFrame,
+    *,
+    numerator: str = "pao2",
+    ratio_name: str = "pao2_fio2_ratio",
+    below: float | None = None,
+    variant: str = "sofa",
+) -> pl.DataFrame:
+    """The worst ``numerator``/FiO2 pairing per window (PaO2, or SpO2 for SOFA-2's S/F fallback, then
+    only readings ``below`` the definition's SpO2 limit)."""
+    pao2 = obs.filter(pl.col("concept") == numerator)
+    if below is not None:
+        pao2 = pao2.filter(pl.col("value") < below)
+    pao2 = pao2.select("patient_id", "time", pl.col("value").alias("pao2"))
     fio2 = obs.filter(pl.col("concept") == "fio2").select("patient_id", "time", pl.col("value").alias("fio2"))
     vent = obs.filter(pl.col("concept") == "mechanical_ventilation").select(
         "patient_id", "time", pl.col("value").alias("mechanical_ventilation")
@@ -156,7 +170,7 @@ def _respiration(obs: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
             schema={
                 "patient_id": pl.String,
                 "window_start": pl.Datetime("us", "UTC"),
-                "pao2_fio2_ratio": pl.Float64,
+                ratio_name: pl.Float64,
                 "mechanical_ventilation": pl.Float64,
             }
         )
@@ -179,22 +193,22 @@ def _respiration(obs: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
             check_sortedness=False,
         )
         .with_columns(
-            (pl.col("pao2") / pl.col("fio2")).round(6).alias("pao2_fio2_ratio"),
+            (pl.col("pao2") / pl.col("fio2")).round(6).alias(ratio_name),
             pl.col("mechanical_ventilation").fill_null(0.0),
         )
-        .filter(pl.col("pao2_fio2_ratio").is_not_null())
+        .filter(pl.col(ratio_name).is_not_null())
     )
-    scored = sofa(pairs.select("patient_id", "time", "pao2_fio2_ratio", "mechanical_ventilation"))
+    scored = sofa(pairs.select("patient_id", "time", ratio_name, "mechanical_ventilation"), variant)
     in_window = _in_window(scored, windows)
     worst = (
         in_window.sort(
-            ["patient_id", "window_start", "sofa_respiration", "pao2_fio2_ratio"],
+            ["patient_id", "window_start", "sofa_respiration", ratio_name],
             descending=[False, False, True, False],
         )
         .group_by("patient_id", "window_start", maintain_order=True)
         .first()
     )
-    return worst.select("patient_id", "window_start", "pao2_fio2_ratio", "mechanical_ventilation")
+    return worst.select("patient_id", "window_start", ratio_name, "mechanical_ventilation")
 
 
 def _vasopressors(
@@ -270,10 +284,13 @@ def worst_values(
     *,
     vasopressor_min_hours: float | None = None,
     vasopressor_max_gap_hours: float | None = None,
+    variant: str = "sofa",
 ) -> pl.DataFrame:
     """One row per window with the worst value of every score input (see module docstring); the
-    vasopressor rules default to ``sofa-1996.yaml``."""
-    spec = load_definition("sofa")
+    vasopressor rules default to the SOFA ``variant``'s definition. For ``sofa-2`` the window also
+    gets ``spo2_fio2_ratio``: the worst SpO2/FiO2 pairing of SpO2 readings below the definition's
+    limit (footnote f), paired like PaO2."""
+    spec = load_definition(sofa_variant_id(variant))
     min_hours = float(
         spec["vasopressor_min_hours"] if vasopressor_min_hours is None else vasopressor_min_hours
     )
@@ -293,6 +310,20 @@ def worst_values(
     frame = base.join(simple, on=["patient_id", "window_start"], how="left")
     resp = _respiration(observations, windows)
     frame = frame.drop("mechanical_ventilation").join(resp, on=["patient_id", "window_start"], how="left")
+    if "spo2_fio2_max_spo2_exclusive" in spec:
+        sf = _respiration(
+            observations,
+            windows,
+            numerator="spo2",
+            ratio_name="spo2_fio2_ratio",
+            below=float(spec["spo2_fio2_max_spo2_exclusive"]),
+            variant=variant,
+        ).rename({"mechanical_ventilation": "_sf_vent"})
+        frame = (
+            frame.join(sf, on=["patient_id", "window_start"], how="left")
+            .with_columns(pl.coalesce("mechanical_ventilation", "_sf_vent").alias("mechanical_ventilation"))
+            .drop("_sf_vent")
+        )
     vaso = _vasopressors(observations, windows, min_hours, max_gap_hours)
     frame = frame.join(vaso, on=["patient_id", "window_start"], how="left")
     for name in VASOPRESSORS:
@@ -310,12 +341,13 @@ def worst_values(
 def score_windows(
     observations: pl.DataFrame, windows: pl.DataFrame, score: str, **parameters: float | None
 ) -> pl.DataFrame:
-    """Worst values per window, scored by ``score`` (sofa, qsofa, hscore, mex-sledai, sledai-2k)."""
-    values = worst_values(observations, windows)
-    if score == "sofa":
-        scored = sofa(values)
+    """Worst values per window, scored by ``score`` (sofa = sofa-1996, sofa-2, qsofa, hscore,
+    mex-sledai, sledai-2k)."""
+    if score in ("sofa", *SOFA_VARIANTS):
+        scored = sofa(worst_values(observations, windows, variant=score), score)
         keep = ["patient_id", "window_start", "window_end", *SOFA_OUTPUTS]
         return scored.select(keep).rename({"window_start": "time"})
+    values = worst_values(observations, windows)
     functions = {"qsofa": qsofa, "hscore": hscore, "mex-sledai": mex_sledai}
     if score == "sledai-2k":
         scored = sledai_2k(values, **parameters)
