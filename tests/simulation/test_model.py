@@ -72,11 +72,31 @@ def test_kpg_03_threshold_between_health_and_aseptic_death() -> None:
 
 @pytest.mark.parametrize(("kpg", "healthy_up_to", "septic_from"), [(0.6, 0.338, 0.384), (1.0, 0.106, 0.121)])
 def test_septic_death_thresholds(kpg: float, healthy_up_to: float, septic_from: float) -> None:
-    # insilico.md 7: geomspace(0.02, 3, 40) grid as in reynolds_check.py.
+    # insilico.md 7: geomspace(0.02, 3, 40) grid as in reynolds_check.py (the boundary's grid neighbours).
     g = np.geomspace(0.02, 3, 40)
     c = simulate_outcomes(kpg, g).outcome
     assert round(float(g[c == HEALTH].max()), 3) == healthy_up_to
     assert round(float(g[c == SEPTIC_DEATH].min()), 3) == septic_from
+
+
+# The true health boundaries in P0, found by bisection to 1e-9 with this RK4 (dt 0.5 h) and with scipy LSODA
+# (rtol 1e-10, atol 1e-12): k_pg 0.3 -> 1.03557 (RK4) / 1.03567 (LSODA); k_pg 0.6 -> 0.36103 / 0.36104
+# (health, then a sliver of aseptic death, then septic death from 0.36107); k_pg 1.0 -> 0.10832 / 0.10833.
+@pytest.mark.parametrize(("kpg", "boundary"), [(0.3, 1.0357), (0.6, 0.3610), (1.0, 0.1083)])
+def test_health_boundary_pinned(kpg: float, boundary: float) -> None:
+    tol = 0.001
+    grid = boundary + np.linspace(-tol, tol, 41)  # steps of 5e-5
+    c = simulate_outcomes(kpg, grid).outcome
+    healthy = c == HEALTH
+    # one switch from health to death inside the +/- tol window, and never back
+    assert healthy[0] and not healthy[-1]
+    switch = int(np.argmin(healthy))
+    assert healthy[:switch].all() and not healthy[switch:].any()
+    assert abs(float(grid[switch]) - boundary) <= tol
+    # the stiff reference agrees on both edges of the window
+    p = ReynoldsParameters(k_pg=kpg)
+    assert classify(solve_ivp_final(p, boundary - tol, rtol=1e-10, atol=1e-12))[0] == HEALTH
+    assert classify(solve_ivp_final(p, boundary + tol, rtol=1e-10, atol=1e-12))[0] != HEALTH
 
 
 def test_published_attractor_states() -> None:

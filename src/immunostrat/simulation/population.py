@@ -187,6 +187,12 @@ class PopulationTargets:
 ENROLMENT_DAY = 1
 
 
+def day28_horizon_h(enrolment_day: int = ENROLMENT_DAY) -> float:
+    """Hours from infection onset to 28 days after randomization: PROVIDE and ImmunoSep count 28-day
+    mortality from randomization (domain.md A1/A2), which is ``enrolment_day`` days after onset here."""
+    return 24.0 * enrolment_day + DAY28_H
+
+
 @dataclass(frozen=True)
 class Cohort:
     """Sampled patients with their untreated (placebo) course summarised at enrolment."""
@@ -248,10 +254,11 @@ def sample_cohort(
     sec_draws = (
         SecondaryDraws(rng.exponential(1.0, n), pri.p0.sample(rng, n)) if secondary is not None else None
     )
+    horizon = day28_horizon_h(enrolment_day)
     traj = integrate(
         initial_state(p0, params),
         params,
-        t_end=DAY28_H,
+        t_end=horizon,
         record_every=24.0,
         observer=BiomarkerObserver(c),
         schedule=background_schedule(background, n),
@@ -270,7 +277,7 @@ def sample_cohort(
         mhla_dr=obs.mhla_dr[:, d],
         sofa=obs.sofa[:, d],
         alive_at_enrolment=obs.alive[:, d],
-        died28=traj.died_by(DAY28_H),
+        died28=traj.died_by(horizon),
         outcome=traj.outcome,
         secondary_draws=sec_draws,
         secondary_time=traj.secondary_time,
@@ -558,8 +565,9 @@ def population_frame(vpop: VirtualPopulation) -> pl.DataFrame:
 def simulate_course(
     vpop: VirtualPopulation, therapy: str | Therapy | None = None, *, chunk_size: int = 4096
 ) -> tuple[Trajectory, DailyObservables]:
-    """The 28-day course of every VPop patient, untreated or on ``therapy`` from enrolment, with the
-    population's background therapy and model extensions: the trajectory and its daily observables."""
+    """The course of every VPop patient from onset to 28 days after enrolment (randomization), untreated or
+    on ``therapy`` from enrolment, with the population's background therapy and model extensions: the
+    trajectory and its daily observables."""
     from .therapies import combine
 
     c = vpop.cohort
@@ -570,7 +578,7 @@ def simulate_course(
     traj = integrate(
         initial_state(c.p0, c.params),
         c.params,
-        t_end=DAY28_H,
+        t_end=day28_horizon_h(vpop.enrolment_day),
         record_every=24.0,
         observer=BiomarkerObserver(vpop.calibration),
         schedule=sched,

@@ -24,13 +24,14 @@ from immunostrat.analysis.endpoints import SOFA_DEATH_SCORE, SOFA_RESPONSE_THRES
 from immunostrat.analysis.stats import fisher_exact
 from immunostrat.trial.randomization import permuted_block_list
 
-from .model import DAY28_H, BoolArray, FloatArray, IntArray
+from .model import BoolArray, FloatArray, IntArray
 from .population import (
     ENDOTYPE_NAMES,
     IMMUNOPARALYSIS,
     INTERMEDIATE,
     MALS,
     VirtualPopulation,
+    day28_horizon_h,
     generate_population,
     protocol_therapies,
     simulate_course,
@@ -74,7 +75,7 @@ def endpoints_from_simulation(
     sofa = np.where(obs.alive, obs.sofa, SOFA_DEATH_SCORE).astype(np.float64)
     later = sofa[:, d + 1 : d + 9].mean(axis=1)  # the 8 days after the baseline day
     response = sofa_responder(sofa[:, d] - later, SOFA_RESPONSE_THRESHOLD)
-    died = traj.died_by(DAY28_H)
+    died = traj.died_by(day28_horizon_h(d))  # counted from randomization (enrolment), not from onset
     resolved15 = obs.infection_resolved[:, 15] & obs.alive[:, 15]
     return Outcomes(
         th.id,
@@ -158,14 +159,15 @@ class OutcomeTable:
 
     def __init__(self, vpop: VirtualPopulation) -> None:
         self.vpop = vpop
-        self._cache: dict[str, Outcomes] = {}
+        self._cache: dict[Therapy, Outcomes] = {}
 
     def get(self, therapy: str | Therapy) -> Outcomes:
-        if isinstance(therapy, Therapy):
-            return self._cache.setdefault(therapy.id, endpoints_from_simulation(self.vpop, therapy))
-        if therapy not in self._cache:
-            self._cache[therapy] = endpoints_from_simulation(self.vpop, therapy)
-        return self._cache[therapy]
+        """The outcomes under ``therapy``, simulated once. Keyed by the therapy's full definition (its
+        effects), not its id, so two regimens that share an id (e.g. a rescaled copy) never share outcomes."""
+        th = get_therapy(therapy)
+        if th not in self._cache:
+            self._cache[th] = endpoints_from_simulation(self.vpop, th)
+        return self._cache[th]
 
 
 @dataclass(frozen=True)
