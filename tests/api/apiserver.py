@@ -9,6 +9,7 @@ role created through the API. Passwords are generated here, per session.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from sqlalchemy import create_engine, text
 
 PG_SERVER = os.environ.get("IMMUNOSTRAT_TEST_PG", "postgresql+psycopg://postgres@localhost:5432/test")
 ROLES = ("investigator", "pharmacist", "monitor", "statistician", "admin")
+TOKEN_KEY = secrets.token_urlsafe(48)
+"""The test servers' token signing key (a service takes it from its environment, never the database)."""
 
 
 @dataclass
@@ -80,6 +83,7 @@ def launch_server(db_url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]
     sock.listen(256)
     port = sock.getsockname()[1]
     env = dict(os.environ, IMMUNOSTRAT_DB_URL=db_url, IMMUNOSTRAT_BCRYPT_ROUNDS="4")
+    env.setdefault("IMMUNOSTRAT_TOKEN_KEY", TOKEN_KEY)
     cmd = [
         sys.executable,
         "-m",

@@ -7,11 +7,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import jwt
 import pytest
-from apiserver import ROLES, Server
-from sqlalchemy import select
-
-from immunostrat.trial.db import get_engine, transaction
-from immunostrat.trial.models import ServiceSetting
+from apiserver import ROLES, TOKEN_KEY, Server
 
 ALL = set(ROLES)
 READERS = {"investigator", "pharmacist", "monitor", "statistician"}
@@ -83,18 +79,18 @@ def test_role_matrix_covers_every_endpoint_and_role(server: Server) -> None:
 
 
 def test_tokens_expire_and_cannot_be_forged(server: Server) -> None:
-    with transaction(get_engine(server.db_url)) as s:
-        key = s.scalars(select(ServiceSetting.value).where(ServiceSetting.key == "jwt_signing_key")).one()
+    key = TOKEN_KEY  # the servers' signing key (from the environment, never the database)
     claims = jwt.decode(server.token("monitor"), key, algorithms=["HS256"])
+    kid = {"kid": jwt.get_unverified_header(server.token("monitor"))["kid"]}
     assert claims["exp"] > datetime.now(UTC).timestamp()
     past = datetime.now(UTC) - timedelta(minutes=1)
-    expired = jwt.encode({**claims, "exp": past}, key, algorithm="HS256")
-    forged = jwt.encode({**claims, "role": "pharmacist"}, "not-the-key-" * 4, algorithm="HS256")
+    expired = jwt.encode({**claims, "exp": past}, key, algorithm="HS256", headers=kid)
+    forged = jwt.encode({**claims, "role": "pharmacist"}, "not-the-key-" * 4, algorithm="HS256", headers=kid)
     for token, message in ((expired, "expired"), (forged, "invalid")):
         r = httpx.get(f"{server.base_url}/me", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 401 and message in r.json()["detail"]
     # a token whose role no longer matches the database is refused even with a valid signature
-    promoted = jwt.encode({**claims, "role": "pharmacist"}, key, algorithm="HS256")
+    promoted = jwt.encode({**claims, "role": "pharmacist"}, key, algorithm="HS256", headers=kid)
     r = httpx.get(
         f"{server.base_url}/trials/1/randomization-list", headers={"Authorization": f"Bearer {promoted}"}
     )

@@ -1,7 +1,8 @@
 """The FastAPI application factory: storage, signing key, error handling, routers.
 
-``create_app(db_url)`` migrates the database, loads (or generates once, at first start) the token
-signing key, and mounts the REST, clinical and CDS Hooks routes. Run it with uvicorn:
+``create_app(db_url)`` migrates the database, loads the token signing keys from the environment or
+a key file (:func:`~immunostrat.api.auth.load_token_keys`; never from the database), and mounts the
+REST, clinical and CDS Hooks routes. Run it with uvicorn:
 ``uvicorn --factory immunostrat.api.app:app_from_env`` reads ``IMMUNOSTRAT_DB_URL``.
 """
 
@@ -11,7 +12,6 @@ import json
 import logging
 import math
 import os
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from immunostrat import __version__
-from immunostrat.api.auth import Principal, confirm
+from immunostrat.api.auth import Principal, TokenKeys, TokenSource, confirm, load_token_keys
 from immunostrat.api.docs import install_offline_docs
 from immunostrat.errors import InputError
 from immunostrat.trial import service
@@ -33,7 +33,6 @@ from immunostrat.trial.db import transaction
 from immunostrat.trial.demo import DemoInfo
 from immunostrat.trial.ops import open_db
 
-SIGNING_KEY_SETTING = "jwt_signing_key"
 DEFAULT_TOKEN_MINUTES = 30.0
 
 logger = logging.getLogger("immunostrat.api")
@@ -259,19 +258,15 @@ def create_app(
 ) -> FastAPI:
     """The service over ``db_url`` (SQLite file or PostgreSQL URL); the schema is migrated first.
 
-    The token signing key is ``secret_key``, else ``IMMUNOSTRAT_SECRET_KEY``, else a random key
-    generated at the first start and kept in the database (so that several workers agree)."""
+    The token signing key is ``secret_key``, else the keys of
+    :func:`~immunostrat.api.auth.load_token_keys` (environment, key file, or for SQLite a key file
+    generated next to the database at the first start; several workers read the same file)."""
     from immunostrat.api.cds import router as cds_router
     from immunostrat.api.clinical import router as clinical_router
     from immunostrat.api.routes import router as trial_router
 
+    keys: TokenSource = TokenKeys(secret_key) if secret_key else load_token_keys(db_url)
     engine = open_db(db_url)
-    key = secret_key or os.environ.get("IMMUNOSTRAT_SECRET_KEY")
-    if not key:
-        with transaction(engine) as session:
-            key = service.get_or_create_setting(
-                session, SIGNING_KEY_SETTING, lambda: secrets.token_urlsafe(48)
-            )
     minutes = token_minutes
     if minutes is None:
         minutes = float(os.environ.get("IMMUNOSTRAT_TOKEN_MINUTES", DEFAULT_TOKEN_MINUTES))
@@ -288,7 +283,7 @@ def create_app(
     )
     install_offline_docs(app)
     app.state.engine = engine
-    app.state.signing_key = key
+    app.state.signing_key = keys  # auth.issue_token and decode_token take it as it is
     app.state.token_minutes = minutes
     _install_error_handlers(app)
     app.add_middleware(RequestLimits)
