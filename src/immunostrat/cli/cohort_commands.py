@@ -55,6 +55,24 @@ def build(
             help="zero (Singer 2016, default) | running-minimum (ricu: rise over the lowest SOFA so far).",
         ),
     ] = "zero",
+    sofa_version: Annotated[
+        str,
+        typer.Option(
+            "--sofa-version",
+            "--sofa",
+            "--score",
+            help="sofa-1996 (Vincent 1996, the Sepsis-3 definition's; default) | sofa-2 (Ranzani 2025).",
+        ),
+    ] = "sofa-1996",
+    sofa_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sofa-option",
+            help="NAME=CHOICE, repeatable: a named option of the SOFA definition file "
+            "(sofa-2: rrt_criteria_creatinine, map_only_tiers, dopamine_with_catecholamine, "
+            "other_vasoactive, gcs_motor, urine_score_2).",
+        ),
+    ] = None,
 ) -> None:
     """Build the cohort tables (Parquet) and print a summary with the missing-concept report."""
     from immunostrat.cohort import ENGINES, build_cohort, format_agreement, format_summary, label_agreement
@@ -84,6 +102,27 @@ def build(
                 expected=" | ".join(BASELINE_RULES),
             )
         )
+    from immunostrat.scores import SOFA_VARIANTS, sofa_definition
+
+    if sofa_version not in SOFA_VARIANTS:
+        fail(
+            InputError(
+                "unknown SOFA version",
+                field="--sofa-version",
+                value=sofa_version,
+                expected=" | ".join(SOFA_VARIANTS),
+            )
+        )
+    sofa_options: dict[str, str] = {}
+    for item in sofa_option or []:
+        name, sep, choice = item.partition("=")
+        if not sep:
+            fail(InputError("not NAME=CHOICE", field="--sofa-option", value=item, expected="NAME=CHOICE"))
+        sofa_options[name.strip()] = choice.strip()
+    try:
+        sofa_definition(sofa_version, sofa_options)
+    except (KeyError, ValueError) as error:
+        fail(InputError(str(error).strip("'\""), field="--sofa-option", value=", ".join(sofa_option or [])))
     if engine == "spark":
         try:
             require_extra("spark", "--engine spark")
@@ -118,6 +157,8 @@ def build(
                 progress=update,
                 suspected_infection=suspected_infection,
                 sofa_baseline=sofa_baseline,
+                sofa_version=sofa_version,
+                sofa_options=sofa_options,
             )
     except (InputError, ValueError, KeyError) as error:
         fail(error)

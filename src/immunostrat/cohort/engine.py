@@ -49,7 +49,7 @@ import math
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -61,7 +61,15 @@ import polars as pl
 
 from immunostrat.extras import require_extra
 from immunostrat.protocols import Protocol, classify_frame, load_protocol
-from immunostrat.scores import SOFA_COMPONENTS, SOFA_INPUTS, SOFA_OUTPUTS, load_definition, sofa
+from immunostrat.scores import (
+    SOFA_COMPONENTS,
+    SOFA_INPUTS,
+    SOFA_OUTPUTS,
+    load_definition,
+    sofa,
+    sofa_definition,
+    sofa_inputs,
+)
 from immunostrat.sources import STAYS_SCHEMA, ConceptStatus, SourceData
 
 Progress = Callable[[str, int, int], None]
@@ -76,6 +84,11 @@ URINE_COVERAGE_SLACK_HOURS = 2
 WINDOW_HOURS = 24
 
 VASOPRESSORS = ("dopamine_rate", "dobutamine_rate", "epinephrine_rate", "norepinephrine_rate")
+# Every vasoactive concept the engine can carry; a variant gets those its definition reads (sofa-2
+# also vasopressin, an "other agent").
+ALL_VASOPRESSORS = (*VASOPRESSORS, "vasopressin_rate")
+# Shorter urine windows (hours) for definitions that read urine_output_<h>h (sofa-2).
+SHORT_URINE_HOURS = (6, 12)
 WORST_MIN = ("platelets", "gcs", "map", "urine_output_24h")
 WORST_MAX = ("bilirubin", "creatinine")
 RESPIRATION = ("pao2", "fio2", "mechanical_ventilation")
@@ -203,13 +216,32 @@ class Plan:
 
 
 def plan_hourly(
-    stays: ir.Table, observations: ir.Table, protocol: Protocol, *, open_stays: bool = False
+    stays: ir.Table,
+    observations: ir.Table,
+    protocol: Protocol,
+    *,
+    open_stays: bool = False,
+    variant: str = "sofa",
+    sofa_options: Mapping[str, str] | None = None,
 ) -> Plan:
     """The hourly SOFA + endotype plan (see the module docstring for the rules).
 
     ``open_stays``: some stays lack ``icu_outtime``; their grid then ends at their last observation
-    (else at ``icu_intime``: one hour)."""
-    sofa_spec = load_definition("sofa")
+    (else at ``icu_intime``: one hour). ``variant`` (``sofa``/``sofa-1996`` or ``sofa-2``) and its
+    named ``sofa_options`` choose the SOFA definition; for sofa-2 the plan also provides the S/F
+    fallback, vasopressin, 6- and 12-h urine volumes and the stay's weight."""
+    sofa_spec = sofa_definition(variant, sofa_options)
+    wanted = set(sofa_inputs(variant, sofa_options))
+    vasopressors = tuple(c for c in ALL_VASOPRESSORS if c in wanted)
+    spo2_limit = float(sofa_spec["spo2_fio2_max_spo2_exclusive"]) if "spo2_fio2_ratio" in wanted else None
+    urine_hours = tuple(h for h in SHORT_URINE_HOURS if f"urine_output_{h}h" in wanted)
+    provided = [
+        *SOFA_INPUTS,
+        *[c for c in vasopressors if c not in SOFA_INPUTS],
+        *(["spo2_fio2_ratio"] if spo2_limit is not None else []),
+        *[f"urine_output_{h}h" for h in urine_hours],
+        *(["weight_kg"] if "weight_kg" in wanted else []),
+    ]
     min_run = ibis.interval(minutes=round(float(sofa_spec["vasopressor_min_hours"]) * 60))
     max_gap = ibis.interval(minutes=round(float(sofa_spec["vasopressor_max_gap_hours"]) * 60))
     biomarkers = tuple(protocol.requires)
@@ -235,10 +267,13 @@ def plan_hourly(
         stay_id=s.stay_id,
         grid_first=_ceil_hour(s.icu_intime),
         grid_last=_ceil_hour(outtime),
+        weight_kg=s.weight_kg.cast("float64"),
     )
     bounds = bounds.mutate(lo=bounds.grid_first - ibis.interval(hours=lookback))
 
-    needed = sorted({*SOFA_CONCEPTS, *biomarkers})
+    needed = sorted(
+        {*SOFA_CONCEPTS, *vasopressors, *(["spo2"] if spo2_limit is not None else []), *biomarkers}
+    )
     obs = observations.select(
         stay_id=observations.patient_id.cast("string"),
         time=observations.time,
@@ -267,49 +302,60 @@ def plan_hourly(
         aggs[f"{c}__t"] = o.time.max(where=where(c))
     simple = o.group_by(["stay_id", "bucket"]).agg(**aggs)
 
-    # -- respiration: PaO2 paired with the latest FiO2 (4 h) and support status (24 h)
-    r = o.filter(o.concept.isin(RESPIRATION))
-    r = r.group_by(["stay_id", "time"]).agg(
-        pao2=r.value.min(where=r.concept == "pao2"),
-        fio2=r.value.max(where=(r.concept == "fio2") & (r.value > 0)),
-        vent=r.value.max(where=r.concept == "mechanical_ventilation"),
-    )
-    w_fio2 = ibis.window(
-        group_by=r.stay_id, order_by=r.time, range=(-ibis.interval(hours=FIO2_LOOKBACK_HOURS), 0)
-    )
-    w_vent = ibis.window(
-        group_by=r.stay_id, order_by=r.time, range=(-ibis.interval(hours=SUPPORT_LOOKBACK_HOURS), 0)
-    )
-    r = r.mutate(
-        fio2_time=r.time.max(where=r.fio2.notnull()).over(w_fio2),
-        vent_time=r.time.max(where=r.vent.notnull()).over(w_vent),
-    )
-    fio2_at = r.filter(r.fio2.notnull()).select(f_stay=r.stay_id, f_time=r.time, f_value=r.fio2)
-    vent_at = r.filter(r.vent.notnull()).select(v_stay=r.stay_id, v_time=r.time, v_value=r.vent)
-    pa = r.filter(r.pao2.notnull() & r.fio2_time.notnull())
-    pa = pa.inner_join(fio2_at, [pa.stay_id == fio2_at.f_stay, pa.fio2_time == fio2_at.f_time])
-    pa = pa.left_join(vent_at, [pa.stay_id == vent_at.v_stay, pa.vent_time == vent_at.v_time])
-    pairs = pa.select(
-        stay_id=pa.stay_id,
-        time=pa.time,
-        pao2_fio2_ratio=(pa.pao2 / pa.f_value).round(6),
-        mechanical_ventilation=pa.v_value.fill_null(0.0),
-    )
-    scored = sofa(pairs)
-    scored = scored.mutate(bucket=_ceil_hour(scored.time))
-    # One sortable integer per pairing (see _RESP_POINTS_SCALE).
-    ratio_micro = (scored.pao2_fio2_ratio * 1e6).round().cast("int64")
-    key = (
-        scored.sofa_respiration.cast("int64") * _RESP_POINTS_SCALE
-        + (_RESP_RATIO_CAP_MICRO - ratio_micro) * 2
-        + (scored.mechanical_ventilation >= 1).cast("int64")
-    )
-    resp = scored.group_by(["stay_id", "bucket"]).agg(resp_key=key.max())
+    # -- respiration: PaO2 (and for SOFA-2 SpO2 below its limit) paired with the latest FiO2 (4 h) and
+    # support status (24 h)
+    def pairing(numerator: str, ratio_name: str, below: float | None) -> ir.Table:
+        r = o.filter(o.concept.isin((numerator, "fio2", "mechanical_ventilation")))
+        reading = r.concept == numerator
+        if below is not None:
+            reading = reading & (r.value < below)
+        r = r.group_by(["stay_id", "time"]).agg(
+            pao2=r.value.min(where=reading),
+            fio2=r.value.max(where=(r.concept == "fio2") & (r.value > 0)),
+            vent=r.value.max(where=r.concept == "mechanical_ventilation"),
+        )
+        w_fio2 = ibis.window(
+            group_by=r.stay_id, order_by=r.time, range=(-ibis.interval(hours=FIO2_LOOKBACK_HOURS), 0)
+        )
+        w_vent = ibis.window(
+            group_by=r.stay_id, order_by=r.time, range=(-ibis.interval(hours=SUPPORT_LOOKBACK_HOURS), 0)
+        )
+        r = r.mutate(
+            fio2_time=r.time.max(where=r.fio2.notnull()).over(w_fio2),
+            vent_time=r.time.max(where=r.vent.notnull()).over(w_vent),
+        )
+        fio2_at = r.filter(r.fio2.notnull()).select(f_stay=r.stay_id, f_time=r.time, f_value=r.fio2)
+        vent_at = r.filter(r.vent.notnull()).select(v_stay=r.stay_id, v_time=r.time, v_value=r.vent)
+        pa = r.filter(r.pao2.notnull() & r.fio2_time.notnull())
+        pa = pa.inner_join(fio2_at, [pa.stay_id == fio2_at.f_stay, pa.fio2_time == fio2_at.f_time])
+        pa = pa.left_join(vent_at, [pa.stay_id == vent_at.v_stay, pa.vent_time == vent_at.v_time])
+        pairs = pa.select(
+            stay_id=pa.stay_id,
+            time=pa.time,
+            **{ratio_name: (pa.pao2 / pa.f_value).round(6)},
+            mechanical_ventilation=pa.v_value.fill_null(0.0),
+        )
+        scored = sofa(pairs, variant, sofa_options)
+        scored = scored.mutate(bucket=_ceil_hour(scored.time))
+        # One sortable integer per pairing (see _RESP_POINTS_SCALE).
+        ratio_micro = (scored[ratio_name] * 1e6).round().cast("int64")
+        key = (
+            scored.sofa_respiration.cast("int64") * _RESP_POINTS_SCALE
+            + (_RESP_RATIO_CAP_MICRO - ratio_micro) * 2
+            + (scored.mechanical_ventilation >= 1).cast("int64")
+        )
+        return scored.group_by(["stay_id", "bucket"]).agg(resp_key=key.max())
+
+    resp = pairing("pao2", "pao2_fio2_ratio", None)
+    sf: ir.Table | None = None
+    if spo2_limit is not None:
+        sf = pairing("spo2", "spo2_fio2_ratio", spo2_limit)
+        sf = sf.select("stay_id", "bucket", sf_key=sf.resp_key)
 
     # -- vasopressors: a charted rate runs until the next one (within the maximum gap, else it ends
     # where charted); consecutive positive rates form one infusion run, and a run counts when it lasted
     # >= min_run (sofa-1996.yaml); its rates are spread over the hourly buckets they touch
-    v = o_all.filter(o_all.concept.isin(VASOPRESSORS))
+    v = o_all.filter(o_all.concept.isin(vasopressors))
     v = v.group_by(["stay_id", "concept", "time", "grid_first", "grid_last"]).agg(value=v.value.max())
     by_drug = ibis.window(group_by=[v.stay_id, v.concept], order_by=v.time)
     v = v.mutate(
@@ -345,7 +391,7 @@ def plan_hourly(
     v = v.filter(v.first_bucket <= v.last_bucket)
     v = v.mutate(bucket=ibis.range(v.first_bucket, v.last_bucket + HOUR, HOUR).unnest())
     vaso = v.group_by(["stay_id", "bucket"]).agg(
-        **{c: v.value.max(where=v.concept == c) for c in VASOPRESSORS}
+        **{c: v.value.max(where=v.concept == c) for c in vasopressors}
     )
 
     # -- urine charting span per stay (all urine events of the stay)
@@ -361,6 +407,8 @@ def plan_hourly(
         .union(resp.select("stay_id", "bucket"), distinct=True)
         .union(vaso.select("stay_id", "bucket"), distinct=True)
     )
+    if sf is not None:
+        keys = keys.union(sf.select("stay_id", "bucket"), distinct=True)
     keys = keys.inner_join(bounds, "stay_id")
     keys = keys.filter(
         (keys.bucket >= keys.grid_first - ibis.interval(hours=keep_buckets)) & (keys.bucket <= keys.grid_last)
@@ -368,6 +416,8 @@ def plan_hourly(
     wide = _drop_right(keys.left_join(simple, ["stay_id", "bucket"]))
     wide = _drop_right(wide.left_join(resp, ["stay_id", "bucket"]))
     wide = _drop_right(wide.left_join(vaso, ["stay_id", "bucket"]))
+    if sf is not None:
+        wide = _drop_right(wide.left_join(sf, ["stay_id", "bucket"]))
     wide = _drop_right(wide.left_join(urine_span, "stay_id"))
 
     w24 = ibis.window(
@@ -381,13 +431,18 @@ def plan_hourly(
         cols[c] = wide[c].min().over(w24)
     for c in WORST_MAX:
         cols[c] = wide[c].max().over(w24)
-    for c in VASOPRESSORS:
+    for c in vasopressors:
         cols[c] = wide[c].max().over(w24)
     cols["_urine_sum"] = wide.urine_sum.sum().over(w24)
+    for h in urine_hours:
+        w_h = ibis.window(group_by=wide.stay_id, order_by=wide.bucket, range=(-ibis.interval(hours=h - 1), 0))
+        cols[f"_urine_sum_{h}"] = wide.urine_sum.sum().over(w_h)
     cols["_resp_key"] = wide.resp_key.max().over(w24)
+    if sf is not None:
+        cols["_sf_key"] = wide.sf_key.max().over(w24)
     for c in biomarkers:
         cols[f"{c}__t"] = wide[f"{c}__t"].max().over(wf)
-    win = wide.select("stay_id", "bucket", "grid_first", "u_first", "u_last", **cols)
+    win = wide.select("stay_id", "bucket", "grid_first", "u_first", "u_last", "weight_kg", **cols)
     win = win.filter(win.bucket >= win.grid_first)
 
     slack = ibis.interval(hours=URINE_COVERAGE_SLACK_HOURS)
@@ -397,13 +452,38 @@ def plan_hourly(
         & (win.u_last > win.bucket - slack)
     )
     urine_sum = ibis.cases((covered, win._urine_sum.round(6)), else_=ibis.null("float64"))
-    rest = win._resp_key % _RESP_POINTS_SCALE
-    ratio = ((_RESP_RATIO_CAP_MICRO - (rest - rest % 2) / 2) / 1e6).round(6)
-    vent = ibis.cases((win._resp_key.isnull(), ibis.null("float64")), else_=(rest % 2).cast("float64"))
+    short_urine: dict[str, Any] = {}
+    for h in urine_hours:
+        # the same coverage rule over the shorter window (SOFA-2 urine criteria over 6 and 12 h)
+        covered_h = (
+            win[f"_urine_sum_{h}"].notnull()
+            & (win.u_first <= win.bucket - ibis.interval(hours=h) + slack)
+            & (win.u_last > win.bucket - slack)
+        )
+        short_urine[f"urine_output_{h}h"] = ibis.cases(
+            (covered_h, win[f"_urine_sum_{h}"].round(6)), else_=ibis.null("float64")
+        )
+
+    def decode(key: ir.IntegerValue) -> tuple[ir.FloatingValue, ir.FloatingValue]:
+        rest = key % _RESP_POINTS_SCALE
+        ratio = ((_RESP_RATIO_CAP_MICRO - (rest - rest % 2) / 2) / 1e6).round(6)
+        vent = ibis.cases((key.isnull(), ibis.null("float64")), else_=(rest % 2).cast("float64"))
+        return ratio, vent
+
+    ratio, vent = decode(win._resp_key)
+    extra: dict[str, Any] = {}
+    if sf is not None:
+        # S/F counts only where the window has no P/F (the score's when_missing); its pairing's support
+        # status stands in for the missing P/F pairing's
+        sf_ratio, sf_vent = decode(win._sf_key)
+        extra["spo2_fio2_ratio"] = sf_ratio
+        vent = vent.coalesce(sf_vent)
     hourly = win.mutate(
         urine_output_24h=_least(win.urine_output_24h, urine_sum),
         pao2_fio2_ratio=ratio,
         mechanical_ventilation=vent,
+        **short_urine,
+        **extra,
     )
 
     # -- latest fresh biomarker values: equi-join back on the latest time within freshness
@@ -424,10 +504,10 @@ def plan_hourly(
         "stay_id",
         time=hourly.bucket,
         hour=hourly.hour.cast("int64"),
-        **{c: hourly[c].cast("float64") for c in SOFA_INPUTS},
+        **{c: hourly[c].cast("float64") for c in provided},
         **{c: hourly[c].cast("float64") for c in biomarkers},
     )
-    hourly = sofa(hourly)
+    hourly = sofa(hourly, variant, sofa_options)
     hourly = classify_frame(protocol, hourly, column="endotype")
     return Plan(
         bounds=bounds,
@@ -607,11 +687,15 @@ def build_cohort(
     threads: int | None = None,
     suspected_infection: str | None = None,
     sofa_baseline: str | None = None,
+    sofa_version: str = "sofa-1996",
+    sofa_options: Mapping[str, str] | None = None,
 ) -> CohortResult:
     """Run the cohort plan on ``engine`` and return (and, with ``output_dir``, write) the tables.
 
     ``suspected_infection`` (:data:`SUSPICION_RULES`) and ``sofa_baseline`` (:data:`BASELINE_RULES`)
     choose the Sepsis-3 rule variants of ``rules.yaml`` (defaults there: the Sepsis-3 papers').
+    ``sofa_version`` (``sofa-1996``, the Sepsis-3 definition's, or ``sofa-2``) and ``sofa_options`` (the
+    named options of its definition file) choose the SOFA score; both are written to the summary.
 
     ``output_dir`` receives ``stays.parquet``, ``hourly_sofa.parquet``, ``sepsis3.parquet``,
     ``endotypes.parquet`` and ``summary.json``, written to a temporary folder renamed on success.
@@ -630,6 +714,7 @@ def build_cohort(
         )
     if baseline_rule not in BASELINE_RULES:
         raise ValueError(f"unknown SOFA baseline {baseline_rule!r}; use one of {', '.join(BASELINE_RULES)}")
+    sofa_spec = sofa_definition(sofa_version, sofa_options)  # refuses unknown variants and options
     protocol = load_protocol(protocol_id)
     steps = ["stage inputs", "hourly SOFA and endotypes", "Sepsis-3", "endotype timeline", "summary"]
     if output_dir is not None:
@@ -660,7 +745,14 @@ def build_cohort(
         con = connect(engine, spark=spark, threads=threads)
         stays_t = con.read_parquet(str(stays_path))
         obs_t = con.read_parquet(obs_src)
-        plan = plan_hourly(stays_t, obs_t, protocol, open_stays=bool(stays_pl["icu_outtime"].null_count()))
+        plan = plan_hourly(
+            stays_t,
+            obs_t,
+            protocol,
+            open_stays=bool(stays_pl["icu_outtime"].null_count()),
+            variant=sofa_version,
+            sofa_options=sofa_options,
+        )
         tick(1)
         hourly = _collect(con, plan.hourly, ["stay_id", "time"])
         counts = _collect(con, plan.concept_counts, ["concept"])
@@ -694,7 +786,9 @@ def build_cohort(
             rules={
                 "suspected_infection": suspicion_rule,
                 "sofa_baseline": baseline_rule,
-                "vasopressor_max_gap_hours": float(load_definition("sofa")["vasopressor_max_gap_hours"]),
+                "sofa": str(sofa_spec["id"]),
+                "sofa_options": dict(sofa_spec["options_used"]),
+                "vasopressor_max_gap_hours": float(sofa_spec["vasopressor_max_gap_hours"]),
             },
             dropped=side_tables.get("dropped"),
         )

@@ -106,7 +106,8 @@ def summarise(
         "source": source,
         "engine": engine,
         "protocol": {"id": protocol.id, "version": protocol.version},
-        "sofa_variant": load_definition("sofa")["id"],
+        "sofa_variant": str((rules or {}).get("sofa") or load_definition("sofa")["id"]),
+        "sofa_options": dict((rules or {}).get("sofa_options") or {}),
         "sepsis3_variant": load_definition("sepsis3")["id"],
         "stays": stays_out.height,
         "stays_with_hourly_sofa": int((stays_out["grid_hours"] > 0).sum()),
@@ -183,7 +184,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"source {summary['source']} on {summary['engine']}, protocol {summary['protocol']['id']} "
         f"{summary['protocol']['version']}",
-        f"stays: {summary['stays']} ({summary['patient_hours']} patient-hours of SOFA)",
+        f"stays: {summary['stays']} ({summary['patient_hours']} patient-hours of SOFA, "
+        f"{summary.get('sofa_variant', 'sofa-1996')})",
         f"septic stays (Sepsis-3): {summary['septic_stays']}"
         + ("" if summary["sepsis3_assessable"] else f" - {summary['sepsis3_note']}"),
         "endotype (first known per stay): "
@@ -202,7 +204,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     if rules:
         lines.append(
             f"rules: suspected infection {rules.get('suspected_infection')}, "
-            f"SOFA baseline {rules.get('sofa_baseline')}"
+            f"SOFA baseline {rules.get('sofa_baseline')}, SOFA {rules.get('sofa', 'sofa-1996')}"
+            + (
+                " (" + ", ".join(f"{k} {v}" for k, v in (rules.get("sofa_options") or {}).items()) + ")"
+                if rules.get("sofa_options")
+                else ""
+            )
         )
     not_assessable = summary.get("sepsis3_not_assessable_stays", 0)
     if not_assessable:
