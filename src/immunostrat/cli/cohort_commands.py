@@ -73,6 +73,17 @@ def build(
             "other_vasoactive, gcs_motor, urine_score_2).",
         ),
     ] = None,
+    adults: Annotated[
+        bool, typer.Option("--adults", help="Keep stays with age >= 18 (Seymour 2016; unknown age excluded).")
+    ] = False,
+    first_stay: Annotated[
+        bool,
+        typer.Option("--first-stay", help="Keep each person's first ICU stay (mimic-code, ricu cohorts)."),
+    ] = False,
+    min_stay_hours: Annotated[
+        float | None,
+        typer.Option("--min-stay-hours", help="Keep ICU stays at least this long (unknown length excluded)."),
+    ] = None,
 ) -> None:
     """Build the cohort tables (Parquet) and print a summary with the missing-concept report."""
     from immunostrat.cohort import ENGINES, build_cohort, format_agreement, format_summary, label_agreement
@@ -159,6 +170,9 @@ def build(
                 sofa_baseline=sofa_baseline,
                 sofa_version=sofa_version,
                 sofa_options=sofa_options,
+                adults=adults,
+                first_stay=first_stay,
+                min_stay_hours=min_stay_hours,
             )
     except (InputError, ValueError, KeyError) as error:
         fail(error)

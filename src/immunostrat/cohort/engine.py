@@ -689,6 +689,9 @@ def build_cohort(
     sofa_baseline: str | None = None,
     sofa_version: str = "sofa-1996",
     sofa_options: Mapping[str, str] | None = None,
+    adults: bool = False,
+    first_stay: bool = False,
+    min_stay_hours: float | None = None,
 ) -> CohortResult:
     """Run the cohort plan on ``engine`` and return (and, with ``output_dir``, write) the tables.
 
@@ -696,11 +699,14 @@ def build_cohort(
     choose the Sepsis-3 rule variants of ``rules.yaml`` (defaults there: the Sepsis-3 papers').
     ``sofa_version`` (``sofa-1996``, the Sepsis-3 definition's, or ``sofa-2``) and ``sofa_options`` (the
     named options of its definition file) choose the SOFA score; both are written to the summary.
+    ``adults``, ``first_stay`` and ``min_stay_hours`` are the attrition steps of ``rules.yaml`` (all off:
+    every stay); the stays left after each step are the summary's ``attrition``.
 
     ``output_dir`` receives ``stays.parquet``, ``hourly_sofa.parquet``, ``sepsis3.parquet``,
     ``endotypes.parquet`` and ``summary.json``, written to a temporary folder renamed on success.
     ``progress(step, done, total)`` is called as the steps advance (for a progress bar).
     """
+    from immunostrat.cohort.attrition import apply_attrition
     from immunostrat.cohort.summary import summarise
 
     if engine not in ENGINES:
@@ -740,6 +746,13 @@ def build_cohort(
             stays_pl = _stays_frame(pl.read_parquet(source_data.stays))
             obs_src = str(source_data.observations)
             report, notes, source_name = source_data.report, source_data.notes, source_data.source
+        stays_pl, attrition = apply_attrition(
+            stays_pl,
+            adults=adults,
+            first_stay=first_stay,
+            min_stay_hours=min_stay_hours,
+            min_age_years=float(rules["attrition"]["adults"]["min_age_years"]),
+        )
         stays_path = work / "stays.parquet"
         stays_pl.write_parquet(stays_path)
         con = connect(engine, spark=spark, threads=threads)
@@ -791,6 +804,7 @@ def build_cohort(
                 "vasopressor_max_gap_hours": float(sofa_spec["vasopressor_max_gap_hours"]),
             },
             dropped=side_tables.get("dropped"),
+            attrition=attrition,
         )
         result = CohortResult(
             stays=stays_out, hourly_sofa=hourly, sepsis3=sepsis, endotypes=endotypes, summary=summary

@@ -41,6 +41,7 @@ def summarise(
     protocol: Protocol,
     rules: dict[str, Any] | None = None,
     dropped: pl.DataFrame | None = None,
+    attrition: list[dict[str, Any]] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """The stays table with per-stay outcomes, and the summary dict (JSON-serialisable)."""
     hours = hourly.group_by("stay_id").agg(pl.len().cast(pl.Int64).alias("grid_hours"))
@@ -119,6 +120,9 @@ def summarise(
             zip(reasons["sepsis3_reason"].to_list(), reasons["n"].to_list(), strict=True)
         ),
         "rules": dict(rules or {}),
+        "attrition": list(
+            attrition or [{"step": "all stays", "rule": "", "stays": stays.height, "excluded": 0}]
+        ),
         "sepsis3_note": "" if assessable else str(sepsis3["sepsis3_reason"][0]) if sepsis3.height else "",
         "endotype_stays_ever": dict(zip(ever["endotype"].to_list(), ever["n"].to_list(), strict=True)),
         "endotype_first_known": dict(
@@ -209,6 +213,14 @@ def format_summary(summary: dict[str, Any]) -> str:
                 " (" + ", ".join(f"{k} {v}" for k, v in (rules.get("sofa_options") or {}).items()) + ")"
                 if rules.get("sofa_options")
                 else ""
+            )
+        )
+    attrition = summary.get("attrition") or []
+    if len(attrition) > 1:
+        lines.append(
+            "attrition: "
+            + " -> ".join(
+                f"{a['step']} {a['stays']}" + (f" ({a['rule']})" if a["rule"] else "") for a in attrition
             )
         )
     not_assessable = summary.get("sepsis3_not_assessable_stays", 0)
