@@ -28,7 +28,9 @@ PASSWORD = "correct horse battery staple 42"
 def database(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'keys.db'}"
     open_db(url)
-    create_user(url, "nurse-admin", PASSWORD, "admin")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("IMMUNOSTRAT_BCRYPT_ROUNDS", "4")  # the work factor is not under test here
+        create_user(url, "nurse-admin", PASSWORD, "admin")
     return url
 
 

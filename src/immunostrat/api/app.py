@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from immunostrat import __version__
 from immunostrat.api.auth import Principal, TokenKeys, TokenSource, confirm, load_token_keys
 from immunostrat.api.docs import install_offline_docs
+from immunostrat.api.throttle import SIGN_IN_PATHS, LoginLimits, LoginThrottle
 from immunostrat.errors import InputError
 from immunostrat.trial import service
 from immunostrat.trial.audit import Actor
@@ -255,12 +256,15 @@ def create_app(
     *,
     secret_key: str | None = None,
     token_minutes: float | None = None,
+    login_limits: LoginLimits | None = None,
 ) -> FastAPI:
     """The service over ``db_url`` (SQLite file or PostgreSQL URL); the schema is migrated first.
 
     The token signing key is ``secret_key``, else the keys of
     :func:`~immunostrat.api.auth.load_token_keys` (environment, key file, or for SQLite a key file
-    generated next to the database at the first start; several workers read the same file)."""
+    generated next to the database at the first start; several workers read the same file).
+    Failed sign-ins are throttled per username and address (:mod:`immunostrat.api.throttle`;
+    ``login_limits``, else the environment)."""
     from immunostrat.api.cds import router as cds_router
     from immunostrat.api.clinical import router as clinical_router
     from immunostrat.api.routes import router as trial_router
@@ -286,12 +290,52 @@ def create_app(
     app.state.signing_key = keys  # auth.issue_token and decode_token take it as it is
     app.state.token_minutes = minutes
     _install_error_handlers(app)
+    app.add_middleware(LoginThrottle, limits=login_limits or LoginLimits.from_env())
     app.add_middleware(RequestLimits)
     app.add_middleware(ServerErrors)  # added last: the outermost, so it also covers RequestLimits
     app.include_router(trial_router)
     app.include_router(clinical_router)
     app.include_router(cds_router)
+    _document_throttling(app)
     return app
+
+
+def _document_throttling(app: FastAPI) -> None:
+    """The sign-in routes' 429 (with ``Retry-After``) in the OpenAPI document, as they answer it."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for path in SIGN_IN_PATHS:
+            operation = schema.get("paths", {}).get(path, {}).get("post")
+            if operation is not None:
+                operation.setdefault("responses", {})["429"] = {
+                    "description": "Too many failed sign-ins for this username or address",
+                    "headers": {
+                        "Retry-After": {
+                            "description": "seconds to wait before the next attempt",
+                            "schema": {"type": "integer"},
+                        }
+                    },
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "detail": {"type": "string"},
+                                    "field": {"type": ["string", "null"]},
+                                },
+                                "required": ["detail"],
+                            }
+                        }
+                    },
+                }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_from_env() -> FastAPI:

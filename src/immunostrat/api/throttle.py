@@ -1,0 +1,148 @@
+"""Sign-in throttling: failed sign-ins are counted per username and per client address in a moving
+window (the ``limits`` library); past the limit ``POST /token`` answers 429 with ``Retry-After``
+before the password is checked (so a guesser also stops costing bcrypt time).
+
+Defaults: 10 failures per username and 100 per address in 15 minutes. NIST SP 800-63B-4
+section 3.2.2 requires limiting consecutive failed attempts on one account to no more than 100;
+10 in 15 minutes keeps an online guesser to about 1,000 guesses a day per account, while a user
+who mistypes a few times is not stopped (a success clears that username's count). The address
+limit is looser because one address can be a whole hospital behind a NAT. Both are settings:
+``IMMUNOSTRAT_LOGIN_LIMIT_USER`` and ``IMMUNOSTRAT_LOGIN_LIMIT_ADDRESS`` (``limits`` notation,
+e.g. ``10 per 15 minutes``).
+
+The counts live in each worker's memory: with N workers an attacker gets at most N times the
+limit, and a restart clears them. Behind a reverse proxy the client address is the one uvicorn's
+proxy headers give (``--forwarded-allow-ips``: only the proxy's address may set it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from immunostrat.errors import InputError
+
+USER_LIMIT_ENV = "IMMUNOSTRAT_LOGIN_LIMIT_USER"
+ADDRESS_LIMIT_ENV = "IMMUNOSTRAT_LOGIN_LIMIT_ADDRESS"
+DEFAULT_USER_LIMIT = "10 per 15 minutes"
+DEFAULT_ADDRESS_LIMIT = "100 per 15 minutes"
+SIGN_IN_PATHS = ("/token",)
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    """How many failed sign-ins are allowed per username and per client address, in what window."""
+
+    per_user: RateLimitItem
+    per_address: RateLimitItem
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LoginLimits:
+        env = os.environ if env is None else env
+        return cls(
+            _limit(env.get(USER_LIMIT_ENV) or DEFAULT_USER_LIMIT, USER_LIMIT_ENV),
+            _limit(env.get(ADDRESS_LIMIT_ENV) or DEFAULT_ADDRESS_LIMIT, ADDRESS_LIMIT_ENV),
+        )
+
+
+def _limit(text: str, name: str) -> RateLimitItem:
+    try:
+        return parse(text)
+    except ValueError:
+        raise InputError(
+            "not a rate limit", field=name, value=text, expected="e.g. '10 per 15 minutes'"
+        ) from None
+
+
+class LoginThrottle:
+    """ASGI middleware over the sign-in routes (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, limits: LoginLimits | None = None) -> None:
+        self.app = app
+        self.limits = limits or LoginLimits.from_env()
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in SIGN_IN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        replay = _replayer(body, receive)
+        # the form parsed as the route parses it (urlencoded or multipart), so no encoding escapes
+        try:
+            form = await Request(scope, _replayer(body, receive)).form()
+            username = form.get("username")
+            await form.close()
+        except Exception:  # a body that is no form: the route answers it, counted by address
+            username = None
+        user_key = "user:" + hashlib.sha256(str(username or "").encode()).hexdigest()
+        client = scope.get("client")
+        address_key = "address:" + (client[0] if client else "unknown")
+        keys = (
+            (self.limits.per_user, user_key, "this username"),
+            (self.limits.per_address, address_key, "this address"),
+        )
+        for item, key, whom in keys:
+            if not self.limiter.test(item, key):
+                reset = self.limiter.get_window_stats(item, key).reset_time
+                wait_s = max(1, math.ceil(reset - time.time()))
+                response = JSONResponse(
+                    status_code=429,
+                    content={
+                        "detail": f"too many failed sign-ins for {whom}: try again in {wait_s} s",
+                        "field": "username" if whom == "this username" else None,
+                    },
+                    headers={"Retry-After": str(wait_s)},
+                )
+                await response(scope, replay, send)
+                return
+        status = 0
+
+        async def watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        await self.app(scope, replay, watch)
+        if status == 401:
+            for item, key, _ in keys:
+                self.limiter.hit(item, key)
+        elif status == 200:
+            self.limiter.clear(self.limits.per_user, user_key)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def _replayer(body: bytes, receive: Receive) -> Receive:
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
