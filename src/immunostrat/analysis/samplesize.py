@@ -237,6 +237,86 @@ def sample_size_time_to_event(
     )
 
 
+def event_probability(hazard: float, dropout_hazard: float, accrual: float, followup: float) -> float:
+    """P(event observed by the analysis) with exponential event and drop-out hazards (competing
+    risks), entry uniform over ``accrual`` and the analysis ``followup`` after the last entry:
+    ``h/(h+e) [1 - (exp(-(h+e) f) - exp(-(h+e)(a+f))) / ((h+e) a)]`` (Lachin & Foulkes 1986;
+    rpact getSampleSizeSurvival with uniform accrual)."""
+    total = hazard + dropout_hazard
+    if accrual <= 0:
+        return hazard / total * (1 - math.exp(-total * followup))
+    tail = (math.exp(-total * followup) - math.exp(-total * (accrual + followup))) / (total * accrual)
+    return hazard / total * (1 - tail)
+
+
+def sample_size_survival_accrual(
+    hazard_ratio: float,
+    median_control: float,
+    accrual: float,
+    followup: float,
+    dropout_rate: float = 0.0,
+    dropout_time: float = 12.0,
+    alpha: float = 0.05,
+    power: float = 0.80,
+    ratio: float = 1.0,
+    inflation_factor: float = 1.0,
+) -> SampleSize:
+    """Log-rank sizing with accrual, follow-up and drop-out: Schoenfeld (1983) events
+    ``D = (z_{1-alpha/2} + z_{1-beta})^2 (1 + r)^2 / (r ln(HR)^2)`` (times the group-sequential
+    ``inflation_factor``, e.g. ``group_sequential.design(...).inflation_factor``), participants
+    ``D / P(event)`` with :func:`event_probability` averaged over the arms by allocation
+    (``ratio`` treated per control). Times in one unit (e.g. months); exponential survival with the
+    control ``median_control``, drop-out ``dropout_rate`` by ``dropout_time`` in each arm. Agrees
+    with rpact ``getSampleSizeSurvival`` (Schoenfeld, uniform accrual)."""
+    if hazard_ratio <= 0 or hazard_ratio == 1:
+        raise ValueError("hazard ratio must be positive and not 1")
+    if not 0 <= dropout_rate < 1 or ratio <= 0 or median_control <= 0 or followup < 0 or accrual < 0:
+        raise ValueError("rates in [0, 1), positive ratio and median, non-negative times")
+    za, zb = _z(alpha, power)
+    events = inflation_factor * (za + zb) ** 2 * (1 + ratio) ** 2 / (ratio * math.log(hazard_ratio) ** 2)
+    lam_c = math.log(2) / median_control
+    lam_t = lam_c * hazard_ratio
+    eta = -math.log(1 - dropout_rate) / dropout_time if dropout_rate > 0 else 0.0
+    p_t = event_probability(lam_t, eta, accrual, followup)
+    p_c = event_probability(lam_c, eta, accrual, followup)
+    p_event = (ratio * p_t + p_c) / (1 + ratio)
+    n_exact = events / p_event
+    n_t = math.ceil(n_exact * ratio / (1 + ratio) - 1e-9)
+    n_c = math.ceil(n_exact / (1 + ratio) - 1e-9)
+    d = math.ceil(events - 1e-9)
+    return SampleSize(
+        design="time to event, log-rank, accrual and follow-up",
+        method="schoenfeld",
+        per_arm=[n_t, n_c],
+        total=n_t + n_c,
+        total_with_dropout=n_t + n_c,  # drop-out is in P(event) already
+        achieved_power=float(
+            st.norm.cdf(
+                math.sqrt(d / inflation_factor * ratio) / (1 + ratio) * abs(math.log(hazard_ratio)) - za
+            )
+        ),
+        events=d,
+        assumptions=[
+            f"hazard ratio {hazard_ratio} (treated vs control), exponential survival, "
+            f"control median {median_control}",
+            f"uniform accrual over {accrual}, follow-up {followup} after the last entry",
+            f"drop-out {dropout_rate:.0%} by time {dropout_time} in each arm (exponential, competing risk)"
+            if dropout_rate
+            else "no drop-out",
+            f"P(event): treated {p_t:.1%}, control {p_c:.1%}, pooled {p_event:.1%}",
+            f"two-sided alpha {alpha}, power {power:.0%}, {ratio:g}:1 allocation",
+            f"events: Schoenfeld {events:.2f} -> {d}"
+            + (
+                f" (group-sequential inflation factor {inflation_factor:.4f})"
+                if inflation_factor != 1
+                else ""
+            ),
+            f"participants: {events:.2f} / {p_event:.4f} = {n_exact:.2f}",
+        ],
+        alternatives={"events_exact": events, "participants_exact": n_exact, "p_event": p_event},
+    )
+
+
 def _t_power(n_per_arm: float, difference: float, sd: float, alpha: float) -> float:
     """Power of the two-sided two-sample t test with n per arm (R's ``power.t.test``, strict =
     FALSE: the upper rejection tail only)."""

@@ -260,3 +260,112 @@ def samplesize_repeated(
     except ValueError as error:
         fail(error)
     typer.echo(result.text())
+
+
+def _looks(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        fail(
+            InputError(
+                "information rates not understood", field="--looks", value=text, expected="e.g. 0.33,0.67,1"
+            )
+        )
+    return values
+
+
+@samplesize_app.command("survival-accrual")
+def samplesize_survival_accrual(
+    hazard_ratio: Annotated[float, typer.Option(help="Hazard ratio treated vs control.")],
+    median_control: Annotated[
+        float, typer.Option(help="Control median survival (time unit of your choice).")
+    ],
+    accrual: Annotated[float, typer.Option(help="Accrual duration (uniform entry).")],
+    followup: Annotated[float, typer.Option(help="Follow-up after the last entry.")],
+    dropout_rate: Annotated[float, typer.Option(help="Drop-out fraction by --dropout-time, each arm.")] = 0.0,
+    dropout_time: Annotated[float, typer.Option(help="Time at which --dropout-rate is reached.")] = 12.0,
+    alpha: Annotated[float, typer.Option(help="Two-sided type I error.")] = 0.05,
+    power: Annotated[float, typer.Option()] = 0.8,
+    ratio: Annotated[float, typer.Option(help="Treated participants per control participant.")] = 1.0,
+    looks: Annotated[
+        str | None,
+        typer.Option(help="Group-sequential information rates, e.g. 0.33,0.67,1 (default: one look)."),
+    ] = None,
+    spending: Annotated[str, typer.Option(help="asOF (O'Brien-Fleming type) | asP (Pocock type)")] = "asOF",
+) -> None:
+    """Time to event with accrual, follow-up and drop-out (Schoenfeld events, rpact's method);
+    with --looks, the maximum events and participants of a group-sequential design."""
+    from immunostrat.analysis import group_sequential as gs
+    from immunostrat.analysis.samplesize import sample_size_survival_accrual
+
+    try:
+        inflation = 1.0
+        if looks:
+            if spending not in ("asOF", "asP"):
+                raise ValueError("--spending is asOF or asP")
+            kind: gs.Spending = "asOF" if spending == "asOF" else "asP"
+            inflation = gs.design(
+                _looks(looks), alpha=alpha / 2, beta=1 - power, spending=kind
+            ).inflation_factor
+        result = sample_size_survival_accrual(
+            hazard_ratio, median_control, accrual, followup, dropout_rate, dropout_time, alpha, power, ratio,
+            inflation_factor=inflation,
+        )  # fmt: skip
+    except ValueError as error:
+        fail(error)
+    typer.echo(result.text())
+
+
+@design_app.command("group-sequential")
+def group_sequential_design(
+    looks: Annotated[str, typer.Option(help="Information rates of the looks, e.g. 0.33,0.67,1.")],
+    alpha: Annotated[float, typer.Option(help="Type I error (one-sided with --sided 1).")] = 0.025,
+    beta: Annotated[float, typer.Option(help="Type II error (1 - power).")] = 0.2,
+    sided: Annotated[int, typer.Option(help="1 or 2 (two-sided symmetric).")] = 1,
+    spending: Annotated[str, typer.Option(help="asOF (O'Brien-Fleming type) | asP (Pocock type)")] = "asOF",
+    futility: Annotated[
+        str | None, typer.Option(help="Non-binding beta-spending futility: bsOF | bsP (one-sided designs).")
+    ] = None,
+) -> None:
+    """Lan-DeMets group-sequential bounds (z and nominal one-sided P), alpha spent, futility bounds,
+    power by look and the inflation factor (agrees with rpact)."""
+    from immunostrat.analysis import group_sequential as gs
+
+    if spending not in ("asOF", "asP") or futility not in (None, "bsOF", "bsP"):
+        fail(
+            InputError(
+                "unknown spending function", field="--spending/--futility", expected="asOF, asP; bsOF, bsP"
+            )
+        )
+    try:
+        d = gs.design(_looks(looks), alpha, beta, sided, spending, futility)  # type: ignore[arg-type]
+    except ValueError as error:
+        fail(error)
+    table = Table(
+        title=f"group-sequential design ({spending}, {'one' if sided == 1 else 'two'}-sided alpha {alpha})"
+    )
+    for col in (
+        "look",
+        "information",
+        "efficacy z",
+        "nominal P",
+        "alpha spent",
+        "futility z",
+        "power so far",
+    ):
+        table.add_column(col, justify="right")
+    for k, t in enumerate(d.information_rates):
+        fut = f"{d.futility_z[k]:.4f}" if d.futility_z else "-"
+        table.add_row(
+            str(k + 1), f"{t:.3f}", f"{d.efficacy_z[k]:.4f}", f"{d.stage_levels[k]:.5f}",
+            f"{d.alpha_spent[k]:.5f}", fut, f"{d.power_cumulative[k]:.3f}",
+        )  # fmt: skip
+    out.print(table)
+    typer.echo(
+        f"inflation factor {d.inflation_factor:.4f} (maximum information / fixed design); "
+        f"drift {d.drift:.4f}; futility non-binding"
+        if futility
+        else f"inflation factor {d.inflation_factor:.4f}; drift {d.drift:.4f}"
+    )
