@@ -384,28 +384,31 @@ def unblinding_events(session: Session, trial_id: int) -> list[dict[str, Any]]:
 
 
 def randomization_list(session: Session, actor: Actor, trial_id: int) -> list[dict[str, Any]]:
-    """The concealed list with arms (unblinded roles only; audited)."""
+    """The allocated slots with their arms (unblinded roles only; audited). As in REDCap, the unused
+    part of the list is never shown to anyone: with arms, block sizes and positions of the future
+    slots, the next allocation in a stratum could be foreseen."""
     if actor.role not in UNBLINDED_ROLES:
         raise Forbidden("the randomization list is visible to unblinded roles only")
     trial = trial_by_id(session, trial_id)
     rows = session.execute(
-        select(Kit, Stratum.endotype, Site.code)
-        .outerjoin(Stratum, Stratum.id == Kit.stratum_id)
-        .outerjoin(Site, Site.id == Stratum.site_id)
-        .where(Kit.trial_id == trial.id)
-        .order_by(Kit.stratum_id, Kit.arm, Kit.seq)
+        select(Allocation, Kit, Participant.pseudonym, Stratum.endotype, Site.code)
+        .join(Kit, Kit.id == Allocation.kit_id)
+        .join(Participant, Participant.id == Allocation.participant_id)
+        .outerjoin(Stratum, Stratum.id == Allocation.stratum_id)
+        .join(Site, Site.id == Participant.site_id)
+        .where(Allocation.trial_id == trial.id)
+        .order_by(Allocation.sequence)
     )
     audit.append(session, actor, "view_unblinded", "randomization_list", trial.id, new={"trial": trial.code})
     return [
         {
+            "sequence": a.sequence,
             "kit_number": k.kit_number,
-            "arm": k.arm,
+            "arm": a.arm,
             "site": site,
-            "endotype": endotype,
-            "seq": k.seq,
-            "block_no": k.block_no,
-            "block_size": k.block_size,
-            "used": k.used,
+            "stratum": endotype,
+            "participant": pseudonym,
+            "allocated_at": as_utc(a.allocated_at),
         }
-        for k, endotype, site in rows
+        for a, k, pseudonym, endotype, site in rows
     ]

@@ -3,6 +3,7 @@ events (trials defined with forms use ``immunostrat.trial.forms``)."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -12,13 +13,14 @@ from immunostrat.errors import InputError
 from immunostrat.scores.sofa import SOFA_COMPONENTS
 from immunostrat.trial import audit, eligibility
 from immunostrat.trial.audit import Actor
-from immunostrat.trial.errors import Conflict
+from immunostrat.trial.errors import Conflict, NotFound
 from immunostrat.trial.models import (
     AdverseEvent,
     Assessment,
     Outcome,
     Participant,
     Trial,
+    as_utc,
     utcnow,
 )
 from immunostrat.trial.schemas import (
@@ -178,26 +180,87 @@ def outcome_view(row: Outcome) -> dict[str, Any]:
     return out
 
 
-AE_FIELDS = ("day", "term", "serious", "severity", "related", "outcome")
+AE_FIELDS = ("day", "term", "meddra_code", "serious", "seriousness", "severity", "related", "outcome")
+EXPEDITED_REPORT_HOURS = 24
+"""ICH E6(R2) 4.11.1: the investigator reports a serious adverse event to the sponsor immediately;
+in practice within 24 hours of learning of it. A trial file may set its own clock."""
 
 
 def record_adverse_event(
     session: Session, actor: Actor, trial_id: int, participant_id: int, data: AdverseEventIn
 ) -> AdverseEvent:
-    _, p = _randomized(session, actor, trial_id, participant_id)
+    """An adverse event with its term (and MedDRA code), CTCAE grade (stored as ``severity``),
+    seriousness criteria and, for a serious one, the time its expedited report is due."""
+    trial, p = _randomized(session, actor, trial_id, participant_id)
+    hours = int(
+        ((trial.config.get("definition") or {}).get("adverse_events") or {}).get(
+            "expedited_report_hours", EXPEDITED_REPORT_HOURS
+        )
+    )
+    aware = data.aware_at or utcnow()
     row = AdverseEvent(
-        participant_id=p.id, entered_by=actor.username, entered_at=utcnow(), **data.model_dump()
+        participant_id=p.id,
+        day=data.day,
+        term=data.term,
+        meddra_code=data.meddra_code,
+        serious=data.serious,
+        seriousness=list(data.seriousness) if data.serious else None,
+        severity=data.ctcae_grade,
+        related=data.related,
+        outcome=data.outcome,
+        aware_at=aware,
+        report_due_at=aware + timedelta(hours=hours) if data.serious else None,
+        entered_by=actor.username,
+        entered_at=utcnow(),
     )
     session.add(row)
     session.flush()
-    audit.append(session, actor, "create", "adverse_event", row.id, new=data.model_dump())
+    audit.append(session, actor, "create", "adverse_event", row.id, new=row_dict(row, AE_FIELDS))
     return row
 
 
-def adverse_event_view(row: AdverseEvent, pseudonym: str | None = None) -> dict[str, Any]:
+def report_adverse_event(
+    session: Session, actor: Actor, trial_id: int, ae_id: int, reported_at: datetime, reference: str | None
+) -> AdverseEvent:
+    """Record that a serious adverse event was reported to the sponsor (stops its clock)."""
+    trial = trial_by_id(session, trial_id)
+    row = session.get(AdverseEvent, ae_id)
+    if row is None:
+        raise NotFound(f"adverse event {ae_id} not found", field="ae_id")
+    participant_by_id(session, trial, row.participant_id, actor)
+    if not row.serious:
+        raise Conflict("only serious adverse events have an expedited report", field="ae_id")
+    row.reported_at = reported_at
+    row.report_reference = reference
+    session.flush()
+    audit.append(
+        session,
+        actor,
+        "report",
+        "adverse_event",
+        row.id,
+        new={"reported_at": reported_at.isoformat(), "reference": reference},
+    )
+    return row
+
+
+def adverse_event_view(
+    row: AdverseEvent, pseudonym: str | None = None, now: datetime | None = None
+) -> dict[str, Any]:
     out = row_dict(row, AE_FIELDS)
+    out["ctcae_grade"] = row.severity
     out["id"] = row.id
     out["participant_id"] = row.participant_id
+    out["aware_at"] = as_utc(row.aware_at)
+    out["report_due_at"] = as_utc(row.report_due_at)
+    out["reported_at"] = as_utc(row.reported_at)
+    due = as_utc(row.report_due_at)
+    if due is None:
+        out["report_state"] = None
+    elif row.reported_at is not None:
+        out["report_state"] = "reported late" if (as_utc(row.reported_at) or due) > due else "reported"
+    else:
+        out["report_state"] = "overdue" if (now or utcnow()) > due else "due"
     if pseudonym is not None:
         out["pseudonym"] = pseudonym
     return out

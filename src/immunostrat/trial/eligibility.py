@@ -338,3 +338,29 @@ def decide(
         reason = f"endotype {result.endotype}: not a randomized stratum"
         return EligibilityResult(result, False, reason, check)
     return EligibilityResult(result, True, None, check)
+
+
+def decide_without_protocol(
+    patient: Mapping[str, Any],
+    observations: Sequence[CanonicalObservation],
+    exclusions: Mapping[str, bool],
+    *,
+    require_sepsis3: bool = False,
+    infection_suspected: bool | None = None,
+    pre_infection_sofa: int | None = None,
+) -> EligibilityResult:
+    """Eligibility of a trial without a stratifying protocol (one stratum, ``all``): no exclusion
+    criterion present and Sepsis-3 when the trial requires it."""
+    result = Classification(
+        protocol_id="", protocol_version="", endotype="all", therapy="", dose=None, reasons=[]
+    )
+    check = None
+    if require_sepsis3:
+        pid = str(patient.get("patient_id") or "patient")
+        check = sepsis3_check(pid, observations, infection_suspected, pre_infection_sofa)
+    present = sorted(name for name, flag in exclusions.items() if flag)
+    if present:
+        return EligibilityResult(result, False, "exclusion criterion: " + ", ".join(present), check)
+    if check is not None and not check.met:
+        return EligibilityResult(result, False, check.text, check)
+    return EligibilityResult(result, True, None, check)

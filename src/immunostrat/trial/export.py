@@ -26,10 +26,13 @@ from sqlalchemy.orm import Session
 from immunostrat.errors import InputError
 from immunostrat.trial import audit
 from immunostrat.trial.audit import Actor
+from immunostrat.trial.capture import SOFA_FIELDS
+from immunostrat.trial.forms import SCREENING_VISIT, has_forms, trial_definition
 from immunostrat.trial.models import (
     AdverseEvent,
     Allocation,
     Assessment,
+    FormRecord,
     Outcome,
     Participant,
     ScreeningObservation,
@@ -37,7 +40,8 @@ from immunostrat.trial.models import (
     as_utc,
     utcnow,
 )
-from immunostrat.trial.service import SOFA_FIELDS, latest_decision, trial_by_id
+from immunostrat.trial.screening import latest_decision
+from immunostrat.trial.setup import trial_by_id
 
 EXPORT_SCHEMA_VERSION = "1.0"
 BLINDED_ARM = "blinded"
@@ -101,10 +105,66 @@ AE_SCHEMA: dict[str, Any] = {
     "participant_id": pl.Utf8,
     "day": pl.Int64,
     "term": pl.Utf8,
+    "meddra_code": pl.Utf8,
     "serious": pl.Boolean,
+    "seriousness": pl.Utf8,
     "related": pl.Boolean,
     "severity": pl.Int64,
 }
+_FIELD_TYPES: dict[str, Any] = {
+    "number": pl.Float64,
+    "integer": pl.Int64,
+    "boolean": pl.Boolean,
+    "choice": pl.Utf8,
+    "text": pl.Utf8,
+    "date": pl.Utf8,
+}
+
+
+@dataclass
+class FormTables:
+    """The saved forms of a trial defined with forms, by export table."""
+
+    daily: dict[int, dict[int, dict[str, Any]]]
+    outcomes: dict[int, dict[str, Any]]
+    participants: dict[int, dict[str, Any]]
+    columns: dict[str, dict[str, Any]]
+
+
+def form_tables(session: Session, trial: Any, participant_ids: list[int]) -> FormTables:
+    """Every saved form value (and derived score) in the export table its form names: one row per
+    participant and study day for ``daily_assessments``, one per participant for the others."""
+    spec = trial_definition(trial)
+    columns: dict[str, dict[str, Any]] = {"daily_assessments": {}, "outcomes": {}, "participants": {}}
+    for form in spec.forms.values():
+        if form.table == "none":
+            continue
+        for f in form.fields:
+            columns[form.table][f.column] = _FIELD_TYPES[f.type]
+        for d in form.derived:
+            for _, name in d.columns():
+                columns[form.table][name] = pl.Int64
+    out = FormTables(defaultdict(dict), defaultdict(dict), defaultdict(dict), columns)
+    if not participant_ids:
+        return out
+    records = session.scalars(
+        select(FormRecord).where(FormRecord.participant_id.in_(participant_ids)).order_by(FormRecord.id)
+    )
+    for r in records:
+        saved = spec.forms.get(r.form_id)
+        if saved is None or saved.table == "none" or r.visit_id == SCREENING_VISIT:
+            continue
+        values = {f.column: r.values.get(f.name) for f in saved.fields if f.name in r.values}
+        values.update({name: r.derived.get(name) for d in saved.derived for _, name in d.columns()})
+        if saved.table == "daily_assessments":
+            if r.study_day is None:
+                continue
+            out.daily[r.participant_id].setdefault(r.study_day, {}).update(values)
+        elif saved.table == "outcomes":
+            out.outcomes[r.participant_id].update(values)
+        else:
+            out.participants[r.participant_id].update(values)
+    return out
 
 
 @dataclass
@@ -170,6 +230,8 @@ def build_export(session: Session, actor: Actor, trial_id: int, blinded: bool) -
                 select(AdverseEvent).where(AdverseEvent.participant_id.in_(ids)).order_by(AdverseEvent.id)
             )
         )
+
+    forms = form_tables(session, trial, ids) if has_forms(trial) else None
 
     def arm_of(alloc: Allocation) -> str:
         return BLINDED_ARM if blinded else alloc.arm
@@ -241,6 +303,22 @@ def build_export(session: Session, actor: Actor, trial_id: int, blinded: bool) -
             row = {k: getattr(a, k) for k in DAILY_SCHEMA if k != "participant_id"}
             row["participant_id"] = p.pseudonym
             d_rows.append(row)
+        if forms is not None:
+            p_rows[-1].update(forms.participants.get(p.id, {}))
+            daily = forms.daily.get(p.id, {})
+            for day in sorted(daily):
+                d_rows.append({"participant_id": p.pseudonym, "day": day, **daily[day]})
+            if p_rows[-1]["baseline_sofa"] is None:
+                p_rows[-1]["baseline_sofa"] = (daily.get(1) or {}).get("sofa_total")
+            if p_rows[-1]["safety"] is None:
+                p_rows[-1]["safety"] = True  # randomized and entered on the study schedule
+            found = forms.outcomes.get(p.id)
+            if found and found.get("last_contact_day") is not None:
+                o_rows.append({"participant_id": p.pseudonym, **found})
+            else:
+                last = max((d for d in daily if d >= 1), default=1)
+                o_rows.append({"participant_id": p.pseudonym, **(found or {}), "last_contact_day": last})
+            continue
         o = outcomes.get(p.id)
         if o is not None:
             o_rows.append(
@@ -257,7 +335,9 @@ def build_export(session: Session, actor: Actor, trial_id: int, blinded: bool) -
             "participant_id": kept[ae.participant_id],
             "day": ae.day,
             "term": ae.term,
+            "meddra_code": ae.meddra_code,
             "serious": ae.serious,
+            "seriousness": ",".join(ae.seriousness or []) or None,
             "related": ae.related,
             "severity": ae.severity,
         }
@@ -286,10 +366,11 @@ def build_export(session: Session, actor: Actor, trial_id: int, blinded: bool) -
         trial.id,
         new={"trial": trial.code, "participants": len(p_rows), "blinded": blinded},
     )
+    extra: dict[str, dict[str, Any]] = forms.columns if forms is not None else {}
     return ExportTables(
-        participants=pl.DataFrame(p_rows, schema=PARTICIPANTS_SCHEMA),
-        daily_assessments=pl.DataFrame(d_rows, schema=DAILY_SCHEMA),
-        outcomes=pl.DataFrame(o_rows, schema=OUTCOMES_SCHEMA),
+        participants=pl.DataFrame(p_rows, schema={**PARTICIPANTS_SCHEMA, **extra.get("participants", {})}),
+        daily_assessments=pl.DataFrame(d_rows, schema={**DAILY_SCHEMA, **extra.get("daily_assessments", {})}),
+        outcomes=pl.DataFrame(o_rows, schema={**OUTCOMES_SCHEMA, **extra.get("outcomes", {})}),
         screening=pl.DataFrame(s_rows, schema=SCREENING_SCHEMA),
         adverse_events=pl.DataFrame(ae_rows, schema=AE_SCHEMA),
         manifest=manifest,

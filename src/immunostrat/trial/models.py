@@ -7,12 +7,13 @@ unblinded roles, with an audit row.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -262,6 +263,12 @@ class AdverseEvent(Base):
     severity: Mapped[int | None] = mapped_column(Integer, nullable=True)
     related: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     outcome: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    meddra_code: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    seriousness: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    aware_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    report_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    reported_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    report_reference: Mapped[str | None] = mapped_column(String(100), nullable=True)
     entered_by: Mapped[str] = mapped_column(String(64))
     entered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -324,3 +331,80 @@ class CdsTokenUse(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of issuer and jti
     issuer: Mapped[str] = mapped_column(String(255))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class FormRecord(Base):
+    """One form of one visit of a participant, as last saved: values in each field's unit, the
+    values as entered (with their units), the derived scores, fields marked not done (with the
+    reason), and ``version`` (1 when created, +1 at each change; every change is in FormChange)."""
+
+    __tablename__ = "form_records"
+    __table_args__ = (
+        UniqueConstraint("participant_id", "visit_id", "form_id", name="uq_form_records_visit_form"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"), index=True)
+    visit_id: Mapped[str] = mapped_column(String(32))
+    form_id: Mapped[str] = mapped_column(String(64))
+    study_day: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    visit_date: Mapped[date | None] = mapped_column(Date, nullable=True)
+    values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    entered: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    derived: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    not_done: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FormChange(Base):
+    """One field's change: old and new value, who, when and why (21 CFR 11.10(e))."""
+
+    __tablename__ = "form_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    record_id: Mapped[int] = mapped_column(ForeignKey("form_records.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    field: Mapped[str] = mapped_column(String(64))
+    old: Mapped[str | None] = mapped_column(Text, nullable=True)
+    new: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    changed_by: Mapped[str] = mapped_column(String(64))
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DataQuery(Base):
+    """A query on one field of a form: raised (by a monitor or an edit check), answered by the
+    site, closed by the monitor. ``messages`` keeps the conversation in order."""
+
+    __tablename__ = "data_queries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    record_id: Mapped[int] = mapped_column(ForeignKey("form_records.id"), index=True)
+    field: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # open | answered | closed
+    text: Mapped[str] = mapped_column(Text)
+    raised_by: Mapped[str] = mapped_column(String(64))
+    raised_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    messages: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+
+class Signature(Base):
+    """An investigator's electronic signature of a visit (21 CFR 11.50, 11.70): name, time, meaning,
+    and the SHA-256 of the signed forms' values, so that a later change shows the signature no
+    longer applies."""
+
+    __tablename__ = "signatures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    participant_id: Mapped[int] = mapped_column(ForeignKey("participants.id"), index=True)
+    visit_id: Mapped[str] = mapped_column(String(32))
+    username: Mapped[str] = mapped_column(String(64))
+    full_name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    meaning: Mapped[str] = mapped_column(Text)
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -32,6 +32,19 @@ def open_db(db_url: str) -> Engine:
 
 
 EXAMPLE_SPEC = Path(__file__).resolve().parent / "specs" / "immunosep-example.yaml"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def template_names() -> list[str]:
+    """The shipped trial files (``templates/NAME.yaml``)."""
+    return sorted(p.stem for p in TEMPLATES.glob("*.yaml"))
+
+
+def template_path(name: str) -> Path:
+    path = TEMPLATES / f"{name}.yaml"
+    if not path.is_file():
+        raise InputError("unknown trial template", field="template", value=name, expected=", ".join(template_names()))
+    return path
 
 
 def load_trial_spec(path: str | Path) -> TrialSpec:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import date, datetime
 from functools import cache
 from importlib import resources
 from typing import Annotated, Any, Literal, TypeVar
@@ -21,6 +21,14 @@ from pydantic import (
 )
 
 from immunostrat.errors import InputError
+from immunostrat.trial.definition import (
+    SERIOUSNESS_CRITERIA,
+    AdverseEventRules,
+    EligibilityDef,
+    FormDef,
+    Visit,
+    VisitDef,
+)
 from immunostrat.trial.passwords import MAX_PASSWORD_CHARS, password_problem
 
 ROLES: tuple[str, ...] = ("investigator", "pharmacist", "monitor", "statistician", "admin")
@@ -72,23 +80,42 @@ class _Model(BaseModel):
         return check_no_control(value)
 
 
+Password = Annotated[str, StringConstraints(strip_whitespace=False, max_length=MAX_PASSWORD_CHARS)]
+"""Taken as typed (surrounding spaces too): sign-in does not strip either (see ``passwords``)."""
+
+
 class SiteSpec(_Model):
     code: str = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
     name: str = Field(min_length=1, max_length=200)
 
 
 class TrialSpec(_Model):
-    """Everything fixed at set-up. Ratios are per stratum endotype; blocks vary among
-    ``block_multipliers`` x (sum of the ratio)."""
+    """A trial as data (a versioned YAML file; ``templates/`` ships three). Everything is fixed at
+    set-up: arms and ratios per stratum (blocks vary among ``block_multipliers`` x the ratio's sum),
+    where the strata come from (a protocol's endotypes, a choice field of the screening form, or
+    none), eligibility, the visit schedule and its forms, and the analysis plan of the export."""
 
+    schema_version: Literal[1] = 1
     code: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    version: str = Field(default="1", min_length=1, max_length=32)
     title: str = Field(min_length=1, max_length=200)
-    protocol_id: str = "immunosep-2025"
+    description: str | None = Field(default=None, max_length=2000)
+    protocol_id: str | None = "immunosep-2025"
     protocol_version: str | None = None
     arms: list[str] = Field(default_factory=lambda: ["immunotherapy", "placebo"], min_length=2)
     control_arm: str = "placebo"
     method: Literal["block", "minimization"] = "block"
-    randomized_endotypes: list[str] = Field(default_factory=lambda: ["mals", "immunoparalysis"], min_length=1)
+    strata_from: Literal["protocol", "field", "none"] = Field(
+        default="protocol",
+        description="protocol: the endotype the protocol classifies; field: a choice field of the "
+        "screening form (strata_field); none: one stratum per site",
+    )
+    strata_field: str | None = None
+    randomized_endotypes: list[str] = Field(
+        default_factory=lambda: ["mals", "immunoparalysis"],
+        min_length=1,
+        description="the strata randomized: endotypes, choices of strata_field, or ['all']",
+    )
     ratios: dict[str, dict[str, int]] = Field(default_factory=dict)
     block_multipliers: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
     slots_per_stratum: int = Field(default=120, ge=1, le=100_000)
@@ -100,6 +127,21 @@ class TrialSpec(_Model):
         default=False,
         description="screening also requires Sepsis-3 (domain.md A1, B2): infection_suspected and a "
         "SOFA, scored from the screening observations, >= 2 points above pre_infection_sofa",
+    )
+    eligibility: EligibilityDef = Field(default_factory=EligibilityDef)
+    screening_form: str | None = Field(default=None, description="the form filled at screening")
+    day_of_randomization: int = Field(
+        default=1, ge=0, le=1, description="the study day of the randomization date (ImmunoSep 1, SLE 0)"
+    )
+    visits: list[VisitDef] = Field(default_factory=list)
+    forms: dict[str, FormDef] = Field(default_factory=dict)
+    adverse_events: AdverseEventRules = Field(default_factory=AdverseEventRules)
+    analysis_plan: str | None = Field(default=None, description="the analysis plan the export feeds")
+    signature_meaning: str = Field(
+        default="I have reviewed the data of this visit and confirm they are accurate and complete",
+        min_length=10,
+        max_length=300,
+        description="the meaning of an investigator's signature (21 CFR 11.50(a)(3))",
     )
 
     @field_validator("arms")
@@ -116,21 +158,25 @@ class TrialSpec(_Model):
             raise ValueError("block multipliers must be >= 1")
         return values
 
-    @field_validator("randomized_endotypes")
+    @model_validator(mode="before")
     @classmethod
-    def _known_endotypes(cls, values: list[str]) -> list[str]:
-        for v in values:
-            if v not in ENDOTYPES:
-                raise ValueError(f"unknown endotype {v!r}; expected one of {', '.join(ENDOTYPES)}")
-        return values
+    def _default_strata(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and data.get("strata_from") == "none"
+            and "randomized_endotypes" not in data
+        ):
+            data = {**data, "randomized_endotypes": ["all"]}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> TrialSpec:
         if self.control_arm not in self.arms:
             raise ValueError(f"control_arm {self.control_arm!r} is not one of the arms")
+        self._check_strata()
         for endotype, ratio in self.ratios.items():
             if endotype not in self.randomized_endotypes:
-                raise ValueError(f"ratios: {endotype!r} is not a randomized endotype")
+                raise ValueError(f"ratios: {endotype!r} is not a randomized stratum")
             if set(ratio) != set(self.arms) or any(w < 1 for w in ratio.values()):
                 raise ValueError(
                     f"ratios[{endotype!r}] needs a weight >= 1 for each arm: {', '.join(self.arms)}"
@@ -138,10 +184,68 @@ class TrialSpec(_Model):
         codes = [s.code for s in self.sites]
         if len(set(codes)) != len(codes):
             raise ValueError("site codes must be distinct")
+        self._check_schedule()
         return self
+
+    def _check_strata(self) -> None:
+        if self.strata_from == "protocol":
+            if self.protocol_id is None:
+                raise ValueError("strata_from protocol needs a protocol_id")
+            for v in self.randomized_endotypes:
+                if v not in ENDOTYPES:
+                    raise ValueError(f"unknown endotype {v!r}; expected one of {', '.join(ENDOTYPES)}")
+        elif self.strata_from == "field":
+            form = self.forms.get(self.screening_form or "")
+            field = form.field(self.strata_field or "") if form is not None else None
+            if field is None or field.type != "choice":
+                raise ValueError("strata_field must name a choice field of the screening form")
+            unknown = [v for v in self.randomized_endotypes if v not in field.choices]
+            if unknown:
+                raise ValueError(f"randomized stratum {unknown[0]!r} is not a choice of {field.name}")
+        elif self.randomized_endotypes != ["all"]:
+            raise ValueError("strata_from none randomizes one stratum: randomized_endotypes: [all]")
+        if (
+            self.method == "minimization"
+            and self.strata_from == "none"
+            and "endotype" in self.minimization_factors
+        ):
+            raise ValueError("minimization on endotype needs strata")
+
+    def _check_schedule(self) -> None:
+        if self.screening_form is not None and self.screening_form not in self.forms:
+            raise ValueError(f"screening_form {self.screening_form!r} is not a form of the trial")
+        form = self.forms.get(self.screening_form or "")
+        for criterion in self.eligibility.criteria:
+            if form is None or (
+                form.field(criterion.field) is None
+                and all(criterion.field not in dict(d.columns()).values() for d in form.derived)
+            ):
+                raise ValueError(
+                    f"eligibility criterion on {criterion.field!r}: not a field of the screening form"
+                )
+        seen: set[str] = set()
+        for visit in self.schedule():
+            if visit.id in seen or visit.id == "screening":
+                raise ValueError(f"visit id {visit.id!r} is used twice (or is the reserved 'screening')")
+            seen.add(visit.id)
+            for f in visit.forms:
+                if f not in self.forms:
+                    raise ValueError(f"visit {visit.id}: form {f!r} is not defined under forms")
 
     def ratio_for(self, endotype: str) -> dict[str, int]:
         return dict(self.ratios.get(endotype) or dict.fromkeys(self.arms, 1))
+
+    def schedule(self) -> list[Visit]:
+        """The concrete visits in the order of their study day."""
+        visits = [v for d in self.visits for v in d.expand()]
+        return sorted(visits, key=lambda v: v.day)
+
+    def visit(self, visit_id: str) -> Visit | None:
+        return next((v for v in self.schedule() if v.id == visit_id), None)
+
+    @property
+    def sepsis3_required(self) -> bool:
+        return self.require_sepsis3 or self.eligibility.sepsis3
 
 
 @cache
@@ -162,7 +266,8 @@ class ObservationIn(_Model):
 
 class ScreeningIn(_Model):
     site: str = Field(min_length=1, max_length=32)
-    age: float = Field(ge=18, le=120)
+    # anyone screened is logged, a minor too (CONSORT counts them): the trial's eligibility decides
+    age: float = Field(ge=0, le=120)
     sex: Sex
     weight_kg: float | None = Field(default=None, ge=20, le=400)
     infection_site: str | None = Field(default=None, max_length=32)
@@ -178,6 +283,9 @@ class ScreeningIn(_Model):
     exclusions: dict[str, bool] = Field(default_factory=dict)
     observations: list[ObservationIn] = Field(default_factory=list, max_length=MAX_OBSERVATIONS)
     pseudonym: str | None = Field(default=None, min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
+    form: dict[str, Any] = Field(
+        default_factory=dict, description="values of the trial's screening form (field -> value)"
+    )
 
     @field_validator("exclusions")
     @classmethod
@@ -219,16 +327,85 @@ class OutcomeIn(_Model):
 
 
 class AdverseEventIn(_Model):
+    """An adverse event: a term (free text, with a MedDRA code when coded), the CTCAE grade
+    (v5.0: 1 mild to 5 death), seriousness with its ICH E2A criteria, relatedness and when the
+    site became aware (the expedited-report clock of a serious event starts there)."""
+
     day: int = Field(ge=-1, le=400)
     term: str = Field(min_length=1, max_length=200)
+    meddra_code: str | None = Field(default=None, pattern=r"^[0-9]{8}$", description="MedDRA LLT or PT code")
+    ctcae_grade: int | None = Field(default=None, ge=1, le=5)
+    severity: int | None = Field(default=None, ge=1, le=5, description="older name of ctcae_grade")
     serious: bool
-    severity: int | None = Field(default=None, ge=1, le=5)
+    seriousness: list[str] = Field(default_factory=list)
     related: bool | None = None
     outcome: str | None = Field(default=None, max_length=64)
+    aware_at: datetime | None = Field(default=None, description="when the site learnt of it (default: now)")
+
+    @model_validator(mode="after")
+    def _grade_and_seriousness(self) -> AdverseEventIn:
+        if self.severity is not None and self.ctcae_grade is not None and self.severity != self.ctcae_grade:
+            raise ValueError("severity and ctcae_grade differ: give ctcae_grade only")
+        if self.ctcae_grade is None and self.severity is not None:
+            self.ctcae_grade = self.severity
+        unknown = [c for c in self.seriousness if c not in SERIOUSNESS_CRITERIA]
+        if unknown:
+            raise ValueError(
+                f"unknown seriousness criterion {unknown[0]!r}; expected {', '.join(SERIOUSNESS_CRITERIA)}"
+            )
+        if self.serious and not self.seriousness:
+            raise ValueError("a serious event names its seriousness criteria (ICH E2A)")
+        if not self.serious and self.seriousness:
+            raise ValueError("seriousness criteria are for serious events")
+        if self.ctcae_grade == 5 and "death" not in self.seriousness:
+            raise ValueError("CTCAE grade 5 is death: serious, with seriousness 'death'")
+        return self
 
 
-Password = Annotated[str, StringConstraints(strip_whitespace=False, max_length=MAX_PASSWORD_CHARS)]
-"""Taken as typed (surrounding spaces too): sign-in does not strip either (see ``passwords``)."""
+class AdverseEventReportIn(_Model):
+    reported_at: datetime
+    reference: str | None = Field(default=None, max_length=100, description="the sponsor's case number")
+
+
+class FormIn(_Model):
+    """One form of one visit: values by field (a number in the field's unit, or
+    ``{"value": v, "unit": u}`` in any unit of the field's concept), fields not done with a reason,
+    the visit date, and the reason for a change when the form was saved before."""
+
+    visit_date: date
+    values: dict[str, Any] = Field(default_factory=dict)
+    not_done: dict[str, str] = Field(default_factory=dict)
+    reason: str | None = Field(default=None, min_length=3, max_length=500)
+
+
+class QueryIn(_Model):
+    visit: str = Field(min_length=1, max_length=32)
+    form: str = Field(min_length=1, max_length=64)
+    field: str = Field(min_length=1, max_length=64)
+    text: str = Field(min_length=3, max_length=2000)
+
+
+class QueryReply(_Model):
+    text: str = Field(min_length=3, max_length=2000)
+
+
+class SignIn(_Model):
+    """An investigator's electronic signature of a visit: the password again (21 CFR 11.200(a)(1))
+    and the meaning, which must be the trial's signature meaning."""
+
+    password: Password
+    meaning: str = Field(min_length=10, max_length=300)
+
+
+class RescreenIn(_Model):
+    """A new eligibility decision for a participant already screened (same pseudonym)."""
+
+    observations: list[ObservationIn] = Field(default_factory=list, max_length=MAX_OBSERVATIONS)
+    infection_suspected: bool | None = None
+    pre_infection_sofa: int | None = Field(default=None, ge=0, le=24)
+    exclusions: dict[str, bool] = Field(default_factory=dict)
+    form: dict[str, Any] = Field(default_factory=dict)
+    reason: str = Field(min_length=3, max_length=500, description="why the patient is screened again")
 
 
 class UserIn(_Model):

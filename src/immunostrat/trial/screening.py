@@ -4,7 +4,8 @@ re-screening and withdrawal."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import func, select
@@ -13,10 +14,12 @@ from sqlalchemy.orm import Session
 from immunostrat.errors import InputError
 from immunostrat.trial import audit, eligibility
 from immunostrat.trial.audit import Actor
+from immunostrat.trial.definition import EligibilityDef
 from immunostrat.trial.errors import Conflict, Forbidden, NotFound
 from immunostrat.trial.models import (
     Allocation,
     EligibilityDecision,
+    FormRecord,
     Participant,
     ScreeningObservation,
     Site,
@@ -24,9 +27,7 @@ from immunostrat.trial.models import (
     as_utc,
     utcnow,
 )
-from immunostrat.trial.schemas import (
-    ScreeningIn,
-)
+from immunostrat.trial.schemas import RescreenIn, ScreeningIn
 from immunostrat.trial.setup import site_by_code, trial_by_id
 
 # --------------------------------------------------------------------------------------------
@@ -94,14 +95,22 @@ class ScreeningRules:
     protocol_id: str
     randomized_endotypes: tuple[str, ...]
     require_sepsis3: bool
+    eligibility_json: str = "{}"
+    strata_from: str = "protocol"
+    definition_json: str | None = None
 
 
 def screening_rules(trial: Trial) -> ScreeningRules:
+    cfg = trial.config
+    definition = cfg.get("definition")
     return ScreeningRules(
         trial.protocol_id,
-        tuple(trial.config["randomized_endotypes"]),
+        tuple(cfg["randomized_endotypes"]),
         # trials set up before the option existed have no key: they never required it
-        bool(trial.config.get("require_sepsis3", False)),
+        bool(cfg.get("require_sepsis3", False)),
+        json.dumps(cfg.get("eligibility") or {}, sort_keys=True),
+        str(cfg.get("strata_from", "protocol")),
+        json.dumps(definition, sort_keys=True) if definition else None,
     )
 
 
@@ -113,6 +122,102 @@ class ScreeningWork:
     rules: ScreeningRules
     observations: list[eligibility.CanonicalObservation]
     decision: eligibility.EligibilityResult
+    form_values: dict[str, Any] = field(default_factory=dict)
+    form_entered: dict[str, Any] = field(default_factory=dict)
+    form_id: str | None = None
+
+
+_OPS = {
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+
+
+def _trial_criteria(rules: ScreeningRules, age: float, sex: str, known: dict[str, Any]) -> list[str]:
+    """The trial's own eligibility (age, sex, criteria on screening-form fields) that fails."""
+    rule = EligibilityDef.model_validate(json.loads(rules.eligibility_json))
+    failed: list[str] = []
+    if age < rule.min_age:
+        failed.append(f"age {age:g} below the minimum {rule.min_age:g}")
+    if rule.max_age is not None and age > rule.max_age:
+        failed.append(f"age {age:g} above the maximum {rule.max_age:g}")
+    if sex not in rule.sexes:
+        failed.append(f"sex {sex}: the trial enrols {', '.join(rule.sexes)}")
+    for c in rule.criteria:
+        value = known.get(c.field)
+        if value is None:
+            failed.append(f"{c.text}: {c.field} not recorded")
+        else:
+            try:
+                holds = bool(_OPS[c.op](value, c.value))
+            except TypeError:
+                holds = False
+            if not holds:
+                failed.append(f"{c.text}: {c.field} {value} (needs {c.op} {c.value})")
+    return failed
+
+
+def decide_screening(
+    rules: ScreeningRules,
+    patient: dict[str, Any],
+    obs: list[eligibility.CanonicalObservation],
+    exclusions: dict[str, bool],
+    infection_suspected: bool | None,
+    pre_infection_sofa: int | None,
+    form: dict[str, Any],
+) -> ScreeningWork:
+    """The eligibility decision from the trial's rules: the protocol's (when the trial has one),
+    Sepsis-3 when required, then age, sex and the criteria on the screening form."""
+    values: dict[str, Any] = {}
+    entered: dict[str, Any] = {}
+    spec = None
+    if rules.definition_json is not None:
+        from immunostrat.trial.forms import check_form, trial_spec_from_json
+
+        spec = trial_spec_from_json(rules.definition_json)
+    if spec is not None and spec.screening_form is not None:
+        checked = check_form(spec, spec.screening_form, form, {}, patient.get("weight_kg"))
+        values, entered = {**checked.values, **checked.derived}, checked.entered
+    elif form:
+        raise InputError("this trial has no screening form", field="form", value=sorted(form)[0])
+    if rules.protocol_id:
+        decision = eligibility.decide(
+            rules.protocol_id,
+            patient,
+            obs,
+            exclusions,
+            list(rules.randomized_endotypes),
+            require_sepsis3=rules.require_sepsis3,
+            infection_suspected=infection_suspected,
+            pre_infection_sofa=pre_infection_sofa,
+        )
+    else:
+        decision = eligibility.decide_without_protocol(
+            patient,
+            obs,
+            exclusions,
+            require_sepsis3=rules.require_sepsis3,
+            infection_suspected=infection_suspected,
+            pre_infection_sofa=pre_infection_sofa,
+        )
+    if rules.strata_from == "field" and spec is not None and spec.strata_field is not None:
+        stratum = str(values.get(spec.strata_field) or "unknown")
+        c = replace(decision.classification, endotype=stratum)
+        eligible, reason = decision.eligible, decision.exclusion_reason
+        if eligible and stratum not in rules.randomized_endotypes:
+            eligible, reason = False, f"stratum {stratum}: not a randomized stratum"
+        decision = replace(decision, classification=c, eligible=eligible, exclusion_reason=reason)
+    failed = _trial_criteria(rules, float(patient["age"]), str(patient["sex"]), values)
+    if failed:
+        reason = "; ".join(failed)
+        if decision.exclusion_reason:
+            reason = f"{reason}; {decision.exclusion_reason}"
+        decision = replace(decision, eligible=False, exclusion_reason=reason)
+    return ScreeningWork(rules, obs, decision, values, entered, spec.screening_form if spec else None)
 
 
 def evaluate_screening(rules: ScreeningRules, data: ScreeningIn) -> ScreeningWork:
@@ -122,17 +227,15 @@ def evaluate_screening(rules: ScreeningRules, data: ScreeningIn) -> ScreeningWor
         label, [o.model_dump() for o in data.observations], data.weight_kg, source="observations"
     )
     patient = {"patient_id": label, "age": data.age, "sex": data.sex, "weight_kg": data.weight_kg}
-    decision = eligibility.decide(
-        rules.protocol_id,
+    return decide_screening(
+        rules,
         patient,
         obs,
-        data.exclusions,
-        list(rules.randomized_endotypes),
-        require_sepsis3=rules.require_sepsis3,
-        infection_suspected=data.infection_suspected,
-        pre_infection_sofa=data.pre_infection_sofa,
+        dict(data.exclusions),
+        data.infection_suspected,
+        data.pre_infection_sofa,
+        dict(data.form),
     )
-    return ScreeningWork(rules, obs, decision)
 
 
 def _screening_sha256(data: ScreeningIn) -> str:
@@ -243,6 +346,8 @@ def screen(
         )
         for o in obs
     )
+    if work.form_id is not None:
+        _save_screening_form(session, p, work, actor.username, now)
     reasons = list(c.reasons)
     if sepsis3 is not None:
         reasons.append({"rule": "sepsis3", **sepsis3})
@@ -283,6 +388,10 @@ def screen(
             entered[name] = getattr(data, name)
     if sepsis3 is not None:
         entered["sepsis3"] = sepsis3
+    if work.form_id is not None:
+        entered["form"] = {"id": work.form_id, **work.form_entered}
+    if decision.exclusion_reason:
+        entered["exclusion_reason"] = decision.exclusion_reason
     audit.append(session, actor, "create", "participant", p.id, new=entered)
     return ScreeningResult(
         participant_id=p.id,
@@ -366,3 +475,203 @@ def check_idempotency_key(key: str | None) -> None:
 def require_open(trial: Trial) -> None:
     if trial.status != "open":
         raise Conflict(f"trial {trial.code} is {trial.status}: no more data entry", field="trial_id")
+
+
+def _save_screening_form(
+    session: Session, p: Participant, work: ScreeningWork, username: str, now: Any
+) -> None:
+    """The screening form's values, kept with the participant (visit ``screening``)."""
+    assert work.form_id is not None
+    record = session.scalars(
+        select(FormRecord).where(
+            FormRecord.participant_id == p.id,
+            FormRecord.visit_id == "screening",
+            FormRecord.form_id == work.form_id,
+        )
+    ).one_or_none()
+    if record is None:
+        record = FormRecord(
+            participant_id=p.id,
+            visit_id="screening",
+            form_id=work.form_id,
+            study_day=None,
+            visit_date=now.date(),
+            values={},
+            entered={},
+            derived={},
+            not_done={},
+            version=0,
+            created_by=username,
+            created_at=now,
+            updated_by=username,
+            updated_at=now,
+        )
+        session.add(record)
+    record.values = dict(work.form_values)
+    record.entered = dict(work.form_entered)
+    record.version += 1
+    record.updated_by = username
+    record.updated_at = now
+    session.flush()
+
+
+def _stored_observations(session: Session, participant_id: int) -> list[eligibility.CanonicalObservation]:
+    rows = session.scalars(
+        select(ScreeningObservation)
+        .where(ScreeningObservation.participant_id == participant_id)
+        .order_by(ScreeningObservation.id)
+    )
+    return [
+        eligibility.CanonicalObservation(
+            concept=o.concept,
+            value_entered=o.value_entered,
+            unit_entered=o.unit_entered,
+            value=o.value,
+            unit=o.unit,
+            time=as_utc(o.time) or o.time,
+        )
+        for o in rows
+    ]
+
+
+def rescreen(
+    session: Session, actor: Actor, trial_id: int, participant_id: int, data: RescreenIn
+) -> ScreeningResult:
+    """A new eligibility decision for a participant screened before and not eligible then (a value
+    was missing: "not assessable", or the state has changed): same pseudonym, the earlier screening
+    observations plus the new ones, a new decision stored beside the first (both stay)."""
+    trial = trial_by_id(session, trial_id)
+    require_open(trial)
+    p = participant_by_id(session, trial, participant_id, actor)
+    if p.status != "ineligible":
+        raise Conflict(
+            f"participant {p.pseudonym} is {p.status}: only a patient found not eligible is re-screened",
+            field="participant_id",
+        )
+    new_obs = eligibility.canonical_observations(
+        p.pseudonym, [o.model_dump() for o in data.observations], p.weight_kg, source="observations"
+    )
+    obs = _stored_observations(session, p.id) + new_obs
+    previous = session.scalars(
+        select(FormRecord).where(FormRecord.participant_id == p.id, FormRecord.visit_id == "screening")
+    ).first()
+    form = {**(previous.entered if previous is not None else {}), **data.form}
+    exclusions = {**(p.exclusions or {}), **data.exclusions}
+    patient = {"patient_id": p.pseudonym, "age": p.age, "sex": p.sex, "weight_kg": p.weight_kg}
+    rules = screening_rules(trial)
+    work = decide_screening(
+        rules, patient, obs, exclusions, data.infection_suspected, data.pre_infection_sofa, form
+    )
+    decision = work.decision
+    c = decision.classification
+    now = utcnow()
+    session.add_all(
+        ScreeningObservation(
+            participant_id=p.id,
+            concept=o.concept,
+            value_entered=o.value_entered,
+            unit_entered=o.unit_entered,
+            value=o.value,
+            unit=o.unit,
+            time=o.time,
+            entered_by=actor.username,
+            entered_at=now,
+        )
+        for o in new_obs
+    )
+    if work.form_id is not None:
+        _save_screening_form(session, p, work, actor.username, now)
+    sepsis3 = decision.sepsis3.as_dict() if decision.sepsis3 is not None else None
+    reasons = list(c.reasons)
+    if sepsis3 is not None:
+        reasons.append({"rule": "sepsis3", **sepsis3})
+    if decision.exclusion_reason:
+        reasons.append({"rule": "eligibility", "text": decision.exclusion_reason})
+    session.add(
+        EligibilityDecision(
+            participant_id=p.id,
+            protocol_id=c.protocol_id or trial.protocol_id,
+            protocol_version=c.protocol_version or trial.protocol_version,
+            endotype=c.endotype,
+            therapy=c.therapy,
+            dose=c.dose,
+            eligible=decision.eligible,
+            reasons=reasons,
+            decided_by=actor.username,
+            decided_at=now,
+        )
+    )
+    old = {"status": p.status, "exclusions": p.exclusions}
+    p.status = "eligible" if decision.eligible else "ineligible"
+    p.exclusions = exclusions
+    session.flush()
+    audit.append(
+        session,
+        actor,
+        "rescreen",
+        "participant",
+        p.id,
+        old=old,
+        new={
+            "status": p.status,
+            "reason": data.reason,
+            "endotype": c.endotype,
+            "eligible": decision.eligible,
+            "exclusion_reason": decision.exclusion_reason,
+            "exclusions": exclusions,
+            "observations": [
+                {"concept": o.concept, "value": o.value_entered, "unit": o.unit_entered, "time": o.time}
+                for o in new_obs
+            ],
+        },
+    )
+    return ScreeningResult(
+        participant_id=p.id,
+        pseudonym=p.pseudonym,
+        site=p.site.code,
+        eligible=decision.eligible,
+        endotype=c.endotype,
+        therapy=c.therapy,
+        dose=c.dose,
+        reasons=reasons,
+        exclusion_reason=decision.exclusion_reason,
+        protocol_id=c.protocol_id or trial.protocol_id,
+        protocol_version=c.protocol_version or trial.protocol_version,
+        warnings=c.warnings,
+        sepsis3=sepsis3,
+    )
+
+
+def screening_log(session: Session, actor: Actor, trial_id: int) -> list[dict[str, Any]]:
+    """Everyone screened, the ineligible included, with the latest decision and how many decisions
+    (re-screenings) there were: the top of the CONSORT diagram."""
+    trial = trial_by_id(session, trial_id)
+    rows = []
+    for p in list_participants(session, actor, trial.id):
+        decisions = list(
+            session.scalars(
+                select(EligibilityDecision)
+                .where(EligibilityDecision.participant_id == p.id)
+                .order_by(EligibilityDecision.id)
+            )
+        )
+        last = decisions[-1] if decisions else None
+        reason = next(
+            (r.get("text") for r in (last.reasons if last else []) if r.get("rule") == "eligibility"), None
+        )
+        rows.append(
+            {
+                "participant_id": p.id,
+                "pseudonym": p.pseudonym,
+                "site": p.site.code,
+                "age": p.age,
+                "sex": p.sex,
+                "screened_at": as_utc(p.created_at),
+                "status": p.status,
+                "eligible": last.eligible if last else None,
+                "stratum": last.endotype if last else None,
+                "exclusion_reason": reason,
+                "decisions": len(decisions),
+            }
+        )
+    return rows

@@ -27,7 +27,6 @@ from immunostrat.trial.models import (
     utcnow,
 )
 from immunostrat.trial.schemas import (
-    UNBLINDED_ROLES,
     SiteSpec,
     TrialSpec,
 )
@@ -99,13 +98,20 @@ def setup_trial(session: Session, actor: Actor, spec: TrialSpec, seed: bytes | N
         "minimization_factors": list(spec.minimization_factors),
         "p_best": spec.p_best,
         "kits_per_arm": spec.kits_per_arm,
-        "require_sepsis3": spec.require_sepsis3,
+        "require_sepsis3": spec.sepsis3_required,
+        "strata_from": spec.strata_from,
+        "eligibility": spec.eligibility.model_dump(mode="json"),
     }
+    if spec.forms:
+        # the trial file as set up, less what would make allocations predictable (kept above)
+        config["definition"] = spec.model_dump(mode="json", exclude=set(CONCEALED_CONFIG) | {"sites"})
     trial = Trial(
         code=spec.code,
         title=spec.title,
-        protocol_id=spec.protocol_id,
-        protocol_version=_protocol_version(spec.protocol_id, spec.protocol_version),
+        protocol_id=spec.protocol_id or "",
+        protocol_version=_protocol_version(spec.protocol_id, spec.protocol_version)
+        if spec.protocol_id
+        else "",
         method=spec.method,
         arms=list(spec.arms),
         control_arm=spec.control_arm,
@@ -269,7 +275,7 @@ CONCEALED_CONFIG = ("block_multipliers", "slots_per_stratum", "kits_per_arm")
 
 def trial_view(session: Session, trial: Trial, actor: Actor | None = None) -> dict[str, Any]:
     out = _trial_dict(trial)
-    if actor is not None and actor.role not in UNBLINDED_ROLES | {"admin"}:
+    if actor is not None and actor.role != "admin":
         out["config"] = {k: v for k, v in trial.config.items() if k not in CONCEALED_CONFIG}
     out["sites"] = [{"id": s.id, "code": s.code, "name": s.name} for s in trial.sites]
     out["created_at"] = as_utc(trial.created_at)
@@ -285,7 +291,7 @@ def audit_row_view(row: AuditRow, actor: Actor) -> dict[str, Any]:
     stratum, kits per arm) only for the roles that see it in :func:`trial_view`. The stored row, and
     so its hash, stays whole; ``audit verify`` checks it on the server."""
     old, new = row.old, row.new
-    if actor.role not in UNBLINDED_ROLES | {"admin"}:
+    if actor.role != "admin":
         old, new = (_conceal(row.entity, payload) for payload in (old, new))
     return {
         "seq": row.seq,
