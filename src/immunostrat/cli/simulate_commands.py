@@ -1,4 +1,4 @@
-"""`immunostrat simulate population|trial|plots`: in-silico trials with progress bars."""
+"""`immunostrat simulate population|trial|size|validate|plots`: in-silico trials with progress bars."""
 
 from __future__ import annotations
 
@@ -164,6 +164,89 @@ def size(
     except ValueError as error:
         fail(error)
     typer.echo(result.summary())
+
+
+@simulate_app.command("validate")
+def validate_command(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            help="reynolds2006 | deactivation | full, or 'all' (each variant calibrated on its own).",
+        ),
+    ] = "reynolds2006",
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="Smoke run: 1,000 patients, coarse grids, 400 trials per comparator."),
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    population_size: Annotated[
+        int | None, typer.Option("--population-size", help="Virtual population (default 4,000; 1,000 quick).")
+    ] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option("--trials", help="Simulated trials per comparator (default 2,000; 400 quick)."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="One row per comparator and variant (.csv, .parquet, .json)."),
+    ] = None,
+    plan_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--plan", help="A credibility plan (YAML); default: the shipped one (docs/simulation.md)."
+        ),
+    ] = None,
+) -> None:
+    """Calibrate the therapy strengths on the training trials, predict every comparator trial at its own size
+    and judge each model variant on the held-out trials by the pre-registered criterion."""
+    from immunostrat.cli.output import output_format, write_table
+    from immunostrat.errors import InputError
+    from immunostrat.simulation.population import MODEL_VARIANTS
+    from immunostrat.simulation.validation import load_plan, validate, validation_frame
+
+    models = list(MODEL_VARIANTS) if model == "all" else [model]
+    for m in models:
+        _variant(m)
+    try:
+        plan = load_plan(plan_file)
+    except (InputError, OSError, KeyError, TypeError, ValueError) as error:
+        fail(error)
+    if output is not None:
+        try:
+            output_format(str(output), "--output")
+        except InputError as error:
+            fail(error)
+    reports = []
+    for m in models:
+        with console.status(f"validating {m}") as status:
+
+            def say(msg: str, name: str = m) -> None:
+                status.update(f"{name}: {msg}")
+
+            try:
+                report = validate(
+                    m,
+                    quick=quick,
+                    seed=seed,
+                    population_size=population_size,
+                    trials=trials,
+                    plan=plan,
+                    progress=say,
+                )
+            except ValueError as error:
+                fail(error)
+        reports.append(report)
+        typer.echo(f"model {m}")
+        typer.echo(report.table())
+        typer.echo("")
+    for report in reports:
+        typer.echo(report.summary_line())
+    if output is not None:
+        import polars as pl
+
+        write_table(pl.concat([validation_frame(r) for r in reports]), str(output))
+        console.print(f"wrote {output}")
 
 
 @simulate_app.command("plots")

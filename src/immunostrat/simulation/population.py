@@ -563,11 +563,15 @@ def population_frame(vpop: VirtualPopulation) -> pl.DataFrame:
 
 
 def simulate_course(
-    vpop: VirtualPopulation, therapy: str | Therapy | None = None, *, chunk_size: int = 4096
+    vpop: VirtualPopulation,
+    therapy: str | Therapy | None = None,
+    *,
+    chunk_size: int = 4096,
+    days_after_enrolment: int = 28,
 ) -> tuple[Trajectory, DailyObservables]:
-    """The course of every VPop patient from onset to 28 days after enrolment (randomization), untreated or
-    on ``therapy`` from enrolment, with the population's background therapy and model extensions: the
-    trajectory and its daily observables."""
+    """The course of every VPop patient from onset to ``days_after_enrolment`` (28) days after enrolment
+    (randomization), untreated or on ``therapy`` from enrolment, with the population's background therapy
+    and model extensions: the trajectory and its daily observables."""
     from .therapies import combine
 
     c = vpop.cohort
@@ -578,7 +582,7 @@ def simulate_course(
     traj = integrate(
         initial_state(c.p0, c.params),
         c.params,
-        t_end=day28_horizon_h(vpop.enrolment_day),
+        t_end=24.0 * (vpop.enrolment_day + days_after_enrolment),
         record_every=24.0,
         observer=BiomarkerObserver(vpop.calibration),
         schedule=sched,
