@@ -54,8 +54,9 @@ def main() -> None:
             outcomes=table,
         )
         print(
-            f"\n== {design.id}: power SOFA {sofa.power:.3f}, mortality {mort.power:.3f}; type I error "
-            f"{sofa.type1_error:.3f} / {mort.type1_error:.3f}"
+            f"\n== {design.id}: power SOFA {sofa.power:.3f} (SE {sofa.power_mc_se:.3f}), mortality "
+            f"{mort.power:.3f} (SE {mort.power_mc_se:.3f}); type I error {sofa.type1_error:.3f} / "
+            f"{mort.type1_error:.3f} (SE {sofa.type1_mc_se:.3f} / {mort.type1_mc_se:.3f})"
         )
         print(sofa.summary())
     print(f"\n({time.perf_counter() - t0:.0f} s)")

@@ -118,18 +118,38 @@ def trial(
     ] = 4000,
     model: ModelOption = "reynolds2006",
     endpoint: EndpointOption = "sofa_response",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", help="One row per simulated trial (.csv, .parquet, .json; '-' CSV on stdout)."
+        ),
+    ] = None,
 ) -> None:
-    """Run N in-silico trials of one design: power, type I error, rates per arm, harm per subgroup."""
+    """Run N in-silico trials of one design: power and type I error with their Monte Carlo SE, rates per arm,
+    harm per subgroup."""
+    from immunostrat.cli.output import output_format, write_table
+    from immunostrat.errors import InputError
     from immunostrat.simulation import simulate_trials
 
     chosen = _design(design, endpoint)
+    if output is not None:
+        try:
+            output_format(str(output), "--output")
+        except InputError as error:
+            fail(error)
     try:
         vpop = _population(population_size, seed, model)
         with progress_bar(f"simulating {trials} trials") as update:
             results = simulate_trials(chosen, n, trials, seed, population=vpop, progress=update)
     except ValueError as error:
         fail(error)
+    if output is not None and str(output) == "-":
+        write_table(results.per_trial_frame(), "-")
+        return
     typer.echo(results.summary())
+    if output is not None:
+        write_table(results.per_trial_frame(), str(output))
+        console.print(f"wrote {output}")
 
 
 @simulate_app.command("size")

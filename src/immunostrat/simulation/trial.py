@@ -17,8 +17,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from immunostrat.analysis.endpoints import SOFA_DEATH_SCORE, SOFA_RESPONSE_THRESHOLD, sofa_responder
 from immunostrat.analysis.stats import fisher_exact
@@ -38,6 +40,9 @@ from .population import (
     stratify,
 )
 from .therapies import Therapy, get_therapy
+
+if TYPE_CHECKING:
+    import polars as pl
 
 #: Endpoints: name -> True when a higher rate is better.
 ENDPOINTS: dict[str, bool] = {
@@ -200,11 +205,33 @@ class TrialResults:
     rates: dict[str, dict[str, float]]  # arm -> endpoint -> mean rate over trials
     subgroups: dict[str, SubgroupEffect]
     population_fit: str
+    #: one entry per simulated trial (arrays of shape (trials,)): see :meth:`per_trial_frame`
+    per_trial: dict[str, npt.NDArray[np.generic]] = field(default_factory=dict)
+
+    @property
+    def power_mc_se(self) -> float:
+        """Monte Carlo standard error of :attr:`power` (binomial over the simulated trials)."""
+        return monte_carlo_se(self.power, self.trials)
+
+    @property
+    def type1_mc_se(self) -> float:
+        """Monte Carlo standard error of :attr:`type1_error`."""
+        return monte_carlo_se(self.type1_error, self.trials)
+
+    def per_trial_frame(self) -> pl.DataFrame:
+        """One row per simulated trial: arm sizes and primary-endpoint events, rates, the Fisher P of the
+        trial and of its null twin (treatment arm given placebo outcomes), and whether it counts as power."""
+        import polars as pl
+
+        return pl.DataFrame(
+            {"design": [self.design.id] * self.trials, "n": [self.n] * self.trials, **self.per_trial}
+        )
 
     def summary(self) -> str:
         lines = [
             f"{self.design.name}: {self.trials} trials of n = {self.n} (seed {self.seed})",
-            f"power {self.power:.3f}, type I error {self.type1_error:.3f} "
+            f"power {self.power:.3f} (Monte Carlo SE {self.power_mc_se:.3f}), type I error "
+            f"{self.type1_error:.3f} (SE {self.type1_mc_se:.3f}) "
             f"(primary: {self.design.primary_endpoint}, alpha {self.design.alpha})",
         ]
         for arm, rates in self.rates.items():
@@ -216,6 +243,11 @@ class TrialResults:
                 f"harmed {sg.harmed:.3f}{'  HARM' if sg.harm else ''}"
             )
         return "\n".join(lines)
+
+
+def monte_carlo_se(share: float, trials: int) -> float:
+    """Binomial standard error of a share estimated from ``trials`` simulated trials (power, type I error)."""
+    return math.sqrt(max(share * (1.0 - share), 0.0) / trials) if trials > 0 else math.nan
 
 
 def _permuted_blocks(strata: IntArray, block: int, seed: bytes) -> BoolArray:
@@ -271,6 +303,7 @@ def simulate_trials(
     p_values = np.empty(trials)
     p_null = np.empty(trials)
     benefit = np.zeros(trials, dtype=np.bool_)
+    counts = np.zeros((trials, 4), dtype=np.int64)  # x1, n1, x0, n0 on the primary endpoint
     arm_sums = {arm: dict.fromkeys(endpoint_names, 0.0) for arm in ("treatment", "placebo")}
     sub_sums = {e: dict.fromkeys(endpoint_names, 0.0) for e in range(3)}
     sub_counts = np.zeros(3)
@@ -300,6 +333,7 @@ def simulate_trials(
         y = got[primary]
         n1, n0 = int(treat.sum()), int((~treat).sum())
         x1, x0 = int(y[treat].sum()), int(y[~treat].sum())
+        counts[t] = (x1, n1, x0, n0)
         p_values[t] = _fisher_p(x1, n1, x0, n0)
         rate_t, rate_p = x1 / max(n1, 1), x0 / max(n0, 1)
         benefit[t] = rate_t > rate_p if higher_better else rate_t < rate_p
@@ -328,7 +362,21 @@ def simulate_trials(
             rescued,
             harmed,
         )
-    return TrialResults(des, n, trials, seed, power, type1, p_values, rates, subgroups, vpop.fit.table())
+    per_trial: dict[str, npt.NDArray[np.generic]] = {
+        "trial": np.arange(trials),
+        "n_treatment": counts[:, 1],
+        "events_treatment": counts[:, 0],
+        "n_placebo": counts[:, 3],
+        "events_placebo": counts[:, 2],
+        "rate_treatment": counts[:, 0] / np.maximum(counts[:, 1], 1),
+        "rate_placebo": counts[:, 2] / np.maximum(counts[:, 3], 1),
+        "p_value": p_values,
+        "p_value_null": p_null,
+        "significant_benefit": (p_values < des.alpha) & benefit,
+    }
+    return TrialResults(
+        des, n, trials, seed, power, type1, p_values, rates, subgroups, vpop.fit.table(), per_trial
+    )
 
 
 def _enrol(
@@ -402,10 +450,13 @@ class SizeResult:
         """Standard error of the power estimate at ``n`` (binomial over ``trials`` trials)."""
         if self.power_at_n is None:
             return None
-        return math.sqrt(self.power_at_n * (1.0 - self.power_at_n) / self.trials)
+        return monte_carlo_se(self.power_at_n, self.trials)
 
     def summary(self) -> str:
-        points = ", ".join(f"n {k}: {v:.3f}" for k, v in sorted(self.evaluated.items()))
+        points = ", ".join(
+            f"n {k}: {v:.3f} (SE {monte_carlo_se(v, self.trials):.3f})"
+            for k, v in sorted(self.evaluated.items())
+        )
         if self.n is None:
             head = (
                 f"{self.design} ({self.endpoint}): power {self.target_power:.2f} not reached by "
@@ -495,6 +546,7 @@ __all__ = [
     "TrialResults",
     "endpoints_from_simulation",
     "get_design",
+    "monte_carlo_se",
     "potential_outcome_summary",
     "power_curve",
     "simulate_trials",
