@@ -277,3 +277,28 @@ def test_real_demo_treatment_antibiotics(eicu_demo: SourceData) -> None:
 def test_registry(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown source"):
         load_source("nope", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("intubated", "verbal", "option", "gcs"),
+    [
+        ("1", "1", None, 15.0),  # intubated: verbal 1 is the tube, presumed normal (5)
+        ("0", "1", None, 11.0),  # not intubated: a real verbal 1
+        ("1", "3", None, 13.0),  # intubated but a verbal score was given: kept
+        ("1", "1", "charted", 11.0),  # the option keeps the charted 1
+    ],
+)
+def test_apache_gcs_of_intubated_patients(
+    intubated: str, verbal: str, option: str | None, gcs: float
+) -> None:
+    from immunostrat.sources.eicu import apache_gcs
+    from immunostrat.sources.mapping import concept_entries, load_mapping
+
+    entry = next(e for e in concept_entries(load_mapping("eicu"), "gcs") if e.callback == "apache_gcs")
+    assert entry.options["intubated_verbal"] == "presumed-normal"
+    if option is not None:
+        entry = entry.model_copy(update={"options": {**entry.options, "intubated_verbal": option}})
+    frame = pl.DataFrame(
+        {"value": ["4"], "motor": ["6"], "verbal": [verbal], "meds": ["0"], "intubated": [intubated]}
+    )
+    assert apache_gcs(frame, entry)["value"].cast(pl.Float64).to_list() == [gcs]

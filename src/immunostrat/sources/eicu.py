@@ -34,13 +34,26 @@ def exam_gcs_components(frame: pl.DataFrame, entry: ConceptEntry) -> pl.DataFram
 
 
 def apache_gcs(frame: pl.DataFrame, entry: ConceptEntry) -> pl.DataFrame:
-    """APACHE day-1 GCS = eyes + motor + verbal, when all three were scored and not blocked by meds."""
-    number = [pl.col(c).cast(pl.Float64, strict=False) for c in ("value", "motor", "verbal")]
-    complete = pl.all_horizontal([n >= 1 for n in number]) & (
+    """APACHE day-1 GCS = eyes + motor + verbal, when all three were scored and not blocked by meds.
+
+    An intubated patient (``intubated`` = 1) cannot speak: a verbal score of 1 there is the tube, not
+    the patient, and counts as the presumed normal verbal score 5, the rule the MIMIC-IV mapping applies
+    to "No Response-ETT" (mimic-code gcs.sql: verbal 0 -> GCS 15; ricu sed_impute "max"; Vincent 1996
+    scores the GCS presumed without sedation). ``options: {intubated_verbal: charted}`` keeps it as 1.
+    """
+    number = {c: pl.col(c).cast(pl.Float64, strict=False) for c in ("value", "motor", "verbal")}
+    if str((entry.options or {}).get("intubated_verbal", "presumed-normal")) == "presumed-normal":
+        intubated = pl.col("intubated").cast(pl.Float64, strict=False) == 1
+        number["verbal"] = (
+            pl.when(intubated.fill_null(False) & (number["verbal"] == 1))
+            .then(pl.lit(5.0))
+            .otherwise(number["verbal"])
+        )
+    complete = pl.all_horizontal([n >= 1 for n in number.values()]) & (
         pl.col("meds").cast(pl.Int32, strict=False) != 1
     )
     return frame.filter(complete.fill_null(False)).with_columns(
-        pl.sum_horizontal(number).cast(pl.String).alias("value")
+        pl.sum_horizontal(list(number.values())).cast(pl.String).alias("value")
     )
 
 
