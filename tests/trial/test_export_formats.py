@@ -4,6 +4,7 @@ ElementTree, SAS XPT / Stata / SPSS files read back with pyreadstat, and the dat
 from __future__ import annotations
 
 import csv
+import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,9 +12,13 @@ from pathlib import Path
 import polars as pl
 import pyreadstat
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from immunostrat.errors import InputError
 from immunostrat.trial.export_formats import (
+    SPSS_RESERVED,
+    STATA_RESERVED,
     FormInfo,
     ItemInfo,
     ItemValue,
@@ -264,11 +269,14 @@ def test_xpt_short_names_labels_and_values(tmp_path: Path) -> None:
         ("participants", "randomized_at", "RANDOMIZ"),
     }
     names = names_in_file({"t": pl.DataFrame(schema=["platelets_a", "platelets_b", "platelet"])}, "xpt")
+    # A name that fits is kept; the cut ones are numbered in column order.
     assert names.columns["t"] == {
-        "platelets_a": "PLATELET",
-        "platelets_b": "PLATELE1",
-        "platelet": "PLATELE2",
+        "platelets_a": "PLATELE1",
+        "platelets_b": "PLATELE2",
+        "platelet": "PLATELET",
     }
+    stata = names_in_file({"t": pl.DataFrame(schema=["in", "str12", "day", "3rd_dose"])}, "dta")
+    assert stata.columns["t"] == {"in": "_in", "str12": "_str12", "day": "day", "3rd_dose": "_3rd_dose"}
 
 
 @pytest.mark.parametrize("fmt", ["dta", "sav"])
@@ -330,3 +338,25 @@ def test_statistical_refuses_a_value_outside_the_code_list(tmp_path: Path) -> No
         write_statistical(tables, dictionary, tmp_path / "dta", "dta")
     assert (err.value.field, err.value.value) == ("daily_assessments.infection_status", "cured")
     assert list(tmp_path.iterdir()) == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.text(alphabet="abdgilnorstvwy_0123456789.-", min_size=1, max_size=40), max_size=25, unique=True
+    ),
+    st.sampled_from(["xpt", "dta", "sav"]),
+)
+def test_names_in_file_are_valid_unique_and_kept_when_they_fit(columns: list[str], fmt: str) -> None:
+    names = names_in_file({"t": pl.DataFrame(schema=columns)}, fmt).columns["t"]  # type: ignore[arg-type]
+    limit = {"xpt": 8, "dta": 32, "sav": 64}[fmt]
+    short = list(names.values())
+    assert len({n.lower() for n in short}) == len(columns)
+    for column, name in names.items():
+        assert len(name) <= limit and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)
+        if fmt == "dta":
+            assert name.lower() not in STATA_RESERVED and not re.fullmatch(r"str\d+", name.lower())
+        if fmt == "sav":
+            assert name[0].isalpha() and name.lower() not in SPSS_RESERVED
+        if fmt == "sav" and re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", column):
+            assert name == column  # every such name fits SPSS's 64 characters: kept as it is

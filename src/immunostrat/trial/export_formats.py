@@ -48,7 +48,6 @@ RANDOMIZATION_OID = "RANDOMIZATION"
 SIGNATURE_LEGAL_REASON = "Electronic signature of the investigator (21 CFR Part 11.50)"
 
 # Per-format limits (module docstring gives the sources).
-NAME_LIMIT: dict[str, int] = {"xpt": 8, "dta": 32, "sav": 64}
 LABEL_LIMIT: dict[str, int] = {"xpt": 40, "dta": 80, "sav": 256}
 FILE_LABEL_LIMIT: dict[str, int] = {"xpt": 40, "dta": 80, "sav": 64}
 XPT_TEXT_LIMIT_BYTES = 200
@@ -739,39 +738,107 @@ def write_odm(study: StudyInfo, subjects: Sequence[SubjectRecord], path: Path, *
 # --------------------------------------------------------------------------------------------------
 
 
-def _short_name(name: str, limit: int, upper: bool, taken: set[str]) -> str:
-    """A valid name within ``limit`` characters, unique (case-insensitively) among ``taken``."""
-    base = re.sub(r"[^A-Za-z0-9_]", "_", name) or "_"
-    if base[0].isdigit():
-        base = "_" + base
-    if upper:
-        base = base.upper()
-    candidate = base[:limit]
-    n = 1
-    while candidate.lower() in taken:
-        suffix = str(n)
+# Words that cannot name a variable: Stata User's Guide [U] 11.3 (plus "str" followed by digits);
+# IBM SPSS Statistics, "Variable names" (the reserved keywords).
+STATA_RESERVED = frozenset(
+    [
+        "_all",
+        "_b",
+        "byte",
+        "_coef",
+        "_cons",
+        "double",
+        "float",
+        "if",
+        "in",
+        "int",
+        "long",
+        "_n",
+        "_pi",
+        "_pred",
+        "_rc",
+        "_skip",
+        "strl",
+        "using",
+        "with",
+    ]
+)
+SPSS_RESERVED = frozenset(["all", "and", "by", "eq", "ge", "gt", "le", "lt", "ne", "not", "or", "to", "with"])
+
+
+@dataclass(frozen=True)
+class _NameRules:
+    limit: int
+    upper: bool  # XPT: upper case, the SAS and FDA convention
+    lead: str  # put before a name that starts badly or is reserved
+    reserved: frozenset[str] = frozenset()
+    reserved_pattern: str | None = None
+
+
+_NAME_RULES: dict[str, _NameRules] = {
+    "xpt": _NameRules(8, True, "_"),
+    "dta": _NameRules(32, False, "_", STATA_RESERVED, r"str\d+"),
+    "sav": _NameRules(64, False, "v_", SPSS_RESERVED),  # SPSS names start with a letter
+}
+
+
+def _short_names(names: Sequence[str], rules: _NameRules) -> dict[str, str]:
+    """Valid names within the format's limit, unique case-insensitively: a name that fits is kept
+    (whatever comes before it), the others are cut and, on a clash, numbered in order; a name that
+    starts with a digit (or, in SPSS, not with a letter) or is a reserved word gets the lead prefix."""
+    limit = rules.limit
+
+    def reserved(candidate: str) -> bool:
+        low = candidate.lower()
+        pattern = rules.reserved_pattern
+        return low in rules.reserved or (pattern is not None and re.fullmatch(pattern, low) is not None)
+
+    def valid(name: str) -> str:
+        base = re.sub(r"[^A-Za-z0-9_]", "_", name) or "_"
+        if base[0].isdigit() or (rules.lead[0].isalpha() and not base[0].isalpha()):
+            base = rules.lead + base
+        return base.upper() if rules.upper else base
+
+    def cut(base: str, k: int) -> str:
+        suffix = str(k) if k else ""
         candidate = base[: limit - len(suffix)] + suffix
-        n += 1
-    taken.add(candidate.lower())
-    return candidate
+        if reserved(candidate):  # no reserved word starts with "_" followed by a letter or "v_"
+            candidate = (rules.lead + base)[: limit - len(suffix)] + suffix
+        return candidate
+
+    bases = {n: valid(n) for n in names}
+    taken: set[str] = set()
+    out: dict[str, str] = {}
+    for n in names:
+        b = bases[n]
+        if len(b) <= limit and not reserved(b) and b.lower() not in taken:
+            out[n] = b
+            taken.add(b.lower())
+    for n in names:
+        if n in out:
+            continue
+        k = 0
+        while (candidate := cut(bases[n], k)).lower() in taken or reserved(candidate):
+            k += 1
+        out[n] = candidate
+        taken.add(candidate.lower())
+    return {n: out[n] for n in names}
 
 
 def names_in_file(tables: Mapping[str, pl.DataFrame], fmt: StatFormat) -> NamesInFile:
     """Deterministic names for each table and column in ``fmt`` (XPT: upper case, <= 8 characters,
-    the FDA convention; Stata <= 32; SPSS <= 64): the name kept when it fits, else cut and numbered."""
+    the FDA convention; Stata <= 32; SPSS <= 64; never a reserved word): a name is kept when it fits,
+    else cut and, on a clash, numbered."""
     _check_format(fmt)
-    limit, upper = NAME_LIMIT[fmt], fmt == "xpt"
-    taken_tables: set[str] = set()
-    out = NamesInFile()
-    for table, frame in tables.items():
-        out.datasets[table] = _short_name(table, limit, upper, taken_tables)
-        taken: set[str] = set()
-        out.columns[table] = {c: _short_name(c, limit, upper, taken) for c in frame.columns}
-    return out
+    rules = _NAME_RULES[fmt]
+    return NamesInFile(
+        datasets=_short_names(list(tables), rules),
+        columns={t: _short_names(f.columns, rules) for t, f in tables.items()},
+    )
 
 
 def _check_format(fmt: str) -> None:
-    if fmt not in NAME_LIMIT:
+    if fmt not in _NAME_RULES:
         raise InputError("unknown statistical format", field="format", value=fmt, expected="xpt, dta or sav")
 
 
