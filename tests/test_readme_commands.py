@@ -129,8 +129,13 @@ WALK: dict[str, list[Call]] = {
     ],
     "immunostrat cohort summary": [Call("immunostrat cohort summary {tmp}/cohort")],
     "python benchmarks/cohort.py": [Call("python benchmarks/cohort.py --quick --workdir {tmp}")],
+    "immunostrat trial templates": [
+        Call("immunostrat trial templates", expect_text="sle-secretome"),
+        Call("immunostrat trial templates --show sepcell", expect_text="schema_version: 1"),
+    ],
     "immunostrat trial init": [
-        Call("immunostrat trial init --db sqlite:///{tmp}/trial.db --admin alice", env=PASSWORDS)
+        Call("immunostrat trial init --db sqlite:///{tmp}/trial.db --admin alice", env=PASSWORDS),
+        Call("immunostrat trial init --db sqlite:///{tmp}/sle.db --template sle-secretome"),
     ],
     "immunostrat serve": [
         Call("immunostrat serve --demo --db sqlite:///{tmp}/demo.db --port {port}", server=True),
@@ -145,6 +150,16 @@ WALK: dict[str, list[Call]] = {
             "--trial 1 --site S01",
             env=PASSWORDS,
         )
+    ],
+    "immunostrat trial lock": [
+        # the command line obeys the API's rule: no unblinded export before the lock
+        Call(
+            "immunostrat trial export --db sqlite:///{tmp}/demo.db --trial 1 --unblinded "
+            "--output {tmp}/early-export",
+            expect_code=1,
+            expect_text="lock",
+        ),
+        Call("immunostrat trial lock --db sqlite:///{tmp}/demo.db --trial 1", expect_text="locked"),
     ],
     "immunostrat trial export": [
         Call(
@@ -181,6 +196,9 @@ WALK: dict[str, list[Call]] = {
     ],
     "immunostrat simulate trial": [
         Call("immunostrat simulate trial --design immunosep --n 60 --trials 5 --population-size 200")
+    ],
+    "immunostrat simulate validate": [
+        Call("immunostrat simulate validate --quick --population-size 200 --trials 40")
     ],
     "immunostrat simulate plots": [
         Call("immunostrat simulate plots --output-dir {tmp}/figures --sizes 40,80 --trials 5")

@@ -33,7 +33,9 @@ def _users(engine: Any) -> dict[str, Actor]:
     out = {}
     with transaction(engine) as s:
         for name, role in (("inv", "investigator"), ("mon", "monitor"), ("pharm", "pharmacist")):
-            user = service.create_user(s, ADMIN, UserIn(username=name, password=PASSWORD, role=role), rounds=4)
+            user = service.create_user(
+                s, ADMIN, UserIn(username=name, password=PASSWORD, role=role), rounds=4
+            )
             out[role] = service.actor_for(user)
     return out
 
@@ -47,7 +49,12 @@ def _setup(url: str, template: str) -> tuple[Any, TrialSpec, int, dict[str, Acto
 
 
 def _obs(concept: str, value: float, unit: str = "", when: str | None = None) -> dict[str, Any]:
-    return {"concept": concept, "value": value, "unit": unit, "time": T.format(when or date.today().isoformat())}
+    return {
+        "concept": concept,
+        "value": value,
+        "unit": unit,
+        "time": T.format(when or date.today().isoformat()),
+    }
 
 
 def _screen(engine: Any, actor: Actor, trial_id: int, body: dict[str, Any]) -> service.ScreeningResult:
@@ -56,12 +63,29 @@ def _screen(engine: Any, actor: Actor, trial_id: int, body: dict[str, Any]) -> s
 
 
 REALISTIC = {
-    "ferritin": (200, 10000), "mhla_dr": (2000, 20000), "crp": (10, 200), "procalcitonin": (0.1, 20),
-    "pao2": (60, 200), "fio2": (0.21, 0.8), "platelets": (30, 300), "bilirubin": (0.3, 5), "map": (55, 90),
-    "creatinine": (0.5, 4), "norepinephrine_rate": (0.02, 0.3), "epinephrine_rate": (0.02, 0.2),
-    "dopamine_rate": (2, 10), "dobutamine_rate": (2, 10), "urine_output_24h": (300, 3000),
-    "c3": (50, 150), "c4": (10, 40), "il6": (1, 100), "tnf_alpha": (1, 50), "anti_dsdna": (10, 300),
-    "hemoglobin": (9, 14), "wbc": (3, 10), "lymphocytes": (0.5, 3),
+    "ferritin": (200, 10000),
+    "mhla_dr": (2000, 20000),
+    "crp": (10, 200),
+    "procalcitonin": (0.1, 20),
+    "pao2": (60, 200),
+    "fio2": (0.21, 0.8),
+    "platelets": (30, 300),
+    "bilirubin": (0.3, 5),
+    "map": (55, 90),
+    "creatinine": (0.5, 4),
+    "norepinephrine_rate": (0.02, 0.3),
+    "epinephrine_rate": (0.02, 0.2),
+    "dopamine_rate": (2, 10),
+    "dobutamine_rate": (2, 10),
+    "urine_output_24h": (300, 3000),
+    "c3": (50, 150),
+    "c4": (10, 40),
+    "il6": (1, 100),
+    "tnf_alpha": (1, 50),
+    "anti_dsdna": (10, 300),
+    "hemoglobin": (9, 14),
+    "wbc": (3, 10),
+    "lymphocytes": (0.5, 3),
 }
 
 
@@ -111,25 +135,58 @@ SCREENINGS: dict[str, dict[str, Any]] = {
     # MALS (ferritin 9 mg/L = 9,000 ng/mL) with every SOFA system recorded: Sepsis-3 met
     "immunosep": {
         "eligible": {
-            "site": "S01", "age": 64, "sex": "M", "weight_kg": 70, "infection_suspected": True,
+            "site": "S01",
+            "age": 64,
+            "sex": "M",
+            "weight_kg": 70,
+            "infection_suspected": True,
             "observations": [
-                _obs("ferritin", 9, "mg/L"), _obs("mhla_dr", 3000, "AB/C"), _obs("fio2", 40, "%"),
-                _obs("pao2", 9.0, "kPa"), _obs("platelets", 120, "x10^3/uL"), _obs("bilirubin", 40, "umol/L"),
-                _obs("map", 62, "mmHg"), _obs("gcs", 14), _obs("creatinine", 180, "umol/L"),
+                _obs("ferritin", 9, "mg/L"),
+                _obs("mhla_dr", 3000, "AB/C"),
+                _obs("fio2", 40, "%"),
+                _obs("pao2", 9.0, "kPa"),
+                _obs("platelets", 120, "x10^3/uL"),
+                _obs("bilirubin", 40, "umol/L"),
+                _obs("map", 62, "mmHg"),
+                _obs("gcs", 14),
+                _obs("creatinine", 180, "umol/L"),
             ],
         },
-        "minor": {"site": "S01", "age": 17, "sex": "F", "infection_suspected": True,
-                  "observations": [_obs("ferritin", 9, "mg/L"), _obs("mhla_dr", 3000, "AB/C")]},
+        "minor": {
+            "site": "S01",
+            "age": 17,
+            "sex": "F",
+            "infection_suspected": True,
+            "observations": [_obs("ferritin", 9, "mg/L"), _obs("mhla_dr", 3000, "AB/C")],
+        },
     },
     "sle-secretome": {
-        "eligible": {"site": "S01", "age": 31, "sex": "F", "form": {"sle_classified": "yes", "moderately_active": "yes"}},
-        "minor": {"site": "S01", "age": 17, "sex": "F", "form": {"sle_classified": "yes", "moderately_active": "yes"}},
+        "eligible": {
+            "site": "S01",
+            "age": 31,
+            "sex": "F",
+            "form": {"sle_classified": "yes", "moderately_active": "yes"},
+        },
+        "minor": {
+            "site": "S01",
+            "age": 17,
+            "sex": "F",
+            "form": {"sle_classified": "yes", "moderately_active": "yes"},
+        },
     },
     "sepcell": {
-        "eligible": {"site": "S01", "age": 58, "sex": "M",
-                     "form": {"cap_confirmed": "yes", "organ_support": "yes", "hours_since_support": 6}},
-        "minor": {"site": "S01", "age": 17, "sex": "M",
-                  "form": {"cap_confirmed": "yes", "organ_support": "yes", "hours_since_support": 6}},
+        "eligible": {
+            "site": "S01",
+            "age": 58,
+            "sex": "M",
+            "form": {"cap_confirmed": "yes", "organ_support": "yes", "hours_since_support": 6},
+        },
+        "minor": {
+            "site": "S01",
+            "age": 17,
+            "sex": "M",
+            "form": {"cap_confirmed": "yes", "organ_support": "yes", "hours_since_support": 6},
+        },
     },
 }
 
@@ -175,7 +232,10 @@ def test_trial_end_to_end(db_url: str, template: str, tmp_path: Path) -> None:
             assert r.derived["sofa_total"] == expected["sofa_total"]
         else:
             row = {k: float(v) for k, v in r.values.items() if not isinstance(v, str)}
-            assert r.derived["mex_sledai"] == mex_sledai(pl.DataFrame([row])).row(0, named=True)["mex_sledai_total"]
+            assert (
+                r.derived["mex_sledai"]
+                == mex_sledai(pl.DataFrame([row])).row(0, named=True)["mex_sledai_total"]
+            )
 
     # a query raised by the monitor, answered by the site, closed by the monitor
     first = spec.schedule()[0]
@@ -183,17 +243,26 @@ def test_trial_end_to_end(db_url: str, template: str, tmp_path: Path) -> None:
     field = spec.forms[form_id].fields[0].name
     with transaction(engine) as s:
         q = datamanagement.raise_query(
-            s, mon, trial_id, randomized[0], QueryIn(visit=first.id, form=form_id, field=field, text="please confirm")
+            s,
+            mon,
+            trial_id,
+            randomized[0],
+            QueryIn(visit=first.id, form=form_id, field=field, text="please confirm"),
         )
         qid = q.id
     with transaction(engine) as s:
-        assert datamanagement.answer_query(s, inv, trial_id, qid, "confirmed against the source").state == "answered"
+        assert (
+            datamanagement.answer_query(s, inv, trial_id, qid, "confirmed against the source").state
+            == "answered"
+        )
     with transaction(engine) as s:
         assert datamanagement.close_query(s, mon, trial_id, qid, "resolved").state == "closed"
 
     # the investigator signs the first visit: password again, the trial's meaning
     with transaction(engine) as s:
-        sig = datamanagement.sign_visit(s, inv, trial_id, randomized[0], first.id, PASSWORD, spec.signature_meaning)
+        sig = datamanagement.sign_visit(
+            s, inv, trial_id, randomized[0], first.id, PASSWORD, spec.signature_meaning
+        )
         assert sig.content_sha256
     with transaction(engine) as s:
         book = datamanagement.casebook(s, mon, trial_id, randomized[0])
@@ -203,7 +272,9 @@ def test_trial_end_to_end(db_url: str, template: str, tmp_path: Path) -> None:
 
     with transaction(engine) as s:
         report = datamanagement.visit_report(s, mon, trial_id, today=date.today() + timedelta(days=200))
-    assert report["counts"]["overdue"] == 0 and report["counts"]["done"] == len(randomized) * len(spec.schedule())
+    assert report["counts"]["overdue"] == 0 and report["counts"]["done"] == len(randomized) * len(
+        spec.schedule()
+    )
 
     with transaction(engine) as s:
         service.lock_trial(s, ADMIN, trial_id)
@@ -233,11 +304,17 @@ def test_a_change_asks_a_reason_keeps_history_and_voids_the_signature(sqlite_url
     today = date.today()
     values = _form_values(random.Random(3), spec, "sle_visit", 0)
     values.update({k: False for k in values if k.startswith("mex_")})
-    values.update({"mex_arthritis": True, "platelets": 250.0, "hemoglobin": 13.0, "wbc": 6.0, "lymphocytes": 2.0})
+    values.update(
+        {"mex_arthritis": True, "platelets": 250.0, "hemoglobin": 13.0, "wbc": 6.0, "lymphocytes": 2.0}
+    )
     with transaction(engine) as s:
-        record, _ = forms.save_form(s, inv, trial_id, pid, "day0", "sle_visit", FormIn(visit_date=today, values=values))
+        record, _ = forms.save_form(
+            s, inv, trial_id, pid, "day0", "sle_visit", FormIn(visit_date=today, values=values)
+        )
         assert record.derived["mex_sledai"] == 2  # arthritis 2 (domain.md B4)
-        forms.save_form(s, inv, trial_id, pid, "day0", "injection", FormIn(visit_date=today, values={"injected": "yes"}))
+        forms.save_form(
+            s, inv, trial_id, pid, "day0", "injection", FormIn(visit_date=today, values={"injected": "yes"})
+        )
     with transaction(engine) as s:
         datamanagement.sign_visit(s, inv, trial_id, pid, "day0", PASSWORD, spec.signature_meaning)
 
@@ -246,7 +323,12 @@ def test_a_change_asks_a_reason_keeps_history_and_voids_the_signature(sqlite_url
         forms.save_form(s, inv, trial_id, pid, "day0", "sle_visit", FormIn(visit_date=today, values=changed))
     with transaction(engine) as s:
         record, _ = forms.save_form(
-            s, inv, trial_id, pid, "day0", "sle_visit",
+            s,
+            inv,
+            trial_id,
+            pid,
+            "day0",
+            "sle_visit",
             FormIn(visit_date=today, values=changed, reason="serositis found on review of the notes"),
         )
         assert record.version == 2 and record.derived["mex_sledai"] == 4
@@ -280,12 +362,20 @@ def test_bad_form_input_names_form_field_value_and_writes_nothing(
     good = _form_values(random.Random(1), spec, "sle_visit", 0)
     with transaction(engine) as s, pytest.raises(InputError) as caught:
         forms.save_form(
-            s, inv, trial_id, result.participant_id, "day0", "sle_visit",
+            s,
+            inv,
+            trial_id,
+            result.participant_id,
+            "day0",
+            "sle_visit",
             FormIn(visit_date=date.today(), values={**good, **values}),
         )
     assert caught.value.field == field and message in str(caught.value)
     with transaction(engine) as s:
-        assert s.scalar(select(func.count()).select_from(FormRecord).where(FormRecord.visit_id != "screening")) == 0
+        assert (
+            s.scalar(select(func.count()).select_from(FormRecord).where(FormRecord.visit_id != "screening"))
+            == 0
+        )
 
 
 def test_missing_required_field_and_visit_outside_window_are_refused(sqlite_url: str) -> None:
@@ -297,20 +387,40 @@ def test_missing_required_field_and_visit_outside_window_are_refused(sqlite_url:
     good = _form_values(random.Random(1), spec, "sle_visit", 0)
     missing = {k: v for k, v in good.items() if k != "c3_mg_dl"}
     with transaction(engine) as s, pytest.raises(InputError, match="required field missing") as caught:
-        forms.save_form(s, inv, trial_id, result.participant_id, "day0", "sle_visit",
-                        FormIn(visit_date=date.today(), values=missing))
+        forms.save_form(
+            s,
+            inv,
+            trial_id,
+            result.participant_id,
+            "day0",
+            "sle_visit",
+            FormIn(visit_date=date.today(), values=missing),
+        )
     assert caught.value.field == "sle_visit.c3_mg_dl"
     # not done, with the reason: accepted, and the field is absent, never guessed
     with transaction(engine) as s:
         record, _ = forms.save_form(
-            s, inv, trial_id, result.participant_id, "day0", "sle_visit",
+            s,
+            inv,
+            trial_id,
+            result.participant_id,
+            "day0",
+            "sle_visit",
             FormIn(visit_date=date.today(), values=missing, not_done={"c3_mg_dl": "sample haemolysed"}),
         )
         assert "c3_mg_dl" not in record.values and record.not_done == {"c3_mg_dl": "sample haemolysed"}
     late = date.today() + timedelta(days=30)  # day 22's window is days 20-24
     with transaction(engine) as s, pytest.raises(InputError, match="outside its window") as caught:
-        forms.save_form(s, inv, trial_id, result.participant_id, "day22", "sle_visit",
-                        FormIn(visit_date=late, values=good), today=late)
+        forms.save_form(
+            s,
+            inv,
+            trial_id,
+            result.participant_id,
+            "day22",
+            "sle_visit",
+            FormIn(visit_date=late, values=good),
+            today=late,
+        )
     assert caught.value.field == "sle_visit.visit_date"
 
 
@@ -324,24 +434,48 @@ def test_sofa_is_scored_from_components_in_any_unit(sqlite_url: str) -> None:
     # bilirubin 40 umol/L = 2.34 mg/dL -> 2; MAP 72, no drug -> 0; GCS 15 -> 0; creatinine
     # 180 umol/L = 2.04 mg/dL -> 2 (sofa-1996.yaml bands): total 10
     values = {
-        "pao2": {"value": 9.0, "unit": "kPa"}, "fio2": {"value": 50, "unit": "%"}, "mechanical_ventilation": True,
-        "platelets": {"value": 45, "unit": "10^3/uL"}, "bilirubin": {"value": 40, "unit": "umol/L"}, "map": 72,
-        "gcs": 15, "creatinine": {"value": 180, "unit": "umol/L"}, "doses_given": 3,
+        "pao2": {"value": 9.0, "unit": "kPa"},
+        "fio2": {"value": 50, "unit": "%"},
+        "mechanical_ventilation": True,
+        "platelets": {"value": 45, "unit": "10^3/uL"},
+        "bilirubin": {"value": 40, "unit": "umol/L"},
+        "map": 72,
+        "gcs": 15,
+        "creatinine": {"value": 180, "unit": "umol/L"},
+        "doses_given": 3,
     }
     with transaction(engine) as s:
         record, opened = forms.save_form(
-            s, inv, trial_id, result.participant_id, "day1", "daily", FormIn(visit_date=date.today(), values=values)
+            s,
+            inv,
+            trial_id,
+            result.participant_id,
+            "day1",
+            "daily",
+            FormIn(visit_date=date.today(), values=values),
         )
     assert record.derived == {
-        "sofa_respiration": 3, "sofa_coagulation": 3, "sofa_liver": 2, "sofa_cardiovascular": 0,
-        "sofa_cns": 0, "sofa_renal": 2, "sofa_total": 10,
+        "sofa_respiration": 3,
+        "sofa_coagulation": 3,
+        "sofa_liver": 2,
+        "sofa_cardiovascular": 0,
+        "sofa_cns": 0,
+        "sofa_renal": 2,
+        "sofa_total": 10,
     }
-    assert record.values["pao2"] == pytest.approx(67.5056, abs=1e-3) and record.entered["pao2"]["unit"] == "kPa"
+    assert (
+        record.values["pao2"] == pytest.approx(67.5056, abs=1e-3) and record.entered["pao2"]["unit"] == "kPa"
+    )
     assert opened == []
     # an edit check of severity warning saves the form and opens a query on the field
     with transaction(engine) as s:
         _, opened = forms.save_form(
-            s, inv, trial_id, result.participant_id, "day2", "daily",
+            s,
+            inv,
+            trial_id,
+            result.participant_id,
+            "day2",
+            "daily",
             FormIn(visit_date=date.today() + timedelta(days=1), values={**values, "platelets": 5}),
             today=date.today() + timedelta(days=1),
         )
@@ -353,19 +487,29 @@ def test_not_assessable_patient_is_rescreened_on_the_same_pseudonym(sqlite_url: 
     inv = who["investigator"]
     body = dict(SCREENINGS["immunosep"]["eligible"])
     # one organ system recorded (platelets 120 x10^3/uL: 1 point): Sepsis-3 cannot be decided
-    body["observations"] = [o for o in body["observations"] if o["concept"] in ("ferritin", "mhla_dr", "platelets")]
+    body["observations"] = [
+        o for o in body["observations"] if o["concept"] in ("ferritin", "mhla_dr", "platelets")
+    ]
     first = _screen(engine, inv, trial_id, body)
     assert not first.eligible and first.sepsis3 is not None and first.sepsis3["status"] == "not assessable"
     with transaction(engine) as s:
         again = service.rescreen(
-            s, inv, trial_id, first.participant_id,
-            RescreenIn(observations=[_obs("creatinine", 180, "umol/L")], infection_suspected=True,
-                       reason="the creatinine arrived"),
+            s,
+            inv,
+            trial_id,
+            first.participant_id,
+            RescreenIn(
+                observations=[_obs("creatinine", 180, "umol/L")],
+                infection_suspected=True,
+                reason="the creatinine arrived",
+            ),
         )
     assert again.eligible and again.pseudonym == first.pseudonym
     with transaction(engine) as s:
         log = service.screening_log(s, inv, trial_id)
-        assert [(r["pseudonym"], r["decisions"], r["status"]) for r in log] == [(first.pseudonym, 2, "eligible")]
+        assert [(r["pseudonym"], r["decisions"], r["status"]) for r in log] == [
+            (first.pseudonym, 2, "eligible")
+        ]
         service.randomize(s, inv, trial_id, first.participant_id)
 
 

@@ -421,3 +421,9 @@ def audit_verify(request: Request, principal: Annotated[Principal, Depends(OVERS
             "head_hash": result.head_hash,
             "message": str(result),
         }
+
+
+# trials defined as data: forms, queries, signatures, screening log (one module of their own)
+from immunostrat.api.data_routes import router as _data_router  # noqa: E402
+
+router.include_router(_data_router)

@@ -61,7 +61,11 @@ def serve(
 def trial_init(
     db: DbOpt,
     spec: Annotated[
-        Path | None, typer.Option("--spec", help="Trial spec YAML (default: the ImmunoSep example).")
+        Path | None, typer.Option("--spec", help="Trial file YAML (default: the ImmunoSep example).")
+    ] = None,
+    template: Annotated[
+        str | None,
+        typer.Option("--template", help="A shipped trial file: immunosep, sle-secretome or sepcell."),
     ] = None,
     admin: Annotated[
         str | None, typer.Option("--admin", help="Also create this admin user (password prompted).")
@@ -72,8 +76,13 @@ def trial_init(
 ) -> None:
     """Create the schema, the trial, its sites and its concealed randomization list."""
     from immunostrat.trial import EXAMPLE_SPEC, TrialError, init_trial
+    from immunostrat.trial.ops import template_path
 
     try:
+        if spec is not None and template is not None:
+            raise InputError("give --spec or --template, not both", field="--template", value=template)
+        if template is not None:
+            spec = template_path(template)
         credentials = None
         if admin:
             password = admin_password or typer.prompt(
@@ -87,6 +96,31 @@ def trial_init(
         fail(error, code=1)
     out.print(f"trial {setup.code} (id {setup.trial_id}) with {setup.n_kits} kits")
     out.print(f"randomization seed (shown once; keep it in escrow): {setup.seed_hex}")
+
+
+@trial_app.command("templates")
+def trial_templates(
+    show: Annotated[
+        str | None, typer.Option("--show", help="Print this template's YAML (to copy and edit).")
+    ] = None,
+) -> None:
+    """List the shipped trial files, or print one (``--show NAME > mytrial.yaml``) to write your own."""
+    from immunostrat.trial.ops import load_trial_spec, template_names, template_path
+
+    if show is not None:
+        try:
+            path = template_path(show)
+        except InputError as error:
+            fail(error)
+        print(path.read_text(encoding="utf-8"), end="")
+        return
+    table = Table(title="trial templates (immunostrat trial init --template NAME)")
+    for col in ("name", "title", "arms", "visits", "forms"):
+        table.add_column(col)
+    for name in template_names():
+        spec = load_trial_spec(template_path(name))
+        table.add_row(name, spec.title, ", ".join(spec.arms), str(len(spec.schedule())), str(len(spec.forms)))
+    out.print(table)
 
 
 @trial_app.command("export")
@@ -110,6 +144,25 @@ def trial_export(
     except TrialError as error:
         fail(error, code=1)
     out.print(f"wrote {'blinded' if blinded else 'unblinded'} export to {path}")
+
+
+@trial_app.command("lock")
+def trial_lock(
+    db: DbOpt,
+    trial: Annotated[str, typer.Option("--trial", help="Trial id or code.")],
+) -> None:
+    """Lock the database: data entry stops and the unblinded export becomes possible (audited with
+    your operating-system user)."""
+    from immunostrat.trial import TrialError
+    from immunostrat.trial.ops import lock_trial
+
+    try:
+        code = lock_trial(db, int(trial) if trial.isdigit() else trial)
+    except InputError as error:
+        fail(error)
+    except TrialError as error:
+        fail(error, code=1)
+    out.print(f"trial {code} locked")
 
 
 @trial_app.command("user")

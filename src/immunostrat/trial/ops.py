@@ -4,6 +4,8 @@ set up a trial, export it, verify the audit chain. Each runs in its own transact
 
 from __future__ import annotations
 
+import getpass
+import os
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +23,15 @@ from immunostrat.trial.export import build_export, write_export
 from immunostrat.trial.models import AuditRow
 from immunostrat.trial.schemas import TrialSpec, UserIn, parse
 
-CLI_ACTOR = Actor("cli", "cli")
+
+def cli_actor() -> Actor:
+    """Who runs the command line: the operating-system user, audited as ``os:<name>`` (the CLI
+    reaches the database directly, so the audit names the person, not the tool)."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers): the numeric id still names them
+        name = f"uid{os.getuid()}"
+    return Actor(f"os:{name}"[:64], "cli")
 
 
 def open_db(db_url: str) -> Engine:
@@ -43,7 +53,9 @@ def template_names() -> list[str]:
 def template_path(name: str) -> Path:
     path = TEMPLATES / f"{name}.yaml"
     if not path.is_file():
-        raise InputError("unknown trial template", field="template", value=name, expected=", ".join(template_names()))
+        raise InputError(
+            "unknown trial template", field="template", value=name, expected=", ".join(template_names())
+        )
     return path
 
 
@@ -71,7 +83,7 @@ def init_trial(
     *,
     admin: tuple[str, str] | None = None,
     seed: bytes | None = None,
-    actor: Actor = CLI_ACTOR,
+    actor: Actor | None = None,
 ) -> service.TrialSetup:
     """Create the schema if needed, then the trial with its sites and concealed list.
 
@@ -86,6 +98,7 @@ def init_trial(
         trial_spec = load_trial_spec(spec)
     else:
         trial_spec = parse(TrialSpec, dict(spec))
+    actor = actor or cli_actor()
     engine = open_db(db_url)
     with transaction(engine) as session:
         result = service.setup_trial(session, actor, trial_spec, seed=seed)
@@ -102,8 +115,9 @@ def create_user(
     *,
     trial: int | str | None = None,
     site: str | None = None,
-    actor: Actor = CLI_ACTOR,
+    actor: Actor | None = None,
 ) -> int:
+    actor = actor or cli_actor()
     engine = open_db(db_url)
     with transaction(engine) as session:
         trial_obj = _trial(session, trial) if trial is not None else None
@@ -127,16 +141,36 @@ def export_trial(
     output_dir: str | Path,
     *,
     fmt: Literal["csv", "parquet"] = "csv",
-    actor: Actor = CLI_ACTOR,
+    actor: Actor | None = None,
 ) -> Path:
     """Write the analysis export (schema of ``immunostrat.analysis.schema``) into ``output_dir``.
 
-    ``trial_id`` is the numeric id or the trial code. The export is audited."""
-    engine = open_db(db_url)
+    ``trial_id`` is the numeric id or the trial code. The export is audited, naming the
+    operating-system user. The unblinded export obeys the API's rule: only after the database lock."""
+    actor = actor or cli_actor()
+    engine = existing_db(db_url)
     with transaction(engine) as session:
         trial = _trial(session, trial_id)
+        if not blinded and trial.status != "locked":
+            raise service.Conflict(
+                f"trial {trial.code} is {trial.status}: the unblinded export needs the database lock first",
+                field="--unblinded",
+            )
         tables = build_export(session, actor, trial.id, blinded)
         return write_export(tables, output_dir, fmt)
+
+
+def lock_trial(db_url: str, trial_id: int | str, *, actor: Actor | None = None) -> str:
+    """Database lock (data entry stops; the unblinded export becomes possible), audited with the
+    operating-system user. Returns the trial's code."""
+    actor = actor or cli_actor()
+    engine = existing_db(db_url)
+    with transaction(engine) as session:
+        trial = _trial(session, trial_id)
+        if trial.status == "locked":
+            raise service.Conflict(f"trial {trial.code} is already locked", field="--trial")
+        service.lock_trial(session, actor, trial.id)
+        return str(trial.code)
 
 
 def existing_db(db_url: str) -> Engine:
