@@ -425,7 +425,7 @@ def test_missing_required_field_and_visit_outside_window_are_refused(sqlite_url:
 
 
 def test_sofa_is_scored_from_components_in_any_unit(sqlite_url: str) -> None:
-    engine, spec, trial_id, who = _setup(sqlite_url, "immunosep")
+    engine, _spec, trial_id, who = _setup(sqlite_url, "immunosep")
     inv = who["investigator"]
     result = _screen(engine, inv, trial_id, SCREENINGS["immunosep"]["eligible"])
     with transaction(engine) as s:
@@ -483,7 +483,7 @@ def test_sofa_is_scored_from_components_in_any_unit(sqlite_url: str) -> None:
 
 
 def test_not_assessable_patient_is_rescreened_on_the_same_pseudonym(sqlite_url: str) -> None:
-    engine, spec, trial_id, who = _setup(sqlite_url, "immunosep")
+    engine, _spec, trial_id, who = _setup(sqlite_url, "immunosep")
     inv = who["investigator"]
     body = dict(SCREENINGS["immunosep"]["eligible"])
     # one organ system recorded (platelets 120 x10^3/uL: 1 point): Sepsis-3 cannot be decided
@@ -514,7 +514,7 @@ def test_not_assessable_patient_is_rescreened_on_the_same_pseudonym(sqlite_url: 
 
 
 def test_unblinded_list_shows_allocated_slots_only(sqlite_url: str) -> None:
-    engine, spec, trial_id, who = _setup(sqlite_url, "sepcell")
+    engine, _spec, trial_id, who = _setup(sqlite_url, "sepcell")
     inv, pharm = who["investigator"], who["pharmacist"]
     ids = []
     for _ in range(3):
