@@ -138,8 +138,10 @@ def test_validate_command_prints_the_table_and_writes_rows(tmp_path: Path) -> No
         assert c.id in result.output
     assert "held-out comparisons pass" in result.output
     frame = pl.read_csv(out)
-    assert frame.height == len(plan.comparators)
-    assert set(frame["role"]) == {"training", "held_out"}
+    assert frame.height == len(plan.comparators) + len(plan.designs)
+    assert set(frame["role"]) == {"training", "held_out", "design"}
+    assert frame.filter(pl.col("role") == "design")["power"].is_between(0, 1).all()
+    assert "biomarker-guided (sofa_response)" in result.output
     assert (frame["predicted_pi_low"] <= frame["predicted_pi_high"]).all()
     bad = CliRunner().invoke(app, ["simulate", "validate", "--model", "nope"])
     assert bad.exit_code == 2

@@ -260,6 +260,9 @@ def validate_command(
         typer.echo(f"model {m}")
         typer.echo(report.table())
         typer.echo("")
+        if report.designs:
+            typer.echo(report.design_table())
+            typer.echo("")
     for report in reports:
         typer.echo(report.summary_line())
     if output is not None:

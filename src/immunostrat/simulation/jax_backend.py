@@ -11,6 +11,7 @@ extra ``jax`` (``python3 tasks.py extra jax``); :func:`available` says whether i
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -131,6 +132,8 @@ def integrate_jax(
     require_extra("jax", "the JAX engine")
     import jax
 
+    if math.isfinite(death_rule.p_crit):
+        raise ValueError("the pathogen death rule (DeathRule.p_crit) runs on the numpy engine only")
     grid = course_grid(y0, params, t_end, dt, record_every)
     y, n, n_rec, stride = grid.y, grid.n, grid.n_rec, grid.stride
     comps = schedule.components if schedule is not None else ()

@@ -477,10 +477,17 @@ class _Rhs:
 @dataclass(frozen=True)
 class DeathRule:
     """Death = damage D at or above ``d_crit`` for at least ``hold_h`` hours (insilico.md section 3 proposal,
-    after Barber 2021's damage-threshold death time); D_crit = 10 lies far from both D = 0 and D = 17.4."""
+    after Barber 2021's damage-threshold death time); D_crit = 10 lies far from both D = 0 and D = 17.4.
+
+    ``p_crit`` (structural alternative, not in Reynolds 2006 or insilico.md): death also when the pathogen P
+    stays at or above ``p_crit`` for ``hold_h`` hours (uncontrolled infection), so a therapy that weakens
+    pathogen control can kill without tissue damage. Infinite (the default): the damage rule alone. Only
+    the numpy engine runs it.
+    """
 
     d_crit: float = 10.0
     hold_h: float = 6.0
+    p_crit: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -715,6 +722,8 @@ def _integrate_chunk(
     half = 0.5 * dt
     sixth = dt / 6.0
     d_crit = death_rule.d_crit
+    p_crit = death_rule.p_crit
+    pathogen_death = math.isfinite(p_crit)
     hold = death_rule.hold_h - 1e-9
     rec = 1
     for step in range(1, n_steps + 1):
@@ -760,8 +769,9 @@ def _integrate_chunk(
         np.maximum(P, 0.0, out=P)
         np.maximum(N, 0.0, out=N)
         t = step * dt
-        # Death rule: D >= d_crit held for hold_h hours.
-        above_since = np.where(d_crit <= D, np.minimum(above_since, t), np.inf)
+        # Death rule: D >= d_crit (or P >= p_crit when set) held for hold_h hours.
+        critical = (d_crit <= D) | (p_crit <= P) if pathogen_death else d_crit <= D
+        above_since = np.where(critical, np.minimum(above_since, t), np.inf)
         newly = (t - above_since >= hold) & ~dead
         if newly.any():
             dead |= newly

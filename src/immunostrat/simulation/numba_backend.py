@@ -290,6 +290,8 @@ def integrate_numba(
     fixed by the kernel, and no program is compiled per batch shape.
     """
     del chunk_size
+    if math.isfinite(death_rule.p_crit):
+        raise ValueError("the pathogen death rule (DeathRule.p_crit) runs on the numpy engine only")
     grid = course_grid(y0, params, t_end, dt, record_every)
     y, n, n_rec, stride = grid.y, grid.n, grid.n_rec, grid.stride
     if schedule is not None and schedule.n != n:

@@ -29,6 +29,7 @@ from .model import (
     REYNOLDS_2006,
     BoolArray,
     DeactivationParameters,
+    DeathRule,
     FloatArray,
     IntArray,
     PatientParameters,
@@ -60,20 +61,39 @@ def background_schedule(background: str | Therapy | None, n: int) -> Schedule | 
 
 
 #: Model variants by name (docs/simulation.md): the published Reynolds 2006 model, plus monocyte
-#: deactivation (insilico.md 6), plus ICU-acquired infections on top of that ("full").
-MODEL_VARIANTS: tuple[str, ...] = ("reynolds2006", "deactivation", "full")
+#: deactivation (insilico.md 6), plus ICU-acquired infections on top of that ("full"); and structural
+#: alternatives (issue 18): the same with death also from uncontrolled pathogen ("*-pathogen-death").
+MODEL_VARIANTS: tuple[str, ...] = (
+    "reynolds2006",
+    "deactivation",
+    "full",
+    "reynolds2006-pathogen-death",
+    "full-pathogen-death",
+)
+
+#: The pathogen death rule of the "*-pathogen-death" variants [design]: P >= 10 (half the carrying capacity
+#: p_inf = 20 of Reynolds 2006 Table 1) for 6 h. The septic-death attractor (P ~ 4.9 at k_pg 0.6) already
+#: dies by damage; the persistent-infection attractor (P ~ 13-18 in our VPops, low damage) now dies too.
+PATHOGEN_DEATH = DeathRule(p_crit=10.0)
+
+ModelOptions = dict[str, DeactivationParameters | SecondaryInfection | DeathRule | None]
 
 
-def model_variant(name: str) -> dict[str, DeactivationParameters | SecondaryInfection | None]:
-    """``generate_population`` keyword arguments (``deactivation``, ``secondary``) of a named variant."""
+def model_variant(name: str) -> ModelOptions:
+    """``generate_population`` keyword arguments (``deactivation``, ``secondary``, ``death_rule``) of a named
+    variant."""
     from .model import MONOCYTE_DEACTIVATION, SECONDARY_INFECTION
 
     if name not in MODEL_VARIANTS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_VARIANTS)}")
-    return {
-        "deactivation": MONOCYTE_DEACTIVATION if name != "reynolds2006" else None,
-        "secondary": SECONDARY_INFECTION if name == "full" else None,
+    base = name.removesuffix("-pathogen-death")
+    options: ModelOptions = {
+        "deactivation": MONOCYTE_DEACTIVATION if base != "reynolds2006" else None,
+        "secondary": SECONDARY_INFECTION if base == "full" else None,
     }
+    if name.endswith("-pathogen-death"):
+        options["death_rule"] = PATHOGEN_DEATH
+    return options
 
 
 #: Endotype codes, in the precedence order of the ImmunoSep protocol (domain.md A1: MALS first).
@@ -240,6 +260,7 @@ def sample_cohort(
     background: str | Therapy | None = STANDARD_OF_CARE,
     deactivation: DeactivationParameters | None = None,
     secondary: SecondaryInfection | None = None,
+    death_rule: DeathRule | None = None,
 ) -> Cohort:
     """Draw ``n`` patients from the priors and simulate their 28-day course on background therapy only
     (with the monocyte-deactivation extension when ``deactivation`` is given, and ICU-acquired infections
@@ -266,6 +287,7 @@ def sample_cohort(
         deactivation=deactivation,
         secondary=secondary,
         secondary_draws=sec_draws,
+        death_rule=death_rule if death_rule is not None else DeathRule(),
     )
     obs = daily_observables(traj, traits, c)
     d = enrolment_day
@@ -337,6 +359,8 @@ class VirtualPopulation:
     deactivation: DeactivationParameters | None = None
     #: None: no ICU-acquired infections; else model.SecondaryInfection (needs ``deactivation``)
     secondary: SecondaryInfection | None = None
+    #: the death rule of the population and of its therapy simulations (``PATHOGEN_DEATH`` variants)
+    death_rule: DeathRule = field(default_factory=DeathRule)
 
     @property
     def size(self) -> int:
@@ -376,26 +400,43 @@ def _fit(
     )
 
 
-_Job = tuple[
-    int,
-    int,
-    int,
-    PopulationPriors | None,
-    ObservableCalibration,
-    int,
-    str | None,
-    DeactivationParameters | None,
-    SecondaryInfection | None,
-]
+_Job = (
+    tuple[
+        int,
+        int,
+        int,
+        PopulationPriors | None,
+        ObservableCalibration,
+        int,
+        str | None,
+        DeactivationParameters | None,
+        SecondaryInfection | None,
+        DeathRule | None,
+    ]
+    | tuple[
+        int,
+        int,
+        int,
+        PopulationPriors | None,
+        ObservableCalibration,
+        int,
+        str | None,
+        DeactivationParameters | None,
+        SecondaryInfection | None,
+    ]
+)
 
 
 def _plausible_batch(job: _Job) -> tuple[Cohort, IntArray, FloatArray]:
     """Batch ``index`` of the population with ``seed``: its plausible patients, their (endotype, death)
     cells and one acceptance uniform each. Its random stream depends only on (seed, index), so any executor
     returns the same batch (top-level and picklable for process pools and Dask workers)."""
-    seed, index, batch, priors, cal, enrolment_day, background, deactivation, secondary = job
+    seed, index, batch, priors, cal, enrolment_day, background, deactivation, secondary, *rest = job
+    death_rule = rest[0] if rest else None  # jobs written before the death rule was a variant have 9 fields
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    cohort = sample_cohort(batch, rng, priors, cal, enrolment_day, background, deactivation, secondary)
+    cohort = sample_cohort(
+        batch, rng, priors, cal, enrolment_day, background, deactivation, secondary, death_rule
+    )
     cohort = cohort.take(cohort.alive_at_enrolment & (cohort.sofa >= 2))
     endo = stratify(cohort.ferritin, cohort.mhla_dr)
     return cohort, endo * 2 + cohort.died28.astype(np.int64), rng.random(cohort.size)
@@ -417,6 +458,7 @@ def generate_population(
     progress: Callable[[int, int], None] | None = None,
     deactivation: DeactivationParameters | None = None,
     secondary: SecondaryInfection | None = None,
+    death_rule: DeathRule | None = None,
 ) -> VirtualPopulation:
     """Sample, filter and accept until ``size`` virtual patients are accepted; reproducible from ``seed``.
 
@@ -456,7 +498,18 @@ def generate_population(
             raise RuntimeError(f"fewer than {size} patients accepted after {n_sampled} draws")
         width = max(1, parallel_batches) if executor is not None else 1
         jobs: list[_Job] = [
-            (seed, index + k, batch, priors, cal, enrolment_day, background, deactivation, secondary)
+            (
+                seed,
+                index + k,
+                batch,
+                priors,
+                cal,
+                enrolment_day,
+                background,
+                deactivation,
+                secondary,
+                death_rule,
+            )
             for k in range(width)
         ]
         index += width
@@ -488,7 +541,16 @@ def generate_population(
     endo_all = (cell[rows] // 2).astype(np.int64)
     fit = _fit(endo_all, cohort_all.died28, tg, n_sampled, int(cell.size), alpha)
     return VirtualPopulation(
-        cohort_all, endo_all, fit, seed, enrolment_day, cal, background, deactivation, secondary
+        cohort_all,
+        endo_all,
+        fit,
+        seed,
+        enrolment_day,
+        cal,
+        background,
+        deactivation,
+        secondary,
+        death_rule if death_rule is not None else DeathRule(),
     )
 
 
@@ -591,6 +653,7 @@ def simulate_course(
         deactivation=vpop.deactivation,
         secondary=vpop.secondary,
         secondary_draws=c.secondary_draws,
+        death_rule=vpop.death_rule,
     )
     return traj, daily_observables(traj, c.traits, vpop.calibration)
 

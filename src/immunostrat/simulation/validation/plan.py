@@ -18,7 +18,7 @@ from immunostrat.errors import InputError
 from ..population import ENDOTYPE_NAMES, IMMUNOPARALYSIS, INTERMEDIATE, MALS
 from ..therapies import HOOKS, Effect, Therapy
 
-ROLES = ("training", "held_out")
+ROLES = ("training", "held_out", "design")
 ENDPOINTS = ("mortality", "sofa_response", "immune_reversal_d15")
 SUBGROUPS: dict[str, tuple[int, ...]] = {
     "all": (MALS, IMMUNOPARALYSIS, INTERMEDIATE),
@@ -71,7 +71,7 @@ class Comparator:
     mechanism: str
     design: str
     subgroup: tuple[int, ...]
-    control_rate: float
+    control_rate: float | None  # None: the VPop as it is (designs)
     strata: Mapping[int, float] | None
     regimen_by_stratum: Mapping[int, str]
     only_stratum: int | None
@@ -109,6 +109,8 @@ class CredibilityPlan:
     mechanisms: Mapping[str, Mechanism]
     regimens: Mapping[str, Regimen]
     comparators: tuple[Comparator, ...]
+    #: designs compared by the calibrated model (role "design", no published result): a finding only
+    designs: tuple[Comparator, ...] = ()
 
     def training(self) -> tuple[Comparator, ...]:
         return tuple(c for c in self.comparators if c.role == "training")
@@ -209,6 +211,42 @@ def parse_plan(data: Mapping[str, Any], file: str = "credibility.yaml") -> Credi
                 stratum=bool(c.get("stratum", False)),
             )
         )
+    designs: list[Comparator] = []
+    spec = data.get("designs") or {}
+    half = int(spec.get("n_per_arm", 138))
+    for i, d in enumerate(spec.get("arms") or [], start=1):
+        sub = str(d.get("subgroup", "all"))
+        if sub not in SUBGROUPS:
+            raise InputError("bad subgroup", file=file, row=i, field="subgroup", value=sub)
+        if "regimen_by_stratum" in d:
+            by = {_CODE[k]: str(v) for k, v in d["regimen_by_stratum"].items()}
+        else:
+            by = dict.fromkeys(SUBGROUPS[sub], str(_need(d, "regimen", file, i)))
+        for reg in by.values():
+            if reg not in regs:
+                raise InputError("unknown regimen", file=file, row=i, field="regimen", value=reg)
+        for endpoint in spec.get("endpoints", ["sofa_response"]):
+            if endpoint not in ENDPOINTS:
+                raise InputError("bad endpoint", file=file, row=i, field="endpoints", value=endpoint)
+            designs.append(
+                Comparator(
+                    id=f"{d['id']} ({endpoint})",
+                    trial=str(d["id"]),
+                    source="design",
+                    role="design",
+                    mechanism="",
+                    design=str(d["id"]),
+                    subgroup=SUBGROUPS[sub],
+                    control_rate=None,
+                    strata=None,
+                    regimen_by_stratum=by,
+                    only_stratum=None,
+                    endpoint=str(endpoint),
+                    horizon_days=28,
+                    counts=(0, half, 0, half),
+                    stratum=False,
+                )
+            )
     ids = [c.id for c in comps]
     if len(set(ids)) != len(ids):
         raise InputError("duplicate comparator ids", file=file, field="id")
@@ -220,6 +258,7 @@ def parse_plan(data: Mapping[str, Any], file: str = "credibility.yaml") -> Credi
         mechanisms=mechs,
         regimens=regs,
         comparators=tuple(comps),
+        designs=tuple(designs),
     )
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..model import BoolArray, DeactivationParameters, FloatArray, IntArray, SecondaryInfection
+from ..model import BoolArray, DeactivationParameters, DeathRule, FloatArray, IntArray, SecondaryInfection
 from ..population import (
     IMMUNOPARALYSIS,
     MALS,
@@ -101,7 +101,7 @@ class OutcomeStore:
         self.horizons: dict[str | None, tuple[int, ...]] = {
             None: tuple(sorted({c.horizon_days for c in plan.comparators}))
         }
-        for c in plan.comparators:
+        for c in plan.comparators + plan.designs:
             for r in c.regimens:
                 self.horizons[r] = tuple(sorted(set(self.horizons.get(r, ())) | {c.horizon_days}))
         self._cache: dict[tuple[Therapy | None, tuple[int, ...]], ArmOutcomes] = {}
@@ -125,6 +125,8 @@ def population_weights(vpop: VirtualPopulation, placebo: ArmOutcomes, comp: Comp
     died = placebo.died_by_day[comp.horizon_days]
     w = np.isin(endo, comp.subgroup).astype(np.float64)
     target = comp.control_rate
+    if target is None:  # the VPop as it is
+        return w / w.sum()
     for _ in range(100):
         if comp.strata:
             for code, share in comp.strata.items():
@@ -266,6 +268,26 @@ class ComparisonResult:
     effects: FloatArray  # every simulated trial's effect
     passed: bool
     note: str = ""
+    events: IntArray | None = None  # per simulated trial: treatment and control events
+
+    def power(self, alpha: float = 0.05) -> float:
+        """Share of the simulated trials with a two-sided Fisher exact P < ``alpha`` in the direction of
+        benefit (fewer deaths, more SOFA responders): the design's power with parameter uncertainty."""
+        from immunostrat.analysis.stats import fisher_exact
+
+        assert self.events is not None
+        n_t, n_c = self.comparator.arm_sizes
+        better_high = self.comparator.endpoint != "mortality"
+        hits = 0
+        p_of: dict[tuple[int, int], float] = {}
+        for x1, x0 in self.events.tolist():
+            benefit = x1 / n_t > x0 / n_c if better_high else x1 / n_t < x0 / n_c
+            if not benefit:
+                continue
+            if (x1, x0) not in p_of:
+                p_of[(x1, x0)] = fisher_exact(x1, n_t, x0, n_c).p_value or 1.0
+            hits += p_of[(x1, x0)] < alpha
+        return hits / self.events.shape[0]
 
     @property
     def monte_carlo_se(self) -> float:
@@ -287,12 +309,15 @@ def predict(
     n_t, n_c = comp.arm_sizes
     draws = posterior.draw(rng, trials)
     effects = np.empty(trials)
+    events = np.empty((trials, 2), dtype=np.int64)  # treatment, control
     for j in np.unique(draws):
         rows = np.flatnonzero(draws == j)
         a = model.arrays(posterior.grid[int(j)])
         it = rng.choice(a.y_t.size, size=(rows.size, n_t), p=a.w_t / a.w_t.sum())
         ic = rng.choice(a.y_c.size, size=(rows.size, n_c), p=a.w_c / a.w_c.sum())
-        effects[rows] = 100.0 * (a.y_t[it].mean(axis=1) - a.y_c[ic].mean(axis=1))
+        events[rows, 0] = a.y_t[it].sum(axis=1)
+        events[rows, 1] = a.y_c[ic].sum(axis=1)
+        effects[rows] = 100.0 * (events[rows, 0] / n_t - events[rows, 1] / n_c)
     tail = 100.0 * (1.0 - interval) / 2.0
     lo, hi = (float(v) for v in np.percentile(effects, [tail, 100.0 - tail]))
     pub = comp.published_points
@@ -305,7 +330,7 @@ def predict(
         note = "sign"
     if not inside:
         note = "outside" if not note else note + ", outside"
-    return ComparisonResult(comp, pub, mean, (lo, hi), effects, passed, note)
+    return ComparisonResult(comp, pub, mean, (lo, hi), effects, passed, note, events)
 
 
 @dataclass(frozen=True)
@@ -319,7 +344,24 @@ class ValidationReport:
     min_share: float
     simulations: int
     control_mortality_vpop: float
+    designs: tuple[ComparisonResult, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def design_table(self) -> str:
+        """What the calibrated model says about the designs: effect, 95% predictive interval, power."""
+        if not self.designs:
+            return ""
+        lines = [
+            f"{'design (calibrated model; a finding, not a criterion)':56s} {'n (T/C)':>8s} "
+            f"{'effect (95% PI)':>24s}  power (MC SE)"
+        ]
+        for r in self.designs:
+            n_t, n_c = r.comparator.arm_sizes
+            pw = r.power()
+            se = math.sqrt(pw * (1 - pw) / r.effects.size)
+            eff = f"{r.predicted:+6.1f} ({r.interval[0]:+6.1f}, {r.interval[1]:+6.1f})"
+            lines.append(f"{r.comparator.id:56s} {f'{n_t}/{n_c}':>8s} {eff:>24s}  {pw:.3f} ({se:.3f})")
+        return "\n".join(lines)
 
     @property
     def held_out(self) -> tuple[ComparisonResult, ...]:
@@ -401,9 +443,11 @@ def validate(
         vpop = population
     else:
         variant = model_variant(model)
-        de, sec = variant["deactivation"], variant["secondary"]
-        assert not isinstance(de, SecondaryInfection) and not isinstance(sec, DeactivationParameters)
-        vpop = generate_population(size, seed, deactivation=de, secondary=sec)
+        de, sec, rule = variant["deactivation"], variant["secondary"], variant.get("death_rule")
+        assert de is None or isinstance(de, DeactivationParameters)
+        assert sec is None or isinstance(sec, SecondaryInfection)
+        assert rule is None or isinstance(rule, DeathRule)
+        vpop = generate_population(size, seed, deactivation=de, secondary=sec, death_rule=rule)
     store = store if store is not None else OutcomeStore(vpop, pl)
     grids = {
         m: mech.grid[::2] if quick and len(mech.grid) > 2 else mech.grid for m, mech in pl.mechanisms.items()
@@ -415,6 +459,10 @@ def validate(
     for c in pl.comparators:
         say(f"predicting {c.id}")
         results.append(predict(c, store, posterior, rng, n_trials, pl.interval, pl.sign_for_strata))
+    designs = []
+    for c in pl.designs:
+        say(f"design {c.id}")
+        designs.append(predict(c, store, posterior, rng, n_trials, pl.interval, False))
     placebo = store.get(None)
     return ValidationReport(
         model=model,
@@ -426,6 +474,7 @@ def validate(
         min_share=pl.min_share_held_out,
         simulations=store.simulations,
         control_mortality_vpop=float(placebo.died_by_day[28].mean()),
+        designs=tuple(designs),
     )
 
 
@@ -434,8 +483,9 @@ def validation_frame(report: ValidationReport) -> pl.DataFrame:
     import polars as pl
 
     rows = []
-    for r in report.results:
+    for r in report.results + report.designs:
         c = r.comparator
+        design = c.role == "design"
         rows.append(
             {
                 "model": report.model,
@@ -447,14 +497,15 @@ def validation_frame(report: ValidationReport) -> pl.DataFrame:
                 "horizon_days": c.horizon_days,
                 "n_treatment": c.arm_sizes[0],
                 "n_control": c.arm_sizes[1],
-                "published": r.published[0],
-                "published_ci_low": r.published[1],
-                "published_ci_high": r.published[2],
+                "published": None if design else r.published[0],
+                "published_ci_low": None if design else r.published[1],
+                "published_ci_high": None if design else r.published[2],
                 "predicted": r.predicted,
                 "predicted_mc_se": r.monte_carlo_se,
                 "predicted_pi_low": r.interval[0],
                 "predicted_pi_high": r.interval[1],
-                "passed": r.passed,
+                "passed": None if design else r.passed,
+                "power": r.power() if design else None,
                 "note": r.note,
                 "variant_accepted": report.accepted,
             }
