@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import random
+import xml.etree.ElementTree as ET
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyreadstat
 import pytest
 from sqlalchemy import func, select
 
@@ -21,6 +23,7 @@ from immunostrat.trial import datamanagement, forms, ops, service
 from immunostrat.trial.audit import Actor, verify_chain
 from immunostrat.trial.db import get_engine, transaction
 from immunostrat.trial.export import build_export, write_export
+from immunostrat.trial.export_files import write_trial_export
 from immunostrat.trial.models import FormChange, FormRecord, Participant
 from immunostrat.trial.schemas import FormIn, QueryIn, RescreenIn, ScreeningIn, TrialSpec, UserIn
 
@@ -281,6 +284,7 @@ def test_trial_end_to_end(db_url: str, template: str, tmp_path: Path) -> None:
         tables = build_export(s, Actor("stat", "statistician"), trial_id, blinded=False)
         assert verify_chain(s).ok
     out = write_export(tables, tmp_path / "export")
+    _check_regulatory_exports(engine, trial_id, spec, tmp_path, n_screened=5, n_randomized=len(randomized))
     assert tables.participants.height == len(randomized)
     assert json.loads((out / "manifest.json").read_text())["trial_id"] == spec.code
     results = run_analysis(out, spec.analysis_plan)
@@ -292,6 +296,34 @@ def test_trial_end_to_end(db_url: str, template: str, tmp_path: Path) -> None:
     else:  # continuous: change from baseline
         analysed = sum(int(s["change"]["n"]) for s in result["summary"].values())
     assert analysed == len(randomized), result
+
+
+def _check_regulatory_exports(
+    engine: Any, trial_id: int, spec: TrialSpec, tmp_path: Path, n_screened: int, n_randomized: int
+) -> None:
+    """ODM 1.3.2, XPT, Stata and SPSS, each read back by an independent reader."""
+    stat = Actor("stat", "statistician")
+    with transaction(engine) as s:
+        odm_dir = write_trial_export(s, stat, trial_id, False, "odm", tmp_path / "odm")
+    root = ET.parse(odm_dir / f"{spec.code}.odm.xml").getroot()
+    ns = {"odm": "http://www.cdisc.org/ns/odm/v1.3"}
+    assert root.get("ODMVersion") == "1.3.2"
+    assert len(root.findall(".//odm:SubjectData", ns)) == n_screened
+    item_oids = {i.get("OID") for i in root.findall(".//odm:ItemDef", ns)}
+    derived = [name for f in spec.forms.values() for d in f.derived for _, name in d.columns()]
+    assert all(any(str(oid).endswith(f".{name}") for oid in item_oids) for name in derived)
+    assert root.findall(".//odm:AuditRecord", ns) and root.findall(".//odm:Signature", ns)
+    for fmt, reader in (
+        ("xpt", pyreadstat.read_xport),
+        ("dta", pyreadstat.read_dta),
+        ("sav", pyreadstat.read_sav),
+    ):
+        with transaction(engine) as s:
+            folder = write_trial_export(s, stat, trial_id, False, fmt, tmp_path / fmt)
+        frame, meta = reader(str(folder / f"participants.{fmt}"))
+        assert len(frame) == n_randomized and any(meta.column_labels)
+        dictionary = pl.read_csv(folder / "data_dictionary.csv")
+        assert {"participants", "daily_assessments", "outcomes"} <= set(dictionary["table"].to_list())
 
 
 def test_a_change_asks_a_reason_keeps_history_and_voids_the_signature(sqlite_url: str) -> None:

@@ -24,7 +24,7 @@ from immunostrat.api.app import unit_of_work
 from immunostrat.api.auth import ALL_ROLES, Principal, _unauthorized, confirm, issue_token, require
 from immunostrat.trial import service
 from immunostrat.trial.db import read_transaction
-from immunostrat.trial.export import build_export, write_export
+from immunostrat.trial.export_files import write_trial_export
 from immunostrat.trial.models import AuditRow, Trial, User
 from immunostrat.trial.passwords import hash_password
 from immunostrat.trial.schemas import (
@@ -368,10 +368,12 @@ def export(
     trial_id: TrialId,
     principal: Annotated[Principal, Depends(EXPORTERS)],
     blinded: bool = True,
-    format: Annotated[Literal["csv", "parquet"], Query()] = "csv",
+    format: Annotated[Literal["csv", "parquet", "odm", "xpt", "dta", "sav"], Query()] = "csv",
 ) -> Response:
-    """The analysis export (schema of ``immunostrat.analysis.schema``) as a zip of tables plus
-    ``manifest.json``. Unblinded: statistician only, after the database lock."""
+    """The export as a zip: the analysis tables (schema of ``immunostrat.analysis.schema``) as CSV
+    or Parquet, CDISC ODM 1.3.2 (``odm``, trials set up with forms), or SAS XPT, Stata or SPSS files
+    with labels; each with ``data_dictionary.csv`` and ``manifest.json``. Unblinded: statistician
+    only, after the database lock."""
     with unit_of_work(request, principal) as (session, actor):
         trial = service.trial_by_id(session, trial_id)
         if not blinded:
@@ -379,9 +381,8 @@ def export(
                 raise service.Forbidden("the unblinded export is for the statistician only", field="blinded")
             if trial.status != "locked":
                 raise service.Conflict("the unblinded export needs the database lock first", field="blinded")
-        tables = build_export(session, actor, trial.id, blinded)
         with tempfile.TemporaryDirectory() as tmp:
-            folder = write_export(tables, FilePath(tmp) / "export", format)
+            folder = write_trial_export(session, actor, trial.id, blinded, format, FilePath(tmp) / "export")
             buffer = io.BytesIO()
             with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
                 for f in sorted(folder.iterdir()):

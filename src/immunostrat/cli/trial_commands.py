@@ -129,16 +129,25 @@ def trial_export(
     trial: Annotated[str, typer.Option("--trial", help="Trial id or code.")],
     output: Annotated[Path, typer.Option("--output", help="Folder to write the export into.")],
     blinded: Annotated[bool, typer.Option("--blinded/--unblinded", help="Arms hidden or shown.")] = True,
-    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "csv",
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", help="csv | parquet | odm (CDISC ODM 1.3.2) | xpt (SAS) | dta (Stata) | sav (SPSS)"
+        ),
+    ] = "csv",
 ) -> None:
-    """Export a trial in the schema the analysis module reads (audited)."""
+    """Export a trial (audited): the analysis tables as CSV or Parquet, CDISC ODM 1.3.2, or SAS XPT,
+    Stata and SPSS files with labels; each with data_dictionary.csv."""
     from immunostrat.trial import TrialError, export_trial
+    from immunostrat.trial.export_files import EXPORT_FORMATS
 
     try:
-        if fmt not in ("csv", "parquet"):
-            raise InputError("unknown format", field="--format", value=fmt, expected="csv or parquet")
+        if fmt not in EXPORT_FORMATS:
+            raise InputError(
+                "unknown format", field="--format", value=fmt, expected=", ".join(EXPORT_FORMATS)
+            )
         trial_ref: int | str = int(trial) if trial.isdigit() else trial
-        path = export_trial(db, trial_ref, blinded, output, fmt=fmt)  # type: ignore[arg-type]
+        path = export_trial(db, trial_ref, blinded, output, fmt=fmt)
     except InputError as error:
         fail(error)
     except TrialError as error:

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from sqlalchemy import Engine, make_url, select
@@ -19,7 +19,7 @@ from immunostrat.errors import InputError
 from immunostrat.trial import service
 from immunostrat.trial.audit import Actor, AuditVerification
 from immunostrat.trial.db import get_engine, migrate, normalise_url, transaction
-from immunostrat.trial.export import build_export, write_export
+from immunostrat.trial.export_files import write_trial_export
 from immunostrat.trial.models import AuditRow
 from immunostrat.trial.schemas import TrialSpec, UserIn, parse
 
@@ -140,10 +140,12 @@ def export_trial(
     blinded: bool,
     output_dir: str | Path,
     *,
-    fmt: Literal["csv", "parquet"] = "csv",
+    fmt: str = "csv",
     actor: Actor | None = None,
 ) -> Path:
-    """Write the analysis export (schema of ``immunostrat.analysis.schema``) into ``output_dir``.
+    """Write the export into ``output_dir``: ``fmt`` csv or parquet (the analysis tables of
+    ``immunostrat.analysis.schema``), odm (CDISC ODM 1.3.2), xpt, dta or sav; each with its data
+    dictionary.
 
     ``trial_id`` is the numeric id or the trial code. The export is audited, naming the
     operating-system user. The unblinded export obeys the API's rule: only after the database lock."""
@@ -156,8 +158,7 @@ def export_trial(
                 f"trial {trial.code} is {trial.status}: the unblinded export needs the database lock first",
                 field="--unblinded",
             )
-        tables = build_export(session, actor, trial.id, blinded)
-        return write_export(tables, output_dir, fmt)
+        return write_trial_export(session, actor, trial.id, blinded, fmt, output_dir)
 
 
 def lock_trial(db_url: str, trial_id: int | str, *, actor: Actor | None = None) -> str:
