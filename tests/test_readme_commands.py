@@ -151,6 +151,9 @@ WALK: dict[str, list[Call]] = {
             env=PASSWORDS,
         )
     ],
+    "immunostrat trial report": [
+        Call("immunostrat trial report --db sqlite:///{tmp}/sle.db --trial sle-secretome", expect_text="visits done")
+    ],
     "immunostrat trial lock": [
         # the command line obeys the API's rule: no unblinded export before the lock
         Call(

@@ -18,7 +18,7 @@ from immunostrat.trial.audit import Actor, verify_chain
 from immunostrat.trial.db import get_engine, transaction
 from immunostrat.trial.export import build_export, write_export
 from immunostrat.trial.models import AuditRow, Kit, Stratum, UnblindingEvent
-from immunostrat.trial.ops import export_trial, init_trial
+from immunostrat.trial.ops import export_trial, init_trial, lock_trial
 from immunostrat.trial.randomization import commitment, permuted_block_list
 from immunostrat.trial.schemas import AssessmentIn, OutcomeIn, TrialSpec, parse
 
@@ -177,6 +177,10 @@ def test_export_passes_the_analysis_schema(db_url: str, tmp_path: Path) -> None:
             if i % 2:
                 service.record_outcome(s, INVESTIGATOR, setup.trial_id, pid, OutcomeIn(last_contact_day=28))
     blinded = Path(export_trial(db_url, "T1", True, tmp_path / "blinded"))
+    with pytest.raises(service.Conflict, match="lock"):  # the command line obeys the API's rule
+        export_trial(db_url, setup.trial_id, False, tmp_path / "early", fmt="parquet")
+    assert not (tmp_path / "early").exists()
+    lock_trial(db_url, "T1")
     unblinded = Path(export_trial(db_url, setup.trial_id, False, tmp_path / "unblinded", fmt="parquet"))
     b = validate_export(blinded)
     u = validate_export(unblinded)
@@ -188,7 +192,10 @@ def test_export_passes_the_analysis_schema(db_url: str, tmp_path: Path) -> None:
     assert u.screening is not None and u.screening["randomized"].all()
     with transaction(engine) as s:
         actions = [r.action for r in s.scalars(select(AuditRow).order_by(AuditRow.seq))]
-    assert actions[-2:] == ["export_blinded", "export_unblinded"]
+    assert actions[-3:] == ["export_blinded", "update", "export_unblinded"]
+    with transaction(engine) as s:
+        last = s.scalars(select(AuditRow).order_by(AuditRow.seq.desc())).first()
+        assert last is not None and last.actor.startswith("os:") and last.role == "cli"
 
 
 def test_export_leaves_nothing_behind_on_failure(sqlite_url: str, tmp_path: Path) -> None:
@@ -243,6 +250,7 @@ def test_withdrawal_with_data_removal_leaves_only_the_screening_row(sqlite_url: 
             service.randomize(s, INVESTIGATOR, setup.trial_id, pid)
         service.withdraw(s, INVESTIGATOR, setup.trial_id, ids[0], "consent withdrawn", True)
         service.withdraw(s, INVESTIGATOR, setup.trial_id, ids[1], "moved abroad", False)
+    lock_trial(sqlite_url, "T1")
     export = validate_export(export_trial(sqlite_url, "T1", False, tmp_path / "x"))
     assert export.participants.height == 2
     assert export.screening is not None

@@ -174,6 +174,53 @@ def trial_lock(
     out.print(f"trial {code} locked")
 
 
+@trial_app.command("report")
+def trial_report(
+    db: DbOpt,
+    trial: Annotated[str, typer.Option("--trial", help="Trial id or code.")],
+) -> None:
+    """The data manager's overview: overdue, due and partial visits, open queries, and serious
+    adverse events whose expedited report is due or overdue."""
+    from immunostrat.trial import TrialError
+    from immunostrat.trial.ops import data_management_report
+
+    try:
+        report = data_management_report(db, int(trial) if trial.isdigit() else trial)
+    except InputError as error:
+        fail(error)
+    except TrialError as error:
+        fail(error, code=1)
+    visits = report["visits"]
+    counts = ", ".join(f"{k} {v}" for k, v in visits["counts"].items())
+    out.print(f"trial {report['trial']} as of {visits['as_of']}: visits {counts}")
+    table = Table(title="visits needing attention")
+    for col in ("participant", "visit", "day", "window", "state", "missing forms"):
+        table.add_column(col)
+    for v in visits["visits"]:
+        if v["state"] in ("overdue", "partial", "due"):
+            window = f"{v['window_start']} to {v['window_end']}"
+            table.add_row(
+                v["pseudonym"], v["visit"], str(v["day"]), window, v["state"], ", ".join(v["missing_forms"])
+            )
+    out.print(table)
+    queries = Table(title=f"queries not closed: {len(report['queries'])}")
+    for col in ("id", "participant", "visit", "form", "field", "state", "text"):
+        queries.add_column(col)
+    for q in report["queries"]:
+        queries.add_row(
+            str(q["id"]), q["pseudonym"], q["visit"], q["form"], q["field"], q["state"], q["text"]
+        )
+    out.print(queries)
+    reports = Table(
+        title=f"serious adverse events awaiting their expedited report: {len(report['expedited_reports'])}"
+    )
+    for col in ("participant", "term", "due", "state"):
+        reports.add_column(col)
+    for ae in report["expedited_reports"]:
+        reports.add_row(ae.get("pseudonym", ""), ae["term"], str(ae["report_due_at"]), ae["report_state"])
+    out.print(reports)
+
+
 @trial_app.command("user")
 def trial_user(
     db: DbOpt,

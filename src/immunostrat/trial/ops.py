@@ -174,6 +174,26 @@ def lock_trial(db_url: str, trial_id: int | str, *, actor: Actor | None = None) 
         return str(trial.code)
 
 
+def data_management_report(db_url: str, trial_id: int | str, *, today: Any = None) -> dict[str, Any]:
+    """The data manager's overview of a trial set up with forms: visits from the schedule (done,
+    partial, due, overdue), open and answered queries, and serious adverse events whose expedited
+    report is due or overdue."""
+    from immunostrat.trial import datamanagement
+
+    actor = Actor("data-manager", "monitor")  # a read: nothing is written or audited
+    engine = existing_db(db_url)
+    with transaction(engine) as session:
+        trial = _trial(session, trial_id)
+        visits = datamanagement.visit_report(session, actor, trial.id, today)
+        queries = [q for q in datamanagement.list_queries(session, actor, trial.id) if q["state"] != "closed"]
+        reports = [
+            ae
+            for ae in service.list_adverse_events(session, actor, trial.id)
+            if ae.get("report_state") in ("due", "overdue")
+        ]
+        return {"trial": trial.code, "visits": visits, "queries": queries, "expedited_reports": reports}
+
+
 def existing_db(db_url: str) -> Engine:
     """Open a database that must already exist: a mistyped SQLite path is an error, never a new,
     empty database (which would verify as "intact: 0 rows")."""
