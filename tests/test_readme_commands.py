@@ -152,7 +152,10 @@ WALK: dict[str, list[Call]] = {
         )
     ],
     "immunostrat trial report": [
-        Call("immunostrat trial report --db sqlite:///{tmp}/sle.db --trial sle-secretome", expect_text="visits done")
+        Call(
+            "immunostrat trial report --db sqlite:///{tmp}/sle.db --trial sle-secretome",
+            expect_text="visits done",
+        )
     ],
     "immunostrat trial lock": [
         # the command line obeys the API's rule: no unblinded export before the lock
