@@ -97,7 +97,7 @@ def test_sle_plan(sle_export: TrialExport) -> None:
     ancova = prim["result"]["estimates"]["ancova"]
     # planted -3 points (synthetic_sle_trial): recovered within the CI
     assert ancova["ci_low"] <= -3.0 <= ancova["ci_high"]
-    assert prim["result"]["estimates"]["mmrm"]["measure"].startswith("mean difference at visit 43")
+    assert prim["result"]["estimates"]["mmrm"]["measure"].startswith("LS-mean difference at visit 43")
 
 
 def test_arms_must_match_plan(sle_export: TrialExport) -> None:

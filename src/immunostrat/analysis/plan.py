@@ -17,7 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from immunostrat.errors import InputError
 
 EndpointKind = Literal[
-    "sofa_response", "mortality", "survival", "infection_status", "immune_reversal", "repeated", "change"
+    "sofa_response",
+    "mortality",
+    "survival",
+    "infection_status",
+    "immune_reversal",
+    "repeated",
+    "change",
+    "win_ratio",
 ]
 TestName = Literal[
     "risk_difference",
@@ -33,6 +40,7 @@ TestName = Literal[
     "mann_whitney",
     "mmrm",
     "ancova",
+    "win_ratio",
 ]
 
 _ALLOWED_TESTS: dict[str, set[str]] = {
@@ -43,6 +51,7 @@ _ALLOWED_TESTS: dict[str, set[str]] = {
     "infection_status": {"ordinal", "mann_whitney"},
     "repeated": {"mmrm"},
     "change": {"ancova", "mann_whitney", "mmrm"},
+    "win_ratio": {"win_ratio"},
 }
 
 
@@ -64,6 +73,33 @@ class Population(_Strict):
     description: str = ""
 
 
+CovarianceName = Literal[
+    "unstructured", "toeplitz_heterogeneous", "toeplitz", "ar1_heterogeneous", "ar1", "cs_heterogeneous", "cs"
+]
+
+
+def _default_covariance() -> list[CovarianceName]:
+    return ["unstructured", "toeplitz_heterogeneous", "ar1_heterogeneous", "cs"]
+
+
+class MMRMSpec(_Strict):
+    """How an endpoint's mixed model for repeated measures is fitted (``analysis.mmrm``)."""
+
+    covariance: list[CovarianceName] = Field(default_factory=_default_covariance)
+    """Tried in order: the first that converges is used (a pre-specified fallback)."""
+    df: Literal["kenward-roger", "satterthwaite"] = "kenward-roger"
+    treatment_by_stratum: bool = False
+
+
+class Estimand(_Strict):
+    """ICH E9(R1) estimand attributes the plan states for an endpoint: the intercurrent event(s)
+    and the strategy for each (composite, while alive, hypothetical, treatment policy)."""
+
+    intercurrent_event: str
+    strategy: Literal["composite", "while_alive", "hypothetical", "treatment_policy", "principal_stratum"]
+    summary: str = ""
+
+
 class Endpoint(_Strict):
     id: str
     role: Literal["primary", "secondary", "exploratory", "safety"]
@@ -74,6 +110,10 @@ class Endpoint(_Strict):
     missing: str = ""
     tests: list[TestName]
     by_stratum: bool = False
+    mmrm: MMRMSpec = Field(default_factory=MMRMSpec)
+    estimand: Estimand | None = None
+    sensitivity_analyses: list[Literal["mi_mar", "tipping_point"]] = Field(default_factory=list)
+    """Missing-data sensitivity analyses (``analysis.sensitivity``) for change and repeated endpoints."""
     favourable: Literal["higher", "lower"] | None = None
     """Which direction of the headline effect favours the treated arm (labels forest plots)."""
 

@@ -217,11 +217,22 @@ def endpoint_html(e: dict[str, Any], arms: list[str]) -> str:
             )
         if "logrank" in est:
             out.append(f"<p>Log-rank {p_text(est['logrank'].get('p_value'))}.</p>")
+    elif t == "win_ratio":
+        est = res["estimates"].get("win_ratio", {})
+        d = est.get("details") or {}
+        levels = "; ".join(
+            f"{html.escape(x['outcome'])}: {x['treated_wins']} vs {x['control_wins']}"
+            for x in d.get("by_level", [])
+        )
+        out.append(
+            f"<p>Win ratio {_ci(est)}; {p_text(est.get('p_value'))}. Wins by level (treated vs control): "
+            f"{levels}; ties {d.get('ties', '—')} of {d.get('pairs', '—')} pairs.</p>"
+        )
     elif t == "repeated":
         est = res["estimates"].get("mmrm", {})
         out.append(
             f"<p>Mixed model: {html.escape(est.get('measure', ''))} {_ci(est)}; "
-            f"{p_text(est.get('p_value'))}.</p>"
+            f"{p_text(est.get('p_value'))} ({html.escape(str(est.get('method', '')))}).</p>"
         )
     elif t == "continuous":
         out.append(
@@ -252,6 +263,36 @@ def endpoint_html(e: dict[str, Any], arms: list[str]) -> str:
             if key in est:
                 ci = "" if key == "mann_whitney" else f"{_ci(est[key])}; "
                 out.append(f"<p>{name}: {ci}{p_text(est[key].get('p_value'))}.</p>")
+    sens = res.get("missing_data_sensitivity") or {}
+    if sens.get("mar"):
+        mar = sens["mar"]
+        tip = (sens.get("tipping_point") or {}).get("delta_at_which_p_reaches_alpha")
+        tip_text = (
+            (
+                f"; tipping point: the result loses significance when the treated arm's imputed values are "
+                f"{tip:g} points worse"
+                if tip is not None
+                else "; no tipping point on the grid searched"
+            )
+            if "tipping_point" in sens
+            else ""
+        )
+        out.append(
+            "<p class='note'>Sensitivity, multiple imputation under MAR at visit "
+            f"{html.escape(str(sens.get('visit')))} "
+            f"({sens.get('n_imputed', 0)} values imputed): difference {mar['estimate']:.2f} "
+            f"(SE {mar['se']:.2f}), {p_text(mar.get('p_value'))}{html.escape(tip_text)}.</p>"
+        )
+    elif sens.get("note"):
+        out.append(f"<p class='note'>Sensitivity analyses: {html.escape(sens['note'])}.</p>")
+    estimand = e.get("estimand") or {}
+    if estimand:
+        out.append(
+            f"<p class='note'>Estimand: intercurrent event {html.escape(estimand['intercurrent_event'])}, "
+            f"{html.escape(estimand['strategy'].replace('_', ' '))} strategy"
+            + (f" ({html.escape(estimand['summary'])})" if estimand.get("summary") else "")
+            + ".</p>"
+        )
     md = {k: v for k, v in e.get("missing_data", {}).items() if k != "rule"}
     if md:
         items = "; ".join(

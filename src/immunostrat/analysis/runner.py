@@ -21,7 +21,10 @@ import pandas as pd
 import polars as pl
 
 from immunostrat.analysis import endpoints as ep
+from immunostrat.analysis import mmrm as mmrm_mod
+from immunostrat.analysis import sensitivity as sensitivity_mod
 from immunostrat.analysis import stats
+from immunostrat.analysis import win_ratio as win_ratio_mod
 from immunostrat.analysis.plan import AnalysisPlan, Endpoint, load_plan
 from immunostrat.analysis.schema import TrialExport, validate_export
 from immunostrat.errors import InputError
@@ -81,9 +84,16 @@ def _check_arms(export: TrialExport, plan: AnalysisPlan) -> None:
 # endpoint frames
 
 
-def endpoint_frame(export: TrialExport, endpoint: Endpoint, population: str | None) -> pl.DataFrame:
-    """The per-participant (or long, for repeated/change) frame of one endpoint."""
+def endpoint_frame(
+    export: TrialExport, endpoint: Endpoint, population: str | None, plan: AnalysisPlan | None = None
+) -> pl.DataFrame:
+    """The per-participant (or long, for repeated/change) frame of one endpoint (a win-ratio
+    endpoint refers to other endpoints of its ``plan``)."""
     p = endpoint.params
+    if endpoint.kind == "win_ratio":
+        if plan is None:
+            raise ValueError("a win-ratio endpoint needs its plan")
+        return _win_ratio_pl(export, plan, population, **p)
     if endpoint.kind == "sofa_response":
         return ep.sofa_response(export, population=population, **p).rename({"responder": "outcome"})
     if endpoint.kind == "mortality":
@@ -335,25 +345,45 @@ def _summ(values: pd.Series) -> dict[str, Any]:
     }
 
 
-def _repeated_tests(df: pd.DataFrame, endpoint: Endpoint, plan: AnalysisPlan) -> dict[str, Any]:
+def _repeated_tests(
+    export: TrialExport, df: pd.DataFrame, endpoint: Endpoint, plan: AnalysisPlan
+) -> dict[str, Any]:
     res: dict[str, Any] = {"type": "repeated", "summary": {}, "estimates": {}}
     for arm in (plan.design.treated_arm, plan.design.control_arm):
         sub = df[df["arm"] == arm]
         res["summary"][arm] = {str(day): _summ(g["value"]) for day, g in sub.groupby("day")}
     if "mmrm" in endpoint.tests:
-        baseline = "baseline" if "baseline" in df.columns else None
-        res["estimates"]["mmrm"] = _safe(
-            "mixed_model_repeated",
-            stats.mixed_model_repeated,
-            df,
-            "value",
-            "day",
-            "participant_id",
-            "treated",
-            baseline=baseline,
-            conf=plan.conf_level,
+        res["estimates"]["mmrm"] = _mmrm(df, "value", endpoint, plan)
+    if endpoint.sensitivity_analyses and "baseline" in df.columns:
+        res["missing_data_sensitivity"] = _sensitivity(
+            export, df.dropna(subset=["baseline"]), endpoint, plan, "value"
         )
     return res
+
+
+def _mmrm(
+    long: pd.DataFrame, outcome: str, endpoint: Endpoint, plan: AnalysisPlan, at_visit: Any = None
+) -> dict[str, Any]:
+    """The endpoint's MMRM (``analysis.mmrm``): visit x treatment + baseline, the plan's covariance
+    structures in order and its df method; treatment-by-stratum interaction when the plan asks."""
+    spec = endpoint.mmrm
+    col = plan.design.strata_column
+    stratum = col if spec.treatment_by_stratum and col and col in long.columns else None
+    return _safe(
+        "mmrm",
+        mmrm_mod.mmrm,
+        long,
+        outcome,
+        "day",
+        "participant_id",
+        "treated",
+        covariates=["baseline"] if "baseline" in long.columns else [],
+        structures=spec.covariance,
+        df_method=spec.df,
+        at_visit=at_visit,
+        conf=plan.conf_level,
+        stratum=stratum,
+    )
 
 
 def _change_tests(
@@ -388,18 +418,42 @@ def _change_tests(
                 complete.loc[complete["treated"] == 0, "change"],
             )
         elif test == "mmrm" and long is not None:
-            res["estimates"][test] = _safe(
-                "mixed_model_repeated",
-                stats.mixed_model_repeated,
-                long.dropna(subset=["baseline"]),
-                "change",
-                "day",
-                "participant_id",
-                "treated",
-                baseline="baseline",
-                at_visit=endpoint.params.get("day"),
-                conf=plan.conf_level,
+            res["estimates"][test] = _mmrm(
+                long, "change", endpoint, plan, at_visit=endpoint.params.get("day")
             )
+    return res
+
+
+def _sensitivity(
+    export: TrialExport, long: pd.DataFrame, endpoint: Endpoint, plan: AnalysisPlan, outcome: str
+) -> dict[str, Any]:
+    """The endpoint's missing-data sensitivity analyses: MI under MAR and the tipping point, on the
+    last visit (one row per participant with a baseline; the previous visit's value as a predictor).
+    Repeated endpoints follow the while-alive strategy: participants dead by the last visit are not
+    imputed."""
+    visits = sorted(long["day"].unique().tolist())
+    last = visits[-1]
+    wide = long.pivot_table(index="participant_id", columns="day", values=outcome, aggfunc="first")
+    per = long.drop_duplicates("participant_id").set_index("participant_id")[["treated", "baseline"]]
+    frame = per.join(wide.reindex(columns=visits)).reset_index()
+    frame.columns = [str(c) for c in frame.columns]
+    predictors = [str(visits[-2])] if len(visits) > 1 else []
+    if endpoint.kind == "repeated":
+        dead = export.outcomes.filter(pl.col("death_day").is_not_null() & (pl.col("death_day") <= last))
+        frame = frame[~frame["participant_id"].isin(dead["participant_id"].to_list())]
+    deltas: list[float] = []
+    if "tipping_point" in endpoint.sensitivity_analyses:
+        sd = float(np.nanstd(frame[str(last)].to_numpy(float)))
+        step = float(np.round(sd / 4, 2)) or 0.25
+        deltas = [step * i for i in range(0, 21)]
+    try:
+        res = sensitivity_mod.multiple_imputation(
+            frame, str(last), "baseline", predictors, deltas=deltas,
+            lower_is_better=endpoint.favourable != "higher", alpha=plan.alpha,
+        )  # fmt: skip
+    except stats.NotEstimable as exc:
+        return {"note": f"not estimable: {exc}"}
+    res["visit"] = last
     return res
 
 
@@ -442,6 +496,16 @@ def _missing_report(frame: pl.DataFrame, endpoint: Endpoint, plan: AnalysisPlan)
         for arm in arms:
             sub = frame.filter(pl.col("arm") == arm)
             rep[arm] = {"change missing (excluded from ANCOVA)": int(sub["change"].is_null().sum())}
+    elif endpoint.kind == "win_ratio":
+        for arm in arms:
+            sub = frame.filter(pl.col("arm") == arm)
+            rep[arm] = {
+                "censored before the horizon": int(
+                    ((sub["event"] == 0) & (sub["time"] < endpoint.params.get("horizon", 28))).sum()
+                ),
+                "SOFA response missing (ties on it)": int(sub["responder"].is_null().sum()),
+                "infection status missing (ties on it)": int(sub["infection_rank"].is_null().sum()),
+            }
     elif endpoint.kind == "repeated":
         for arm in arms:
             sub = frame.filter(pl.col("arm") == arm)
@@ -468,27 +532,104 @@ def _analyze_frame(
     if endpoint.kind == "infection_status":
         return _ordinal_tests(df, endpoint, plan)
     if endpoint.kind == "repeated":
-        return _repeated_tests(df, endpoint, plan)
+        return _repeated_tests(export, df, endpoint, plan)
+    if endpoint.kind == "win_ratio":
+        return _win_ratio_tests(df, endpoint, plan)
     # change: also the long frame over visits for the mixed model
     long = None
     if "mmrm" in endpoint.tests:
-        p = endpoint.params
-        long_pl = ep.repeated_measure(
-            export,
-            p["variable"],
-            days=p.get("visits", [p["day"]]),
-            baseline_day=p["baseline_day"],
-            population=population,
-        )
-        ids = frame["participant_id"].implode()
-        long = _covariate_frame(export, plan, long_pl.filter(pl.col("participant_id").is_in(ids)))
-    return _change_tests(df, long, endpoint, plan)
+        long = mmrm_frame(export, plan, endpoint, population=None, flag=population)
+        long = long[long["participant_id"].isin(frame["participant_id"].to_list())]
+    res = _change_tests(df, long, endpoint, plan)
+    if endpoint.sensitivity_analyses:
+        if long is None:
+            long = mmrm_frame(export, plan, endpoint, flag=population)
+            long = long[long["participant_id"].isin(frame["participant_id"].to_list())]
+        res["missing_data_sensitivity"] = _sensitivity(export, long, endpoint, plan, "change")
+    return res
+
+
+def mmrm_frame(
+    export: TrialExport,
+    plan: AnalysisPlan,
+    endpoint: Endpoint,
+    population: str | None = None,
+    flag: str | None = None,
+) -> pd.DataFrame:
+    """The long frame (one row per participant and visit) the mixed model of ``endpoint`` fits:
+    ``repeated`` endpoints: value over ``days`` with ``baseline``; ``change`` endpoints: change from
+    baseline over ``visits`` for participants with a baseline value. Columns include participant_id,
+    arm, stratum, day, value, baseline, change (change endpoints) and treated (0/1)."""
+    flag = flag or plan.populations[population or plan.primary_population].flag
+    p = endpoint.params
+    if endpoint.kind == "repeated":
+        return _covariate_frame(export, plan, ep.repeated_measure(export, population=flag, **p))
+    if endpoint.kind != "change":
+        raise ValueError(f"endpoint {endpoint.id} is not a repeated or change endpoint")
+    long_pl = ep.repeated_measure(
+        export,
+        p["variable"],
+        days=p.get("visits", [p["day"]]),
+        baseline_day=p["baseline_day"],
+        population=flag,
+    )
+    return _covariate_frame(export, plan, long_pl).dropna(subset=["baseline"]).reset_index(drop=True)
+
+
+def _win_ratio_pl(
+    export: TrialExport,
+    plan: AnalysisPlan,
+    flag: str | None,
+    horizon: int = 28,
+    sofa_endpoint: str = "sofa_response_day9",
+    infection_endpoint: str = "infection_status_day15",
+) -> pl.DataFrame:
+    by_id = {e.id: e for e in plan.endpoints}
+    surv = ep.survival(export, horizon=horizon, population=flag)
+    sofa = endpoint_frame(export, by_id[sofa_endpoint], flag).select(
+        "participant_id", pl.col("outcome").cast(pl.Float64).alias("responder")
+    )
+    inf = endpoint_frame(export, by_id[infection_endpoint], flag).select(
+        "participant_id", pl.col("score").cast(pl.Float64).alias("infection_rank")
+    )
+    frame = surv.join(sofa, on="participant_id", how="left").join(inf, on="participant_id", how="left")
+    return frame.with_columns(pl.col("event").cast(pl.Int64))
+
+
+def win_ratio_frame(
+    export: TrialExport,
+    plan: AnalysisPlan,
+    horizon: int = 28,
+    sofa_endpoint: str = "sofa_response_day9",
+    infection_endpoint: str = "infection_status_day15",
+    population: str | None = None,
+) -> pd.DataFrame:
+    """One row per participant for the win-ratio hierarchy death -> SOFA response -> infection
+    status: ``time``/``event`` (death by ``horizon`` days, censored at last contact), ``responder``
+    (the plan's SOFA-response endpoint, 1/0/missing), ``infection_rank`` (0 = best) and ``treated``."""
+    flag = plan.populations[population or plan.primary_population].flag
+    frame = _win_ratio_pl(export, plan, flag, horizon, sofa_endpoint, infection_endpoint)
+    return _covariate_frame(export, plan, frame)
+
+
+def _win_ratio_tests(df: pd.DataFrame, endpoint: Endpoint, plan: AnalysisPlan) -> dict[str, Any]:
+    p = endpoint.params
+    hierarchy = [
+        win_ratio_mod.Outcome(f"death by day {p.get('horizon', 28)}", "time", "time", "event"),
+        win_ratio_mod.Outcome("SOFA response", "binary", "responder"),
+        win_ratio_mod.Outcome("infection status", "ordinal", "infection_rank"),
+    ]
+    res: dict[str, Any] = {"type": "win_ratio", "estimates": {}}
+    res["estimates"]["win_ratio"] = _safe(
+        "win_ratio", win_ratio_mod.win_ratio, df, hierarchy, "treated", conf=plan.conf_level
+    )
+    return res
 
 
 def headline(result: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """The endpoint's main effect estimate (name, estimate dict) for forest plots and multiplicity."""
     est = result.get("estimates", {})
-    for key in ("odds_ratio", "ordinal", "cox", "ancova", "mmrm", "risk_difference"):
+    for key in ("odds_ratio", "ordinal", "cox", "ancova", "mmrm", "risk_difference", "win_ratio"):
         if key in est and est[key].get("estimate") is not None:
             return key, est[key]
     return None
@@ -496,7 +637,7 @@ def headline(result: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
 
 def headline_p(result: dict[str, Any]) -> float | None:
     est = result.get("estimates", {})
-    for key in ("fisher", "ordinal", "logrank", "cox", "ancova", "mmrm", "risk_difference"):
+    for key in ("fisher", "ordinal", "logrank", "cox", "ancova", "mmrm", "risk_difference", "win_ratio"):
         p = est.get(key, {}).get("p_value")
         if p is not None:
             return float(p)
@@ -513,7 +654,7 @@ def analyze_endpoint(
     """One endpoint in one population (default: the plan's primary), pooled and per stratum."""
     pop_name = population or plan.primary_population
     flag = plan.populations[pop_name].flag
-    frame = endpoint_frame(export, endpoint, flag)
+    frame = endpoint_frame(export, endpoint, flag, plan)
     out: dict[str, Any] = {
         "id": endpoint.id,
         "role": endpoint.role,
@@ -523,6 +664,7 @@ def analyze_endpoint(
         "params": endpoint.params,
         "favourable": endpoint.favourable,
         "tests": list(endpoint.tests),
+        "estimand": endpoint.estimand.model_dump() if endpoint.estimand else None,
         "population": pop_name,
         "result": _analyze_frame(export, frame, endpoint, plan, adjust=True, population=flag),
         "missing_data": _missing_report(frame, endpoint, plan),

@@ -623,7 +623,8 @@ def mixed_model_repeated(
     (+ baseline)`` with a random intercept per subject; all available post-baseline visits are used
     (missing at random). The estimate is the treated - control difference at ``at_visit`` (default:
     the last visit); the other visits are in ``details``. statsmodels has no unstructured residual
-    covariance, so this is the random-intercept (compound symmetry) form of an MMRM."""
+    covariance, so this is the random-intercept (compound symmetry) form of an MMRM. Plans use
+    :mod:`immunostrat.analysis.mmrm` (unstructured covariance, Kenward-Roger/Satterthwaite df)."""
     import statsmodels.formula.api as smf
 
     cols = [value, visit, subject, treatment] + ([baseline] if baseline else [])
