@@ -231,7 +231,7 @@ def test_example_spec_file_sets_up_a_trial(sqlite_url: str, tmp_path: Path) -> N
     from immunostrat.trial.ops import EXAMPLE_SPEC
 
     setup = init_trial(sqlite_url, EXAMPLE_SPEC)
-    assert setup.code == "immunosep-example" and setup.n_kits >= 3 * 2 * 120
+    assert setup.code == "immunosep" and setup.n_kits >= 3 * 2 * 120
     bad = tmp_path / "bad.yaml"
     bad.write_text("code: x\ntitle: t\nmethod: coin\n")
     with pytest.raises(InputError) as err:

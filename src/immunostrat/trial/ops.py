@@ -41,8 +41,9 @@ def open_db(db_url: str) -> Engine:
     return engine
 
 
-EXAMPLE_SPEC = Path(__file__).resolve().parent / "specs" / "immunosep-example.yaml"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+EXAMPLE_SPEC = TEMPLATES / "immunosep.yaml"
+"""What ``trial init`` sets up when given no trial file: the ImmunoSep template."""
 
 
 def template_names() -> list[str]:
@@ -60,7 +61,7 @@ def template_path(name: str) -> Path:
 
 
 def load_trial_spec(path: str | Path) -> TrialSpec:
-    """A trial set-up from a YAML or JSON file (see ``specs/immunosep-example.yaml``)."""
+    """A trial set-up from a YAML or JSON file (see ``templates/``)."""
     p = Path(path)
     if not p.exists():
         raise InputError("file not found", file=str(p), field="spec")

@@ -1,1 +1,0 @@
-"""Example trial set-ups (YAML data)."""
