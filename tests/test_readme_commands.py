@@ -194,6 +194,15 @@ WALK: dict[str, list[Call]] = {
     "immunostrat design samplesize repeated": [
         Call("immunostrat design samplesize repeated --difference 2 --sd 4 --visits 3")
     ],
+    "immunostrat design samplesize survival-accrual": [
+        Call(
+            "immunostrat design samplesize survival-accrual --hazard-ratio 0.7 --median-control 10 "
+            "--accrual 24 --followup 12 --dropout-rate 0.1 --looks 0.5,1"
+        )
+    ],
+    "immunostrat design group-sequential": [
+        Call("immunostrat design group-sequential --looks 0.5,1 --futility bsOF")
+    ],
     "immunostrat simulate population": [
         Call(
             "immunostrat simulate population --size 200 --seed 1 --output {tmp}/vpop.parquet "
