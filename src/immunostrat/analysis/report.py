@@ -267,16 +267,17 @@ def endpoint_html(e: dict[str, Any], arms: list[str]) -> str:
     if sens.get("mar"):
         mar = sens["mar"]
         tip = (sens.get("tipping_point") or {}).get("delta_at_which_p_reaches_alpha")
-        tip_text = (
-            (
-                f"; tipping point: the result loses significance when the treated arm's imputed values are "
-                f"{tip:g} points worse"
-                if tip is not None
-                else "; no tipping point on the grid searched"
+        if not sens.get("n_imputed"):
+            tip_text = "; no missing values, so no tipping point"
+        elif "tipping_point" not in sens:
+            tip_text = ""
+        elif tip is None:
+            tip_text = "; no tipping point on the grid searched"
+        else:
+            tip_text = (
+                "; tipping point: the result loses significance when the treated arm's imputed values "
+                f"are {tip:g} points worse"
             )
-            if "tipping_point" in sens
-            else ""
-        )
         out.append(
             "<p class='note'>Sensitivity, multiple imputation under MAR at visit "
             f"{html.escape(str(sens.get('visit')))} "
