@@ -26,6 +26,7 @@ import time
 import venv
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -181,18 +182,11 @@ def clif_tables(stays: pl.DataFrame, obs: pl.DataFrame, work: Path) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--stays", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--env", type=Path, default=Path("out") / "clifpy-env", help="clifpy's own venv")
-    parser.add_argument("--python", type=Path, default=None, help="an interpreter that has clifpy already")
-    parser.add_argument("--save", type=Path, default=None, help="folder for both sides' windows (Parquet)")
-    args = parser.parse_args(argv)
-    python = clifpy_python(args.env, args.python)
+def compare(n_stays: int, seed: int, python: Path, save: Path | None = None) -> dict[str, Any]:
+    """Score ``n_stays`` synthetic stays with both and return the agreement and times (see module doc)."""
     with tempfile.TemporaryDirectory(prefix="immunostrat-clifpy-") as tmp:
         work = Path(tmp)
-        write_synthetic(work / "synthetic", args.stays, seed=args.seed)
+        write_synthetic(work / "synthetic", n_stays, seed=seed)
         source = synthetic_input(work / "synthetic")
         stays = pl.read_parquet(source.stays).with_columns(pl.col("weight_kg").fill_null(DEFAULT_WEIGHT_KG))
         stays.write_parquet(work / "stays.parquet")
@@ -218,37 +212,60 @@ def main(argv: list[str] | None = None) -> int:
         theirs = pl.read_parquet(work / "clifpy_out.parquet").with_columns(
             pl.col("end_dttm").cast(pl.Datetime("us", "UTC"))
         )
-
-    if args.save is not None:
-        args.save.mkdir(parents=True, exist_ok=True)
-        theirs.write_parquet(args.save / "clifpy_sofa2_windows.parquet")
-        ours.write_parquet(args.save / "ours_hourly_sofa2.parquet")
+    if save is not None:
+        save.mkdir(parents=True, exist_ok=True)
+        theirs.write_parquet(save / "clifpy_sofa2_windows.parquet")
+        ours.write_parquet(save / "ours_hourly_sofa2.parquet")
     joined = ours.join(
         theirs.rename({"hospitalization_id": "stay_id", "end_dttm": "time"}),
         on=["stay_id", "time"],
         how="inner",
     )
-    n = joined.height
+    same: dict[str, int] = {}
+    spread: dict[str, str] = {}
+    for ours_name, theirs_name in [*COMPONENTS.items(), ("total", "total")]:
+        diff = joined.select(
+            (pl.col(f"sofa_{ours_name}") - pl.col(f"sofa2_{theirs_name}").fill_null(0).cast(pl.Int64)).alias(
+                "d"
+            )
+        )["d"]
+        same[ours_name] = int((diff == 0).sum())
+        counts = diff.filter(diff != 0).value_counts().sort("d")
+        spread[ours_name] = ", ".join(f"{d:+d}: {c}" for d, c in counts.iter_rows())
+    return {
+        "stays": n_stays,
+        "windows": joined.height,
+        "our_hours": ours.height,
+        "same": same,
+        "spread": spread,
+        "our_seconds": our_seconds,
+        "clifpy_seconds": clif_seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--stays", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--env", type=Path, default=Path("out") / "clifpy-env", help="clifpy's own venv")
+    parser.add_argument("--python", type=Path, default=None, help="an interpreter that has clifpy already")
+    parser.add_argument("--save", type=Path, default=None, help="folder for both sides' windows (Parquet)")
+    args = parser.parse_args(argv)
+    r = compare(args.stays, args.seed, clifpy_python(args.env, args.python), args.save)
+    n = r["windows"]
     print(f"{n} windows of 24 h in {args.stays} synthetic stays (seed {args.seed})")
     print(f"{'organ system':<16} {'same points':>12}  differences (ours - clifpy: windows)")
-    lines = {}
-    for ours_name, theirs_name in [*COMPONENTS.items(), ("total", "total")]:
-        a = pl.col(f"sofa_{ours_name}")
-        b = pl.col(f"sofa2_{theirs_name}").fill_null(0).cast(pl.Int64)
-        diff = joined.select((a - b).alias("d"))["d"]
-        same = int((diff == 0).sum())
-        spread = diff.filter(diff != 0).value_counts().sort("d")
-        detail = ", ".join(f"{d:+d}: {c}" for d, c in spread.iter_rows())
-        lines[ours_name] = same
-        print(f"{ours_name:<16} {same:>6} of {n:<5}  {detail}")
+    for name, same in r["same"].items():
+        print(f"{name:<16} {same:>6} of {n:<5}  {r['spread'][name]}")
     print(
-        f"time: ours (whole build, DuckDB) {our_seconds:.2f} s; clifpy calculate_sofa2 {clif_seconds:.2f} s"
+        f"time: ours (whole build, DuckDB, {r['our_hours']:,} hourly rows) {r['our_seconds']:.2f} s; "
+        f"clifpy calculate_sofa2 ({n} daily windows) {r['clifpy_seconds']:.2f} s"
     )
     print(
-        f"benchmark clifpy-sofa2: same SOFA-2 total in {lines['total']}/{n} windows "
-        f"({100 * lines['total'] / max(n, 1):.1f}%); components "
-        + ", ".join(f"{k} {100 * v / max(n, 1):.0f}%" for k, v in lines.items() if k != "total")
-        + f"; time ratio clifpy/ours x{clif_seconds / our_seconds:.2f} (above 1: ours faster)"
+        f"benchmark clifpy-sofa2: same SOFA-2 total in {r['same']['total']}/{n} windows "
+        f"({100 * r['same']['total'] / max(n, 1):.1f}%); components "
+        + ", ".join(f"{k} {100 * v / max(n, 1):.0f}%" for k, v in r["same"].items() if k != "total")
+        + f"; time ratio clifpy/ours x{r['clifpy_seconds'] / r['our_seconds']:.2f} (above 1: ours faster)"
     )
     return 0
 

@@ -17,13 +17,17 @@ through:
   no 1-hour vasopressor rule, 24-h urine rescaled when 22-30 h observed, missing -> 0). It is a
   re-implementation in that style written here, NOT mimic-code itself (which could not be fetched), run
   on DuckDB on the same data.
+- (c) with ``--clifpy-stays N``: clifpy's SOFA-2 (``benchmarks/clifpy_sofa2.py``, its own environment)
+  on N synthetic stays, against our SOFA-2 build on the same stays.
 
 Checks (on every size run): DuckDB and Spark tables identical; the pandas baseline equals the engine
 (SOFA total, every component and the endotype, every stay-hour of the sample); the mimic-style score is
 compared (share of stay-hours with the same total) but not asserted, because its rules differ.
 Peak memory: the largest resident set (this process plus its children, e.g. Spark's JVM) sampled
-during each run. The last line is ``benchmark cohort: RATIOx pandas-per-stay (details)`` with the
-ratio of DuckDB's to pandas' patient-hours per second at the largest size run.
+during each run. The last line is ``benchmark cohort: ...`` with the ratio of the mimic-code-style
+SQL's time to our whole build's at 10^6 rows (above 1: ours faster) and the share of stay-hours where
+the two give the same total, the ratio of DuckDB's to pandas' patient-hours per second at the largest
+size run, and with ``--clifpy-stays`` how much slower clifpy is on its sample.
 """
 
 from __future__ import annotations
@@ -448,6 +452,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mimic-style", action="store_true")
     parser.add_argument("--workdir", type=Path, default=None, help="where synthetic data is written")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--clifpy-stays",
+        type=int,
+        default=0,
+        help="also run clifpy's SOFA-2 (its own environment, benchmarks/clifpy_sofa2.py) on this many stays",
+    )
+    parser.add_argument("--clifpy-env", type=Path, default=Path("out") / "clifpy-env")
+    parser.add_argument("--clifpy-python", type=Path, default=None, help="an interpreter that has clifpy")
     args = parser.parse_args(argv)
     sizes = [1e5, 1e6] if args.quick else (args.sizes or [1e5, 1e6, 1e7, 1e8])
     engines_named = args.engines is not None
@@ -584,6 +596,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r.size}: {r.method} ({r.note}) vs mimic-code-style SQL: "
                 f"x{mimic_rows[r.size].seconds / r.seconds:.2f} (above 1: ours faster)"
             )
+    clif = None
+    if args.clifpy_stays:
+        from clifpy_sofa2 import clifpy_python, compare
+
+        clif = compare(args.clifpy_stays, args.seed, clifpy_python(args.clifpy_env, args.clifpy_python))
+        print(
+            f"clifpy SOFA-2 (c) on {clif['stays']} stays: {clif['clifpy_seconds']:.2f} s for "
+            f"{clif['windows']} daily windows; ours (SOFA-2, whole build) {clif['our_seconds']:.2f} s for "
+            f"{clif['our_hours']:,} hourly rows; same SOFA-2 total in {clif['same']['total']}/"
+            f"{clif['windows']} windows (benchmarks/clifpy_sofa2.py explains the differences)"
+        )
     print("checks: " + ("; ".join(problems) if problems else "all agree: " + "; ".join(sorted(checked))))
     if not duck_rows:
         print("benchmark cohort: n/a (DuckDB not run)")
@@ -596,10 +619,26 @@ def main(argv: list[str] | None = None) -> int:
         if spark_last
         else ""
     )
+    # against the mimic-code-style SQL at 1e6 rows (else the smallest size run), the whole build
+    mimic_note = ""
+    ref = next((r for r in duck_rows if r.size == "1e+06"), duck_rows[0])
+    if ref.size in mimic_rows:
+        m = mimic_rows[ref.size]
+        mimic_note = (
+            f"x{m.seconds / ref.seconds:.2f} vs mimic-code-style SQL at {ref.size} rows "
+            f"(whole build {ref.seconds:.1f} s vs {m.seconds:.1f} s; {m.note}); "
+        )
+    clif_note = (
+        f"; clifpy SOFA-2 x{clif['clifpy_seconds'] / clif['our_seconds']:.1f} slower "
+        f"on {clif['stays']} stays "
+        f"(daily windows; same total in {100 * clif['same']['total'] / max(clif['windows'], 1):.0f}%)"
+        if clif
+        else ""
+    )
     print(
-        f"benchmark cohort: {ratio:.1f}x pandas-per-stay (DuckDB {last.rate:,.0f} vs pandas "
-        f"{pandas_rate[last.size]:,.0f} patient-hours/s at {last.size} observation rows{spark_note}; "
-        f"checks {'ok' if not problems else 'FAILED'})"
+        f"benchmark cohort: {mimic_note}{ratio:.1f}x pandas-per-stay (DuckDB {last.rate:,.0f} vs pandas "
+        f"{pandas_rate[last.size]:,.0f} patient-hours/s at {last.size} observation rows{spark_note}"
+        f"{clif_note}; checks {'ok' if not problems else 'FAILED'})"
     )
     return 0 if not problems else 1
 
