@@ -75,6 +75,16 @@ out$survival_group_sequential <- list(
   max_events = d$maxNumberOfEvents, max_participants = d$maxNumberOfSubjects
 )
 
+# repeated confidence intervals for a difference of means from stage-wise summaries (normal
+# approximation, equal variances): rpact inverts the group-sequential test at each stage
+rci_design <- getDesignGroupSequential(kMax = 3, alpha = 0.025, sided = 1, typeOfDesign = "asOF",
+                                       informationRates = c(1 / 3, 2 / 3, 1))
+rci_data <- list(n1 = c(20, 20, 20), n2 = c(20, 20, 20), means1 = c(1.2, 1.0, 1.1), means2 = c(0.4, 0.5, 0.3),
+                 stDevs1 = c(1.5, 1.4, 1.6), stDevs2 = c(1.3, 1.5, 1.4))
+rci <- getRepeatedConfidenceIntervals(rci_design, dataInput = do.call(getDataset, rci_data),
+                                      normalApproximation = TRUE, equalVariances = TRUE, stage = 3)
+out$repeated_ci <- c(rci_data, list(information_rates = c(1 / 3, 2 / 3, 1), lower = rci[1, ], upper = rci[2, ]))
+
 writeLines(toJSON(out, auto_unbox = TRUE, digits = NA, pretty = TRUE, null = "null"),
            "tests/analysis/fixtures/r_group_sequential.json")
 cat("wrote tests/analysis/fixtures/r_group_sequential.json\n")

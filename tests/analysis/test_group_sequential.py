@@ -87,3 +87,13 @@ def test_group_sequential_survival_sizing_matches_rpact() -> None:
     )  # fmt: skip
     assert close(s.alternatives["events_exact"], a["max_events"])
     assert close(s.alternatives["participants_exact"], a["max_participants"])
+
+
+def test_repeated_confidence_intervals_match_rpact() -> None:
+    r = REF["repeated_ci"]
+    d = gs.design(r["information_rates"])
+    est, ses = gs.cumulative_mean_difference(
+        r["n1"], r["n2"], r["means1"], r["means2"], r["stDevs1"], r["stDevs2"]
+    )
+    for (lo, hi), rlo, rhi in zip(d.repeated_ci(est, ses), r["lower"], r["upper"], strict=True):
+        assert close(lo, rlo) and close(hi, rhi)

@@ -130,6 +130,34 @@ def _alpha_spent(t: Sequence[float], alpha: float, spending: str, sided: int) ->
     return np.asarray(sided * spent(np.asarray(t), alpha / sided, spending))
 
 
+def cumulative_mean_difference(
+    n1: Sequence[int],
+    n2: Sequence[int],
+    means1: Sequence[float],
+    means2: Sequence[float],
+    sds1: Sequence[float],
+    sds2: Sequence[float],
+) -> tuple[list[float], list[float]]:
+    """Cumulative difference of means (arm 1 - arm 2) and its standard error at each stage from
+    stage-wise summaries: pooled variance over both arms with ``N1 + N2 - 2`` df, within- and
+    between-stage sums of squares (as rpact's ``getDataset`` with equal variances)."""
+    est, ses = [], []
+    for k in range(1, len(n1) + 1):
+        ss, means, ns = 0.0, [], []
+        for n, m, s in ((n1, means1, sds1), (n2, means2, sds2)):
+            nn = np.asarray(n[:k], dtype=float)
+            mm = np.asarray(m[:k], dtype=float)
+            sd = np.asarray(s[:k], dtype=float)
+            mean = float(nn @ mm / nn.sum())
+            ss += float(((nn - 1) * sd**2).sum() + (nn * (mm - mean) ** 2).sum())
+            means.append(mean)
+            ns.append(float(nn.sum()))
+        var = ss / (ns[0] + ns[1] - 2)
+        est.append(means[0] - means[1])
+        ses.append(math.sqrt(var * (1 / ns[0] + 1 / ns[1])))
+    return est, ses
+
+
 def _efficacy_bounds(t: Sequence[float], alpha: float, spending: str, sided: int) -> list[float]:
     cum = _alpha_spent(t, alpha, spending, sided)
     rec = _Recursion(t, 0.0)
