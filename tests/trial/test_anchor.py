@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from immunostrat.trial.anchor import (
     checkpoint,
     generate_key,
     verify_anchored,
+    verify_snapshot,
 )
 from immunostrat.trial.audit import GENESIS, Actor, append, row_hash
 from immunostrat.trial.db import get_engine, transaction
@@ -282,3 +284,25 @@ def test_cli_checkpoint_and_verify_with_anchor(sqlite_url: str, tmp_path: Path) 
         app, ["audit", "verify", "--db", sqlite_url, "--anchor", str(tmp_path / "none"), "--key", pub]
     )
     assert missing.exit_code == 2
+
+
+def test_verification_while_rows_are_appended_sees_one_state(db_url: str) -> None:
+    """Rows committed while the log is read are neither missed nor taken for forged ones (on
+    PostgreSQL a READ COMMITTED read of the head, then of the rows, saw rows "beyond the head")."""
+    engine = get_engine(db_url)
+    _fill(engine, 3)
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.is_set():
+            _fill(engine, 1, actor="bob")
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        results = [verify_snapshot(db_url) for _ in range(25)]
+    finally:
+        stop.set()
+        thread.join()
+    assert [r.problem for r in results if not r.ok] == []
+    assert results[-1].rows_checked > results[0].rows_checked  # the writer did write meanwhile

@@ -51,11 +51,10 @@ def verify(
 ) -> None:
     """Check the audit chain; names the first bad row (exit code 1 when broken, 2 when the database,
     the anchor file or the key cannot be read)."""
-    from immunostrat.trial import verify_audit
-    from immunostrat.trial.anchor import verify_anchored
+    from immunostrat.trial.anchor import verify_anchored, verify_snapshot
 
     try:
-        result = verify_audit(db, expect_head)
+        result = verify_snapshot(db, expect_head)
         if not result.ok or anchor is None:
             _say(str(result))
             if not result.ok:

@@ -311,6 +311,31 @@ class AnchoredVerification:
         )
 
 
+def verify_snapshot(db_url: str, expect_head: str | None = None) -> AuditVerification:
+    """The chain and the records (:func:`~immunostrat.trial.service.verify_audit`) read in one
+    snapshot, so that rows committed while it reads are not taken for forged ones (in a plain
+    READ COMMITTED transaction on PostgreSQL the head is read before the rows, and a row appended
+    in between lies "beyond the head"). ``expect_head``: a head hash recorded outside the database
+    earlier, which the chain must still hold (rows appended since are counted)."""
+    engine = existing_db(db_url)
+    with _snapshot(engine) as session:
+        result = service.verify_audit(session)
+        if expect_head is None or not result.ok:
+            return result
+        expected = expect_head.strip().lower()
+        row = session.scalars(select(AuditRow).where(AuditRow.hash == expected)).first()
+    if row is None:
+        return replace(
+            result,
+            ok=False,
+            problem=(
+                f"the recorded head {expected} is not in the chain ({result.rows_checked} rows): "
+                "rows were deleted from its end (truncation) or the chain was rewritten"
+            ),
+        )
+    return replace(result, expected_head_seq=row.seq)
+
+
 def verify_anchored(db_url: str, anchor: Path, key: Path | None = None) -> AnchoredVerification:
     """Check the database's audit chain against the signed checkpoints in ``anchor``."""
     public = verify_key(key)
