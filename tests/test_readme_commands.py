@@ -215,9 +215,6 @@ WALK: dict[str, list[Call]] = {
     "immunostrat simulate validate": [
         Call("immunostrat simulate validate --quick --population-size 200 --trials 40")
     ],
-    "immunostrat simulate validate": [
-        Call("immunostrat simulate validate --quick --population-size 200 --trials 40")
-    ],
     "immunostrat simulate plots": [
         Call("immunostrat simulate plots --output-dir {tmp}/figures --sizes 40,80 --trials 5")
     ],
