@@ -7,11 +7,16 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from apiserver import launch_server, wait_ready
+from fastapi.testclient import TestClient
+from limits import parse
 
+from immunostrat.api import create_app
+from immunostrat.api.throttle import LoginLimits
 from immunostrat.trial.ops import create_user, open_db
 
 WINDOW_S = 8
@@ -93,3 +98,17 @@ def test_429_is_in_the_openapi_document(base: str) -> None:
     spec = httpx.get(f"{base}/openapi.json", timeout=30).json()
     documented = spec["paths"]["/token"]["post"]["responses"]["429"]
     assert "Retry-After" in documented["headers"]
+
+
+def test_one_count_for_every_sign_in_form(tmp_path: Path) -> None:
+    """Failures another sign-in form records in ``app.state.sign_in_counts`` (the pages' form)
+    count for ``POST /token`` too: alternating between the forms gains nothing."""
+    limits = LoginLimits(parse("3 per 1 minute"), parse("100 per 1 minute"))
+    app = create_app(f"sqlite:///{tmp_path / 'shared.db'}", login_limits=limits)
+    with TestClient(app) as client:
+        for _ in range(3):
+            app.state.sign_in_counts.failed("somebody", "testclient")
+        r = client.post("/token", data={"username": "somebody", "password": "whatever it is"})
+        assert r.status_code == 429 and "this username" in r.json()["detail"]
+        r = client.post("/token", data={"username": "someone-else", "password": "whatever it is"})
+        assert r.status_code == 401

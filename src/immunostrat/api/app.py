@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from immunostrat import __version__
 from immunostrat.api.auth import Principal, TokenKeys, TokenSource, confirm, load_token_keys
 from immunostrat.api.docs import install_offline_docs
-from immunostrat.api.throttle import SIGN_IN_PATHS, LoginLimits, LoginThrottle
+from immunostrat.api.throttle import SIGN_IN_PATHS, LoginLimits, LoginThrottle, SignInCounts
 from immunostrat.errors import InputError
 from immunostrat.trial import service
 from immunostrat.trial.audit import Actor
@@ -290,7 +290,8 @@ def create_app(
     app.state.signing_key = keys  # auth.issue_token and decode_token take it as it is
     app.state.token_minutes = minutes
     _install_error_handlers(app)
-    app.add_middleware(LoginThrottle, limits=login_limits or LoginLimits.from_env())
+    app.state.sign_in_counts = SignInCounts(login_limits or LoginLimits.from_env())
+    app.add_middleware(LoginThrottle, counts=app.state.sign_in_counts)
     app.add_middleware(RequestLimits)
     app.add_middleware(ServerErrors)  # added last: the outermost, so it also covers RequestLimits
     app.include_router(trial_router)

@@ -65,13 +65,45 @@ def _limit(text: str, name: str) -> RateLimitItem:
         ) from None
 
 
+class SignInCounts:
+    """The failed sign-ins per username and per address, shared by every sign-in form of one app
+    (``app.state.sign_in_counts``: ``POST /token`` and the pages' sign-in count together, so
+    switching between them gains an attacker nothing)."""
+
+    def __init__(self, limits: LoginLimits | None = None) -> None:
+        self.limits = limits or LoginLimits.from_env()
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def _keys(self, username: str | None, address: str | None) -> tuple[tuple[RateLimitItem, str, str], ...]:
+        user_key = "user:" + hashlib.sha256((username or "").encode()).hexdigest()
+        return (
+            (self.limits.per_user, user_key, "this username"),
+            (self.limits.per_address, "address:" + (address or "unknown"), "this address"),
+        )
+
+    def refused(self, username: str | None, address: str | None) -> tuple[int, str] | None:
+        """(seconds to wait, "this username" or "this address") when a limit is reached."""
+        for item, key, whom in self._keys(username, address):
+            if not self.limiter.test(item, key):
+                reset = self.limiter.get_window_stats(item, key).reset_time
+                return max(1, math.ceil(reset - time.time())), whom
+        return None
+
+    def failed(self, username: str | None, address: str | None) -> None:
+        for item, key, _ in self._keys(username, address):
+            self.limiter.hit(item, key)
+
+    def succeeded(self, username: str | None) -> None:
+        item, key, _ = self._keys(username, None)[0]
+        self.limiter.clear(item, key)
+
+
 class LoginThrottle:
     """ASGI middleware over the sign-in routes (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, limits: LoginLimits | None = None) -> None:
+    def __init__(self, app: ASGIApp, counts: SignInCounts | None = None) -> None:
         self.app = app
-        self.limits = limits or LoginLimits.from_env()
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.counts = counts or SignInCounts()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in SIGN_IN_PATHS:
@@ -86,27 +118,22 @@ class LoginThrottle:
             await form.close()
         except Exception:  # a body that is no form: the route answers it, counted by address
             username = None
-        user_key = "user:" + hashlib.sha256(str(username or "").encode()).hexdigest()
         client = scope.get("client")
-        address_key = "address:" + (client[0] if client else "unknown")
-        keys = (
-            (self.limits.per_user, user_key, "this username"),
-            (self.limits.per_address, address_key, "this address"),
-        )
-        for item, key, whom in keys:
-            if not self.limiter.test(item, key):
-                reset = self.limiter.get_window_stats(item, key).reset_time
-                wait_s = max(1, math.ceil(reset - time.time()))
-                response = JSONResponse(
-                    status_code=429,
-                    content={
-                        "detail": f"too many failed sign-ins for {whom}: try again in {wait_s} s",
-                        "field": "username" if whom == "this username" else None,
-                    },
-                    headers={"Retry-After": str(wait_s)},
-                )
-                await response(scope, replay, send)
-                return
+        address = client[0] if client else None
+        name = None if username is None else str(username)
+        refused = self.counts.refused(name, address)
+        if refused is not None:
+            wait_s, whom = refused
+            response = JSONResponse(
+                status_code=429,
+                content={
+                    "detail": f"too many failed sign-ins for {whom}: try again in {wait_s} s",
+                    "field": "username" if whom == "this username" else None,
+                },
+                headers={"Retry-After": str(wait_s)},
+            )
+            await response(scope, replay, send)
+            return
         status = 0
 
         async def watch(message: Message) -> None:
@@ -117,10 +144,9 @@ class LoginThrottle:
 
         await self.app(scope, replay, watch)
         if status == 401:
-            for item, key, _ in keys:
-                self.limiter.hit(item, key)
+            self.counts.failed(name, address)
         elif status == 200:
-            self.limiter.clear(self.limits.per_user, user_key)
+            self.counts.succeeded(name)
 
 
 async def _read_body(receive: Receive) -> bytes:
