@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 from apiserver import ROLES, Server
+from fastapi.testclient import TestClient
 from starlette.routing import Mount
 
 from immunostrat.api import create_app
@@ -21,10 +22,15 @@ OPEN = "open"
 DOCUMENTATION = re.compile(r"^/(docs|docs-assets|redoc|openapi\.json)(/|$)")
 
 
-def readme_matrix() -> dict[tuple[str, str], set[str] | None]:
-    """(method, path) -> the roles allowed, or None for an operation open to anyone."""
+def readme_matrix(kind: str = "operation") -> dict[tuple[str, str], set[str] | None]:
+    """(method, path) -> the roles allowed, or None for an operation open to anyone, from the
+    README's table whose first column is ``kind`` ("operation": the API; "page": the pages, which
+    sign in with a session instead of a token). No pages table: no pages."""
     lines = README.read_text(encoding="utf-8").splitlines()
-    header = next(i for i, line in enumerate(lines) if re.match(r"^\s*\| operation \|", line))
+    starts = [i for i, line in enumerate(lines) if re.match(rf"^\s*\| {kind} \|", line)]
+    if kind == "page" and not starts:
+        return {}
+    header = starts[0]
     roles = [c.strip() for c in lines[header].strip().strip("|").split("|")][1:]
     assert sorted(roles) == sorted(ROLES), roles
     matrix: dict[tuple[str, str], set[str] | None] = {}
@@ -40,7 +46,7 @@ def readme_matrix() -> dict[tuple[str, str], set[str] | None]:
             matrix[(method, path)] = None
         else:
             matrix[(method, path)] = {role for role, mark in marks.items() if mark == "yes"}
-    assert matrix, "no role matrix in the README"
+    assert matrix, f"no {kind} table in the README"
     return matrix
 
 
@@ -100,12 +106,22 @@ def _served_routes(routes: list[Any], prefix: str = "") -> Iterator[tuple[str, s
                     yield (method, prefix + route.path)
 
 
-def test_no_route_hides_from_the_openapi_document(tmp_path: Path) -> None:
+def test_no_route_hides_from_the_role_matrix(tmp_path: Path) -> None:
     """A route left out of the OpenAPI document would escape the walk above: only the documentation
-    pages may be."""
+    and the pages listed in the README's page table may be, and without a session every page that
+    is not open sends the visitor away (to sign in) or refuses."""
     app = create_app(f"sqlite:///{tmp_path / 'routes.db'}")
     documented = {(m.upper(), path) for path, item in app.openapi()["paths"].items() for m in item}
     served = set(_served_routes(app.router.routes))
     assert documented <= served, "the route walk missed documented routes"
-    hidden = sorted(op for op in served - documented if not DOCUMENTATION.match(op[1]))
-    assert hidden == [], "routes outside the OpenAPI document (and so outside the role matrix)"
+    pages = readme_matrix("page")
+    assert sorted(pages.keys() - served) == [], "README lists pages the service does not have"
+    hidden = sorted(op for op in served - documented - pages.keys() if not DOCUMENTATION.match(op[1]))
+    assert hidden == [], "routes in neither the OpenAPI document nor the README's page table"
+    with TestClient(app, follow_redirects=False) as anonymous:
+        for (method, template), allowed in sorted(pages.items()):
+            status = anonymous.request(method, re.sub(r"\{\w+\}", "1", template)).status_code
+            if allowed is None:
+                assert status not in (401, 403), (method, template, status)
+            else:
+                assert status in (302, 303, 307, 401, 403), (method, template, status)
