@@ -67,7 +67,10 @@ def test_full_trial_through_the_api(server: Server, tmp_path: Path) -> None:
     # block sizes stay concealed from blinded roles
     with server.client("investigator") as inv, server.client("pharmacist") as ph:
         assert "block_multipliers" not in inv.get(f"/trials/{tid}").json()["config"]
-        assert ph.get(f"/trials/{tid}").json()["config"]["block_multipliers"] == [1, 2, 3]
+        # nor the pharmacist: with the block sizes the next allocation of a stratum could be foreseen
+        assert "block_multipliers" not in ph.get(f"/trials/{tid}").json()["config"]
+    with server.client("admin") as admin:
+        assert admin.get(f"/trials/{tid}").json()["config"]["block_multipliers"] == [1, 2, 3]
 
     # screening: 50 patients, mixed units, decided by the protocol engine
     eligible: list[int] = []

@@ -45,7 +45,26 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/score"): ALL,
     ("POST", "/cds-services/immunostrat-endotype"): ALL,
     ("POST", "/cds-services/immunostrat-endotype/feedback"): ALL,
+    # trials defined as data
+    ("GET", "/trial-templates"): ALL,
+    ("GET", "/trial-templates/{name}"): ALL,
+    ("GET", "/trials/{trial_id}/definition"): ALL,
+    ("POST", P + "/rescreen"): {"investigator"},
+    ("GET", "/trials/{trial_id}/screening-log"): CLINICAL | {"admin"},
+    ("PUT", P + "/visits/{visit}/forms/{form}"): {"investigator"},
+    ("GET", P + "/casebook"): CLINICAL,
+    ("GET", "/trials/{trial_id}/form-records/{record_id}/history"): CLINICAL,
+    ("POST", P + "/queries"): {"monitor", "statistician"},
+    ("GET", "/trials/{trial_id}/queries"): CLINICAL,
+    ("POST", "/trials/{trial_id}/queries/{query_id}/answer"): {"investigator"},
+    ("POST", "/trials/{trial_id}/queries/{query_id}/close"): {"monitor", "statistician"},
+    ("POST", "/trials/{trial_id}/queries/{query_id}/reopen"): {"monitor", "statistician"},
+    ("POST", P + "/visits/{visit}/signature"): {"investigator"},
+    ("GET", "/trials/{trial_id}/visit-report"): CLINICAL,
+    ("POST", "/trials/{trial_id}/adverse-events/{ae_id}/report"): {"investigator"},
 }
+IDS = {"participant_id": 999999, "user_id": 999999, "record_id": 999999, "query_id": 999999, "ae_id": 999999}
+NAMES = {"visit": "day1", "form": "daily", "name": "immunosep"}
 
 
 def test_role_matrix_covers_every_endpoint_and_role(server: Server) -> None:
@@ -58,7 +77,7 @@ def test_role_matrix_covers_every_endpoint_and_role(server: Server) -> None:
     checked = 0
     try:
         for (method, template), allowed in sorted(MATRIX.items()):
-            path = template.format(trial_id=trial["id"], participant_id=999999, user_id=999999)
+            path = template.format(trial_id=trial["id"], **IDS, **NAMES)
             r = anonymous.request(method, path, json={})
             assert r.status_code == 401, (method, path, r.status_code)
             for role in ROLES:
@@ -117,7 +136,7 @@ def _screen(i: int = 0, **changes: object) -> dict:
 
 
 BAD_SCREENINGS = [
-    ({"age": 12}, "age"),
+    ({"age": 130}, "age"),
     ({"sex": "X"}, "sex"),
     ({"site": "NOPE"}, "site"),
     ({"weight_kg": "heavy"}, "weight_kg"),

@@ -432,6 +432,8 @@ def _sensitivity(
     Repeated endpoints follow the while-alive strategy: participants dead by the last visit are not
     imputed."""
     visits = sorted(long["day"].unique().tolist())
+    if not visits:  # e.g. a population with nobody in it (per protocol not yet assessed)
+        return {"note": "not estimable: no participant with a baseline and a follow-up visit"}
     last = visits[-1]
     wide = long.pivot_table(index="participant_id", columns="day", values=outcome, aggfunc="first")
     per = long.drop_duplicates("participant_id").set_index("participant_id")[["treated", "baseline"]]
