@@ -51,3 +51,28 @@ def test_pathogen_death_variants() -> None:
     params = patient_parameters(2)
     with pytest.raises(ValueError, match="numpy engine only"):
         integrate_numba(initial_state([0.5, 1.5], params), params, death_rule=PATHOGEN_DEATH)
+
+
+def test_infection_sofa_adds_points_from_the_pathogen_only() -> None:
+    """The "*-infection-sofa" observable: SOFA = damage score + round(4 P / (1 + P)); damage-free,
+    pathogen-free patients score as before."""
+    from immunostrat.simulation.observables import (
+        BiomarkerObserver,
+        PatientTraits,
+        daily_observables,
+        sofa_from_damage,
+    )
+    from immunostrat.simulation.population import INFECTION_SOFA
+
+    assert model_variant("reynolds2006-infection-sofa")["calibration"] == INFECTION_SOFA
+    params = patient_parameters(3, k_pg=[0.6, 0.3, 0.3])
+    traj = integrate(initial_state([1.0, 0.0, 1.5], params), params, t_end=240.0, record_every=24.0,
+                     observer=BiomarkerObserver(INFECTION_SOFA), drop_healed=False)  # fmt: skip
+    traits = PatientTraits.default(3)
+    got = daily_observables(traj, traits, INFECTION_SOFA).sofa
+    base = daily_observables(traj, traits).sofa
+    p = traj.states[:, :, 0]
+    want = sofa_from_damage(traj.states[:, :, 2], np.rint(4.0 * p / (1.0 + p)))
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got[1], base[1])  # no pathogen: unchanged
+    assert (got[0, 1:] > base[0, 1:]).any()  # septic course: the infection adds points

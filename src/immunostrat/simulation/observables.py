@@ -78,6 +78,10 @@ class ObservableCalibration:
     hla_max: float = 24_000.0
     tau_hla_h: float = 12.0
     infection_tol: float = 1e-3  # = classify's p_tol (insilico.md / reynolds_check.py)
+    #: structural alternative (issue 18; 0 = off): SOFA points from the infection itself, not from tissue
+    #: damage, ``round(sofa_pathogen_points P / (sofa_pathogen_p50 + P))`` added to the damage score
+    sofa_pathogen_points: float = 0.0
+    sofa_pathogen_p50: float = 1.0
 
 
 DEFAULT_CALIBRATION = ObservableCalibration()
@@ -191,7 +195,11 @@ def daily_observables(
     if traj.aux.shape[2] < 3:
         raise ValueError("trajectory was integrated without BiomarkerObserver")
     days = np.rint(traj.times / 24.0).astype(np.int64)
-    sofa = sofa_from_damage(traj.states[:, :, 2], traits.chronic_sofa[:, None], cal)
+    other = traits.chronic_sofa[:, None]
+    if cal.sofa_pathogen_points > 0:  # organ dysfunction that is not tissue damage (a structural alternative)
+        p = np.maximum(traj.states[:, :, 0], 0.0)
+        other = other + np.rint(cal.sofa_pathogen_points * p / (cal.sofa_pathogen_p50 + p))
+    sofa = sofa_from_damage(traj.states[:, :, 2], other, cal)
     ferritin = ferritin_from_filter(traj.aux[:, :, 0], traits.ferritin0[:, None], cal)
     if traj.states.shape[2] >= 5:
         # deactivation extension (model.DeactivationParameters): mHLA-DR is the healthy level of the static

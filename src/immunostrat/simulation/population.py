@@ -69,14 +69,23 @@ MODEL_VARIANTS: tuple[str, ...] = (
     "full",
     "reynolds2006-pathogen-death",
     "full-pathogen-death",
+    "reynolds2006-infection-sofa",
 )
+
+#: The organ-dysfunction observable of the "*-infection-sofa" variant [design]: up to 4 SOFA points (one
+#: organ system's maximum, e.g. the cardiovascular score of septic shock) from the pathogen burden itself,
+#: half of them at P = 1 (the median inoculum), added to the damage score; so lowering damage is no longer
+#: the whole of the SOFA response.
+INFECTION_SOFA = ObservableCalibration(sofa_pathogen_points=4.0, sofa_pathogen_p50=1.0)
 
 #: The pathogen death rule of the "*-pathogen-death" variants [design]: P >= 10 (half the carrying capacity
 #: p_inf = 20 of Reynolds 2006 Table 1) for 6 h. The septic-death attractor (P ~ 4.9 at k_pg 0.6) already
 #: dies by damage; the persistent-infection attractor (P ~ 13-18 in our VPops, low damage) now dies too.
 PATHOGEN_DEATH = DeathRule(p_crit=10.0)
 
-ModelOptions = dict[str, DeactivationParameters | SecondaryInfection | DeathRule | None]
+ModelOptions = dict[
+    str, DeactivationParameters | SecondaryInfection | DeathRule | ObservableCalibration | None
+]
 
 
 def model_variant(name: str) -> ModelOptions:
@@ -86,13 +95,15 @@ def model_variant(name: str) -> ModelOptions:
 
     if name not in MODEL_VARIANTS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_VARIANTS)}")
-    base = name.removesuffix("-pathogen-death")
+    base = name.removesuffix("-pathogen-death").removesuffix("-infection-sofa")
     options: ModelOptions = {
         "deactivation": MONOCYTE_DEACTIVATION if base != "reynolds2006" else None,
         "secondary": SECONDARY_INFECTION if base == "full" else None,
     }
     if name.endswith("-pathogen-death"):
         options["death_rule"] = PATHOGEN_DEATH
+    if name.endswith("-infection-sofa"):
+        options["calibration"] = INFECTION_SOFA
     return options
 
 

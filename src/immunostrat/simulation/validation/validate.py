@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..model import BoolArray, DeactivationParameters, DeathRule, FloatArray, IntArray, SecondaryInfection
+from ..observables import ObservableCalibration
 from ..population import (
     IMMUNOPARALYSIS,
     MALS,
@@ -444,10 +445,14 @@ def validate(
     else:
         variant = model_variant(model)
         de, sec, rule = variant["deactivation"], variant["secondary"], variant.get("death_rule")
+        cal = variant.get("calibration")
         assert de is None or isinstance(de, DeactivationParameters)
         assert sec is None or isinstance(sec, SecondaryInfection)
         assert rule is None or isinstance(rule, DeathRule)
-        vpop = generate_population(size, seed, deactivation=de, secondary=sec, death_rule=rule)
+        assert cal is None or isinstance(cal, ObservableCalibration)
+        vpop = generate_population(
+            size, seed, deactivation=de, secondary=sec, death_rule=rule, calibration=cal
+        )
     store = store if store is not None else OutcomeStore(vpop, pl)
     grids = {
         m: mech.grid[::2] if quick and len(mech.grid) > 2 else mech.grid for m, mech in pl.mechanisms.items()
