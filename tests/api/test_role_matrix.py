@@ -18,8 +18,9 @@ from immunostrat.api import create_app
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 OPEN = "open"
-# served for reading the documentation, never data: the only routes allowed outside the OpenAPI document
-DOCUMENTATION = re.compile(r"^/(docs|docs-assets|redoc|openapi\.json)(/|$)")
+# served for reading the documentation, never data, and the web pages (they check the same roles as
+# the API operations they call; tests/web): the only routes allowed outside the OpenAPI document
+DOCUMENTATION = re.compile(r"^/(docs|docs-assets|redoc|openapi\.json|web)(/|$)")
 
 
 def readme_matrix(kind: str = "operation") -> dict[tuple[str, str], set[str] | None]:

@@ -268,6 +268,7 @@ def create_app(
     from immunostrat.api.cds import router as cds_router
     from immunostrat.api.clinical import router as clinical_router
     from immunostrat.api.routes import router as trial_router
+    from immunostrat.web import router as web_router
 
     keys: TokenSource = TokenKeys(secret_key) if secret_key else load_token_keys(db_url)
     engine = open_db(db_url)
@@ -297,6 +298,7 @@ def create_app(
     app.include_router(trial_router)
     app.include_router(clinical_router)
     app.include_router(cds_router)
+    app.include_router(web_router)  # the pages under /web (outside the OpenAPI document)
     _document_throttling(app)
     return app
 
