@@ -173,7 +173,21 @@ WALK: dict[str, list[Call]] = {
             "--output {tmp}/export"
         )
     ],
-    "immunostrat audit verify": [Call("immunostrat audit verify --db sqlite:///{tmp}/demo.db")],
+    "immunostrat audit keygen": [Call("immunostrat audit keygen --output {tmp}/anchor.pem")],
+    "immunostrat audit checkpoint": [
+        Call(
+            "immunostrat audit checkpoint --db sqlite:///{tmp}/demo.db --anchor {tmp}/anchor.jsonl "
+            "--key {tmp}/anchor.pem"
+        )
+    ],
+    "immunostrat audit verify": [
+        Call("immunostrat audit verify --db sqlite:///{tmp}/demo.db"),
+        Call(
+            "immunostrat audit verify --db sqlite:///{tmp}/demo.db --anchor {tmp}/anchor.jsonl "
+            "--key {tmp}/anchor.pem.pub",
+            expect_text="signed checkpoint",
+        ),
+    ],
     "immunostrat analyze": [
         Call(
             "immunostrat analyze --data {tmp}/export --plan immunosep-2025 --report {tmp}/report/report.html "

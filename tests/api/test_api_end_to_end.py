@@ -159,7 +159,14 @@ def test_full_trial_through_the_api(server: Server, tmp_path: Path) -> None:
     with server.client("investigator") as inv:
         r = inv.post(
             f"/trials/{tid}/participants/{eligible[1]}/adverse-events",
-            json={"day": 3, "term": "anaemia", "serious": True, "severity": 3, "related": True},
+            json={
+                "day": 3,
+                "term": "anaemia",
+                "serious": True,
+                "seriousness": ["hospitalisation"],
+                "severity": 3,
+                "related": True,
+            },
         )
         assert r.status_code == 201, r.text
         r = inv.post(

@@ -1,4 +1,4 @@
-"""`immunostrat serve`, `trial init|export|user`, `audit verify`: thin over trial and api."""
+"""`immunostrat serve` and `trial templates|init|user|lock|report|export`: thin over trial and api."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from immunostrat.errors import InputError
 console = Console(stderr=True)
 out = Console()
 trial_app = typer.Typer(help="Set up trials, users and exports.", no_args_is_help=True)
-audit_app = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
 
 DbOpt = Annotated[str, typer.Option("--db", help="Database URL: sqlite:///trial.db or postgresql://...")]
 
@@ -248,28 +247,3 @@ def trial_user(
     except TrialError as error:
         fail(error, code=1)
     out.print(f"user {username} ({role}) created with id {user_id}")
-
-
-@audit_app.command("verify")
-def audit_verify(
-    db: DbOpt,
-    expect_head: Annotated[
-        str | None,
-        typer.Option(
-            "--expect-head",
-            help="A head hash recorded outside the database earlier: the chain must still hold it.",
-        ),
-    ] = None,
-) -> None:
-    """Check the audit chain; names the first bad row (exit code 1 when broken, 2 when the database
-    does not exist)."""
-    from immunostrat.trial import verify_audit
-
-    try:
-        result = verify_audit(db, expect_head)
-    except InputError as error:
-        fail(error)
-    # One line, never wrapped: the head hash is copied from it into a record kept elsewhere.
-    out.print(str(result), soft_wrap=True, highlight=False)
-    if not result.ok:
-        raise typer.Exit(code=1)

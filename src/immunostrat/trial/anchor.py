@@ -229,7 +229,7 @@ def read_anchor(path: Path, public: Ed25519PublicKey) -> list[Checkpoint]:
 
 
 @contextmanager
-def _snapshot(engine: Engine) -> Iterator[Session]:
+def snapshot(engine: Engine) -> Iterator[Session]:
     """A read-only transaction that sees one state of the whole log (REPEATABLE READ on
     PostgreSQL; on SQLite a deferred BEGIN in WAL mode keeps its first read's snapshot), so that a
     row committed while the chain is read is not taken for a forged one."""
@@ -318,7 +318,7 @@ def verify_snapshot(db_url: str, expect_head: str | None = None) -> AuditVerific
     in between lies "beyond the head"). ``expect_head``: a head hash recorded outside the database
     earlier, which the chain must still hold (rows appended since are counted)."""
     engine = existing_db(db_url)
-    with _snapshot(engine) as session:
+    with snapshot(engine) as session:
         result = service.verify_audit(session)
         if expect_head is None or not result.ok:
             return result
@@ -344,7 +344,7 @@ def verify_anchored(db_url: str, anchor: Path, key: Path | None = None) -> Ancho
         checkpoints = read_anchor(anchor, public)
     except AnchorBroken as broken:
         return AnchoredVerification(AuditVerification(False, 0, None, str(broken)), 0, None)
-    with _snapshot(engine) as session:
+    with snapshot(engine) as session:
         result = check_against(session, checkpoints)
     return AnchoredVerification(result, len(checkpoints), checkpoints[-1] if checkpoints else None)
 
@@ -361,7 +361,7 @@ def checkpoint(db_url: str, anchor: Path, key: Path | None = None) -> Checkpoint
     with os.fdopen(fd, "r+b") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # two checkpoints at once must not share a `prev`
         checkpoints = read_anchor(anchor, public)
-        with _snapshot(engine) as session:
+        with snapshot(engine) as session:
             result = check_against(session, checkpoints)
             head = session.get(AuditHead, 1)
         if not result.ok:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import getpass
 import os
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import Engine, make_url, select
+from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import OperationalError
 
 from immunostrat.errors import InputError
@@ -20,7 +19,6 @@ from immunostrat.trial import service
 from immunostrat.trial.audit import Actor, AuditVerification
 from immunostrat.trial.db import get_engine, migrate, normalise_url, transaction
 from immunostrat.trial.export_files import write_trial_export
-from immunostrat.trial.models import AuditRow
 from immunostrat.trial.schemas import TrialSpec, UserIn, parse
 
 
@@ -221,25 +219,12 @@ def existing_db(db_url: str) -> Engine:
 
 
 def verify_audit(db_url: str, expect_head: str | None = None) -> AuditVerification:
-    """Check the hash chain; the result names the first bad row (``first_bad_seq``).
+    """Check the hash chain and the records in one snapshot; the result names the first bad row
+    (``first_bad_seq``).
 
     ``expect_head``: a head hash recorded outside the database earlier. The chain must still hold it
     (rows appended since are fine and counted); if no row has that hash, the log was truncated below
     it or rewritten, and the result says so."""
-    engine = existing_db(db_url)
-    with transaction(engine) as session:
-        result = service.verify_audit(session)
-        if expect_head is None or not result.ok:
-            return result
-        expected = expect_head.strip().lower()
-        row = session.scalars(select(AuditRow).where(AuditRow.hash == expected)).first()
-        if row is None:
-            return replace(
-                result,
-                ok=False,
-                problem=(
-                    f"the recorded head {expected} is not in the chain ({result.rows_checked} rows): "
-                    "rows were deleted from its end (truncation) or the chain was rewritten"
-                ),
-            )
-        return replace(result, expected_head_seq=row.seq)
+    from immunostrat.trial.anchor import verify_snapshot
+
+    return verify_snapshot(db_url, expect_head)
