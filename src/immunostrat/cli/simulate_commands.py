@@ -101,8 +101,29 @@ def population(
         write_table(population_frame(vpop), str(output))
         console.print(f"wrote {output}")
     if observations is not None:
-        write_table(population_observations(vpop), str(observations))
-        console.print(f"wrote {observations}")
+        from datetime import timedelta
+
+        import polars as pl
+
+        from immunostrat.concepts.dictionary import load_concepts
+        from immunostrat.simulation.observables import EPOCH
+
+        # only concepts of the dictionary, so that `immunostrat classify` reads the file as it is; the model
+        # read-outs without a dictionary concept (sofa_total, infection_resolved) stay in the Python API
+        frame = population_observations(vpop)
+        known = load_concepts()
+        kept = sorted(c for c in frame["concept"].unique().to_list() if c in known)
+        left = sorted(set(frame["concept"].unique().to_list()) - set(kept))
+        write_table(frame.filter(pl.col("concept").is_in(kept)), str(observations))
+        decision = (EPOCH + timedelta(days=vpop.enrolment_day)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        console.print(
+            f"wrote {observations}: {', '.join(kept)}"
+            + (f" (not written: {', '.join(left)})" if left else "")
+        )
+        typer.echo(
+            f"enrolment (the decision time) is day {vpop.enrolment_day} after onset: "
+            f"immunostrat classify --input {observations} --at {decision}"
+        )
 
 
 @simulate_app.command("trial")
