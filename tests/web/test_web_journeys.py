@@ -42,7 +42,7 @@ def test_investigator_screens_randomizes_and_fills_a_visit(browser: Browser, web
         screenshots(page, "participant")
         participant_url = page.url
 
-        page.locator("#visit-day0").get_by_role("link", name="sle_visit").click()
+        page.locator("#visit-day0").get_by_role("link", name="SLE disease activity and laboratory").click()
         _fill_visit(page, {**SLE_VISIT, "hemoglobin": "99"})  # g/dL: far outside the plausible range
         page.get_by_role("button", name="Save").click()
         error = page.locator("#e-hemoglobin")
@@ -69,7 +69,7 @@ def test_investigator_screens_randomizes_and_fills_a_visit(browser: Browser, web
 
         # the visit's other form, then the signature (password again and the trial's meaning)
         page.goto(participant_url)
-        page.locator("#visit-day0").get_by_role("link", name="injection").click()
+        page.locator("#visit-day0").get_by_role("link", name="Study injection").click()
         page.get_by_label("Injection given (1.5 cc IM)").select_option("yes")
         page.get_by_role("button", name="Save").click()
         expect(page.locator("#saved")).to_be_visible()
@@ -115,11 +115,14 @@ def test_monitor_raises_a_query_the_investigator_answers(browser: Browser, web: 
     try:
         mpage.goto(form_url)
         expect(mpage.get_by_role("button", name="Save")).to_have_count(0)  # the monitor reads, never edits
+        expect(mpage.locator("#v-platelets")).to_contain_text("210")
+        expect(mpage.locator("#v-platelets")).to_contain_text("query open")  # the seeded query, at its field
         mpage.get_by_label("Field").select_option("c3_mg_dl")
         mpage.get_by_label("Question").fill("C3 lower than at screening: please check the unit")
         mpage.get_by_role("button", name="Raise query").click()
         thread = mpage.locator("article.query").filter(has_text="C3 lower than at screening")
         expect(thread).to_contain_text("open")
+        expect(thread.locator("h3")).to_contain_text("Complement C3")
         assert "/forms/sle_visit" in mpage.url  # swapped in place by htmx, no page load
         screenshots(mpage, "form-monitor")
 

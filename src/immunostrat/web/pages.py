@@ -452,6 +452,7 @@ def participant_page(request: Request, trial_id: int, participant_id: int) -> Re
         "can_randomize": principal.role in INVESTIGATOR and participant["status"] == "eligible",
         "idempotency_key": secrets.token_hex(16),
         "meaning": spec.signature_meaning if spec is not None else "",
+        "form_labels": {k: f.label for k, f in spec.forms.items()} if spec is not None else {},
         "sign_error": request.query_params.get("sign_error"),
     }
     return render(request, "participant.html", context)
@@ -538,6 +539,7 @@ def _form_context(
         "errors": {},
         "error": None,
         "form_url": _form_url(trial_id, participant_id, visit, form_id),
+        "field_labels": {f.name: f.label for f in form.fields},
         "reason": "",
         "can_edit": principal.role in INVESTIGATOR,
         "can_raise": principal.role in QUERY_MANAGERS,
