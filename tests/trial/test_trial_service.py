@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -257,3 +258,36 @@ def test_withdrawal_with_data_removal_leaves_only_the_screening_row(sqlite_url: 
     rows = {r["screening_id"]: r for r in export.screening.iter_rows(named=True)}
     assert sum(r["data_removed"] for r in rows.values()) == 1
     assert sum(r["withdrawn"] for r in rows.values()) == 2
+
+
+def test_a_saved_day_is_changed_only_with_a_reason_and_keeps_what_is_not_sent(db_url: str) -> None:
+    setup = init_trial(db_url, _spec(), seed=SEED)
+    engine = get_engine(db_url)
+    with transaction(engine) as s:
+        pid = add_eligible(s, setup.trial_id, "S1", "mals", 1)[0]
+        service.randomize(s, INVESTIGATOR, setup.trial_id, pid)
+        parts = {
+            "sofa_respiration": 2,
+            "sofa_coagulation": 1,
+            "sofa_liver": 0,
+            "sofa_cardiovascular": 3,
+            "sofa_cns": 0,
+            "sofa_renal": 1,
+        }
+        service.record_assessment(s, INVESTIGATOR, setup.trial_id, pid, AssessmentIn(day=2, **parts))
+    with transaction(engine) as s, pytest.raises(InputError, match="needs a reason"):
+        service.record_assessment(s, INVESTIGATOR, setup.trial_id, pid, AssessmentIn(day=2, sofa_renal=2))
+    with transaction(engine) as s:
+        row = service.record_assessment(
+            s,
+            INVESTIGATOR,
+            setup.trial_id,
+            pid,
+            AssessmentIn(day=2, sofa_renal=2, reason="creatinine re-read"),
+        )
+        # the other components stay as saved (they were nulled before), the total follows
+        assert (row.sofa_respiration, row.sofa_cardiovascular, row.sofa_renal, row.sofa_total) == (2, 3, 2, 8)
+        last = s.scalars(select(AuditRow).order_by(AuditRow.seq.desc())).first()
+        assert last is not None and json.loads(last.old or "{}") == {"sofa_renal": 1, "sofa_total": 7}
+        assert json.loads(last.new or "{}")["reason"] == "creatinine re-read"
+        assert service.verify_audit(s).ok

@@ -72,22 +72,11 @@ ASSESSMENT_FIELDS = (
 def record_assessment(
     session: Session, actor: Actor, trial_id: int, participant_id: int, data: AssessmentIn
 ) -> Assessment:
-    """Create or update one study day (SOFA components, biomarkers in any accepted unit, infection
-    status, doses given)."""
+    """Create or change one study day (SOFA components, biomarkers in any accepted unit, infection
+    status, doses given). A change to a saved day keeps what is not sent (never nulls it), asks
+    ``data.reason`` and audits old and new values with it; an unchanged resubmission writes nothing."""
     _, p = _randomized(session, actor, trial_id, participant_id)
-    values: dict[str, Any] = {f: getattr(data, f) for f in SOFA_FIELDS}
-    given = [v for v in values.values() if v is not None]
-    total = data.sofa_total
-    if len(given) == len(SOFA_FIELDS) and total is not None and total != sum(given):
-        raise InputError(
-            "sofa_total differs from the sum of the components",
-            field="sofa_total",
-            value=total,
-            expected=str(sum(given)),
-        )
-    if total is None and given:
-        total = sum(given)
-    values["sofa_total"] = total
+    values: dict[str, Any] = {f: getattr(data, f) for f in SOFA_FIELDS if getattr(data, f) is not None}
     obs = eligibility.canonical_observations(
         p.pseudonym, [o.model_dump() for o in data.observations], p.weight_kg, source="observations"
     )
@@ -98,32 +87,65 @@ def record_assessment(
                 "concept not recorded in daily assessments",
                 field=f"observations[{i}].concept",
                 value=o.concept,
-                expected="one of " + ", ".join(ASSESSMENT_BIOMARKERS),
+                expected="one of "
+                + ", ".join(ASSESSMENT_BIOMARKERS)
+                + " (a trial set up with forms scores SOFA from platelets and the other inputs)",
             )
         values[column] = o.value
-    values["infection_status"] = data.infection_status
-    values["doses_given"] = data.doses_given
+    for name in ("infection_status", "doses_given"):
+        if getattr(data, name) is not None:
+            values[name] = getattr(data, name)
     row = session.scalars(
         select(Assessment).where(Assessment.participant_id == p.id, Assessment.day == data.day)
     ).one_or_none()
+    old = row_dict(row, ASSESSMENT_FIELDS) if row is not None else {}
+    merged = {**{k: v for k, v in old.items() if k != "day"}, **values}
+    components = [merged.get(f) for f in SOFA_FIELDS]
+    total = data.sofa_total if data.sofa_total is not None else merged.get("sofa_total")
+    if all(c is not None for c in components):
+        summed = sum(int(c) for c in components if c is not None)
+        if data.sofa_total is not None and data.sofa_total != summed:
+            raise InputError(
+                "sofa_total differs from the sum of the components",
+                field="sofa_total",
+                value=data.sofa_total,
+                expected=str(summed),
+            )
+        total = summed
+    elif any(c is not None for c in components) and data.sofa_total is None:
+        total = sum(int(c) for c in components if c is not None)  # missing systems count 0 (sofa.py)
+    merged["sofa_total"] = total
     if row is None:
         row = Assessment(
-            participant_id=p.id, day=data.day, entered_by=actor.username, entered_at=utcnow(), **values
+            participant_id=p.id, day=data.day, entered_by=actor.username, entered_at=utcnow(), **merged
         )
         session.add(row)
         session.flush()
         audit.append(session, actor, "create", "assessment", row.id, new=row_dict(row, ASSESSMENT_FIELDS))
-    else:
-        old = row_dict(row, ASSESSMENT_FIELDS)
-        for k, v in values.items():
-            if v is not None or k in SOFA_FIELDS or k == "sofa_total":
-                setattr(row, k, v)
-        row.entered_by = actor.username
-        row.entered_at = utcnow()
-        session.flush()
-        audit.append(
-            session, actor, "update", "assessment", row.id, old=old, new=row_dict(row, ASSESSMENT_FIELDS)
+        return row
+    changed = sorted(k for k, v in merged.items() if old.get(k) != v)
+    if not changed:
+        return row
+    if data.reason is None:
+        raise InputError(
+            f"day {data.day} is saved: a change needs a reason",
+            field="reason",
+            expected=f"why {', '.join(changed)} changed (21 CFR 11.10(e))",
         )
+    for k in changed:
+        setattr(row, k, merged[k])
+    row.entered_by = actor.username
+    row.entered_at = utcnow()
+    session.flush()
+    audit.append(
+        session,
+        actor,
+        "update",
+        "assessment",
+        row.id,
+        old={k: old.get(k) for k in changed},
+        new={**row_dict(row, ASSESSMENT_FIELDS), "reason": data.reason},
+    )
     return row
 
 

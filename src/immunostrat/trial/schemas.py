@@ -309,6 +309,9 @@ class AssessmentIn(_Model):
     observations: list[ObservationIn] = Field(default_factory=list, max_length=MAX_OBSERVATIONS)
     infection_status: Literal["resolution", "intermediate", "failure", "superinfection"] | None = None
     doses_given: int | None = Field(default=None, ge=0, le=100)
+    reason: str | None = Field(
+        default=None, min_length=3, max_length=500, description="why a saved day changes"
+    )
 
 
 class OutcomeIn(_Model):

@@ -45,7 +45,10 @@ def _record_problems(session: Session) -> tuple[int, str] | None:
             last = logged.get(str(row.id))
             if last is None:
                 return 0, f"{entity} {row.id} has no audit row (written outside the service)"
-            if json.loads(last.new or "null") != json.loads(audit.canonical(row_dict(row, names)) or "null"):
+            logged_new = json.loads(last.new or "null")
+            if isinstance(logged_new, dict):  # an update also carries its reason
+                logged_new = {k: v for k, v in logged_new.items() if k in names}
+            if logged_new != json.loads(audit.canonical(row_dict(row, names)) or "null"):
                 return last.seq, f"{entity} {row.id} differs from its audit row {last.seq} (edited)"
     logged = _last_audit_rows(session, "allocation")
     for alloc in session.scalars(select(Allocation).order_by(Allocation.id)):
