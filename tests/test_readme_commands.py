@@ -129,6 +129,13 @@ WALK: dict[str, list[Call]] = {
     ],
     "immunostrat cohort summary": [Call("immunostrat cohort summary {tmp}/cohort")],
     "python benchmarks/cohort.py": [Call("python benchmarks/cohort.py --quick --workdir {tmp}")],
+    # clifpy is installed from PyPI into its own environment (its pins clash with ours)
+    "python benchmarks/clifpy_sofa2.py": [
+        Call(
+            "python benchmarks/clifpy_sofa2.py --stays 20 --env {tmp}/clifpy-env",
+            expect_text="benchmark clifpy-sofa2",
+        )
+    ],
     "immunostrat trial templates": [
         Call("immunostrat trial templates", expect_text="sle-secretome"),
         Call("immunostrat trial templates --show sepcell", expect_text="schema_version: 1"),
