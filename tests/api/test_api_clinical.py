@@ -144,3 +144,20 @@ def test_renal_adjustment_from_a_fhir_body_weight(server: Server) -> None:
     assert detail["renal_check"] == "adjusted" and detail["interval_hours"] == 48
     assert detail["creatinine_clearance_ml_min"] < 30
     assert "every 48 h" in r.json()["dose"] and "every other day" in r.json()["dose"]
+
+
+def test_score_sofa_2_at_the_bedside(server: Server) -> None:
+    body = {
+        "score": "sofa-2",
+        "observations": [
+            {"time": T, "concept": "platelets", "value": 80, "unit": "10^3/uL"},
+            {"time": T, "concept": "gcs", "value": 15, "unit": ""},
+        ],
+        "at": "2025-02-01T20:00:00Z",
+    }
+    with server.client("investigator") as c:
+        r = c.post("/score", json=body)
+    assert r.status_code == 200, r.text
+    result = r.json()["result"]
+    # platelets 80 x10^3/uL: 3 points in SOFA-2 (<= 80), 2 in SOFA-1996 (sofa-2.yaml, sofa-1996.yaml)
+    assert result["sofa_coagulation"] == 3 and result["sofa_variant"] == "sofa-2"

@@ -83,7 +83,7 @@ class ClassifyIn(ObservationsRequest):
 
 
 class ScoreIn(ObservationsRequest):
-    score: Literal["sofa", "qsofa", "hscore", "mex-sledai", "sledai-2k"] = "sofa"
+    score: Literal["sofa", "sofa-2", "qsofa", "hscore", "mex-sledai", "sledai-2k"] = "sofa"
     window_hours: float = Field(default=24.0, gt=0, le=24 * 30)
 
 
