@@ -26,6 +26,7 @@ def test_no_serious_accessibility_violation(browser: Browser, web: WebServer) ->
     pages = {
         "investigator": [
             "/web/",
+            "/web/bedside",
             base,
             f"{base}/screen",
             f"{base}/screening-log",

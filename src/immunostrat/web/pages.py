@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Coroutine, Iterable
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -28,9 +28,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from immunostrat.api import data_routes, routes
+from immunostrat.api import clinical, data_routes, routes
 from immunostrat.api.app import unit_of_work
-from immunostrat.api.auth import Principal, issue_token
+from immunostrat.api.auth import Principal, confirm_current, issue_token
+from immunostrat.concepts import load_concepts
 from immunostrat.errors import InputError
 from immunostrat.trial import datamanagement, forms, service
 from immunostrat.trial.db import read_transaction
@@ -710,6 +711,76 @@ def open_queries(request: Request, trial_id: int) -> Response:
         "rows": rows,
     }
     return render(request, "queries.html", context)
+
+
+# ------------------------------------------------------------------------------------- bedside
+
+BEDSIDE_CONCEPTS = ("ferritin", "mhla_dr", "creatinine")
+"""What the immunosep-2025 protocol decides from (ferritin, mHLA-DR) and doses by (creatinine)."""
+
+
+def _bedside_rows() -> list[dict[str, Any]]:
+    concepts = load_concepts()
+    return [
+        {
+            "concept": c,
+            "label": concepts[c].description.split(".")[0],
+            "units": [
+                u for u in dict.fromkeys(concepts[c].accepted_units) if u.isascii() or u.startswith("µ")
+            ],
+        }
+        for c in BEDSIDE_CONCEPTS
+    ]
+
+
+@router.get("/bedside")
+def bedside_page(request: Request) -> Response:
+    principal = signed_in(request, ANY)
+    context = {"user": _user(request, principal), "rows": _bedside_rows(), "result": None, "error": None}
+    return render(request, "bedside.html", context)
+
+
+@router.post("/bedside/classify")
+async def bedside_classify(request: Request) -> Response:
+    """As ``POST /classify`` (the same function answers): the endotype, therapy, dose and reasons
+    for the values typed so far, in any accepted unit, decided now; htmx swaps the result in."""
+    principal, data = await posted(request, ANY)
+    patient: dict[str, Any] = {"patient_id": "bedside"}
+    for name in ("age", "sex", "weight_kg"):
+        raw = str(data.get(name, "")).strip()
+        if raw:
+            patient[name] = raw
+    at = datetime.now(UTC)
+    observations = []
+    for c in BEDSIDE_CONCEPTS:
+        raw = str(data.get(f"{c}__value", "")).strip()
+        if raw:
+            observations.append(
+                {"time": at.isoformat(), "concept": c, "value": raw, "unit": str(data.get(f"{c}__unit", ""))}
+            )
+    context: dict[str, Any] = {"result": None, "error": None}
+    if not observations:
+        context["error"] = "Type a ferritin or an mHLA-DR value to classify."
+    else:
+        try:
+            body = clinical.ClassifyIn.model_validate(
+                {"patient": patient, "observations": observations, "at": at}
+            )
+
+            def work() -> dict[str, Any]:
+                confirm_current(request, principal)
+                return clinical.classify(body, principal)
+
+            context["result"] = await run_in_threadpool(work)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            context["error"] = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+        except InputError as exc:
+            context["error"] = str(exc)
+    if not request.headers.get("HX-Request"):
+        context.update(user=_user(request, principal), rows=_bedside_rows(), values=dict(data))
+        return render(request, "bedside.html", context)
+    return render(request, "_bedside_result.html", context)
 
 
 @router.get("/{rest:path}")
