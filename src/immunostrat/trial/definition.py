@@ -11,11 +11,12 @@ descriptors) computed from the form's fields. The trial templates in ``templates
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from immunostrat.concepts import UnitError, conversion_for, load_concepts
+from immunostrat.scores import compare
 
 FieldType = Literal["number", "integer", "boolean", "choice", "text", "date"]
 Comparison = Literal["<", "<=", ">", ">=", "==", "!="]
@@ -33,6 +34,22 @@ SERIOUSNESS_CRITERIA = (
 
 _NAME = r"^[a-z][a-z0-9_]{0,47}$"
 _RATIO = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*/\s*([a-z][a-z0-9_]*)\s*$")
+
+
+def holds(left: Any, op: str, right: Any) -> bool | None:
+    """``left op right`` for an edit check or an eligibility criterion; None when either side is
+    missing or the two cannot be compared (a text with a number). The ordering comparisons are the
+    scores package's (``scores.compare``), so band tables and trial rules read the same way."""
+    if left is None or right is None:
+        return None
+    try:
+        if op == "==":
+            return bool(left == right)
+        if op == "!=":
+            return bool(left != right)
+        return bool(compare(left, op, right))
+    except TypeError:
+        return None
 
 
 class _Def(BaseModel):

@@ -24,7 +24,7 @@ from immunostrat.errors import InputError
 from immunostrat.scores import hscore, mex_sledai, qsofa, sledai_2k, sofa
 from immunostrat.trial import audit
 from immunostrat.trial.audit import Actor
-from immunostrat.trial.definition import CheckDef, FieldDef, FormDef, Visit
+from immunostrat.trial.definition import CheckDef, FieldDef, FormDef, Visit, holds
 from immunostrat.trial.errors import Conflict, NotFound
 from immunostrat.trial.models import (
     Allocation,
@@ -203,25 +203,9 @@ def derive(form: FormDef, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_OPS = {
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-}
-
-
 def _check_holds(check: CheckDef, known: dict[str, Any]) -> bool | None:
-    left = known.get(check.field)
     right = check.value if check.other is None else known.get(check.other)
-    if left is None or right is None:
-        return None
-    try:
-        return bool(_OPS[check.op](left, right))
-    except TypeError:
-        return None
+    return holds(known.get(check.field), check.op, right)
 
 
 def check_form(

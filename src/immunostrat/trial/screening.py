@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from immunostrat.errors import InputError
 from immunostrat.trial import audit, eligibility
 from immunostrat.trial.audit import Actor
-from immunostrat.trial.definition import EligibilityDef
+from immunostrat.trial.definition import EligibilityDef, holds
 from immunostrat.trial.errors import Conflict, Forbidden, NotFound
 from immunostrat.trial.models import (
     Allocation,
@@ -127,16 +127,6 @@ class ScreeningWork:
     form_id: str | None = None
 
 
-_OPS = {
-    "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b,
-    ">": lambda a, b: a > b,
-    ">=": lambda a, b: a >= b,
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-}
-
-
 def _trial_criteria(rules: ScreeningRules, age: float, sex: str, known: dict[str, Any]) -> list[str]:
     """The trial's own eligibility (age, sex, criteria on screening-form fields) that fails."""
     rule = EligibilityDef.model_validate(json.loads(rules.eligibility_json))
@@ -152,11 +142,7 @@ def _trial_criteria(rules: ScreeningRules, age: float, sex: str, known: dict[str
         if value is None:
             failed.append(f"{c.text}: {c.field} not recorded")
         else:
-            try:
-                holds = bool(_OPS[c.op](value, c.value))
-            except TypeError:
-                holds = False
-            if not holds:
+            if not holds(value, c.op, c.value):
                 failed.append(f"{c.text}: {c.field} {value} (needs {c.op} {c.value})")
     return failed
 
@@ -332,41 +318,7 @@ def screen(
     session.add(p)
     session.flush()
     now = utcnow()
-    session.add_all(
-        ScreeningObservation(
-            participant_id=p.id,
-            concept=o.concept,
-            value_entered=o.value_entered,
-            unit_entered=o.unit_entered,
-            value=o.value,
-            unit=o.unit,
-            time=o.time,
-            entered_by=actor.username,
-            entered_at=now,
-        )
-        for o in obs
-    )
-    if work.form_id is not None:
-        _save_screening_form(session, p, work, actor.username, now)
-    reasons = list(c.reasons)
-    if sepsis3 is not None:
-        reasons.append({"rule": "sepsis3", **sepsis3})
-    if decision.exclusion_reason:
-        reasons.append({"rule": "eligibility", "text": decision.exclusion_reason})
-    session.add(
-        EligibilityDecision(
-            participant_id=p.id,
-            protocol_id=c.protocol_id or trial.protocol_id,
-            protocol_version=c.protocol_version or trial.protocol_version,
-            endotype=c.endotype,
-            therapy=c.therapy,
-            dose=c.dose,
-            eligible=decision.eligible,
-            reasons=reasons,
-            decided_by=actor.username,
-            decided_at=now,
-        )
-    )
+    reasons = _store_screening(session, actor, trial, p, work, obs, now)
     session.flush()
     entered: dict[str, Any] = {
         "pseudonym": pseudonym,
@@ -477,6 +429,57 @@ def require_open(trial: Trial) -> None:
         raise Conflict(f"trial {trial.code} is {trial.status}: no more data entry", field="trial_id")
 
 
+def _store_screening(
+    session: Session,
+    actor: Actor,
+    trial: Trial,
+    p: Participant,
+    work: ScreeningWork,
+    new_observations: list[eligibility.CanonicalObservation],
+    now: Any,
+) -> list[dict[str, Any]]:
+    """Write a screening's new observations (as entered and canonical), its screening form and the
+    decision with its reasons (the protocol's, Sepsis-3's and the exclusion); the reasons back."""
+    session.add_all(
+        ScreeningObservation(
+            participant_id=p.id,
+            concept=o.concept,
+            value_entered=o.value_entered,
+            unit_entered=o.unit_entered,
+            value=o.value,
+            unit=o.unit,
+            time=o.time,
+            entered_by=actor.username,
+            entered_at=now,
+        )
+        for o in new_observations
+    )
+    if work.form_id is not None:
+        _save_screening_form(session, p, work, actor.username, now)
+    decision = work.decision
+    c = decision.classification
+    reasons = list(c.reasons)
+    if decision.sepsis3 is not None:
+        reasons.append({"rule": "sepsis3", **decision.sepsis3.as_dict()})
+    if decision.exclusion_reason:
+        reasons.append({"rule": "eligibility", "text": decision.exclusion_reason})
+    session.add(
+        EligibilityDecision(
+            participant_id=p.id,
+            protocol_id=c.protocol_id or trial.protocol_id,
+            protocol_version=c.protocol_version or trial.protocol_version,
+            endotype=c.endotype,
+            therapy=c.therapy,
+            dose=c.dose,
+            eligible=decision.eligible,
+            reasons=reasons,
+            decided_by=actor.username,
+            decided_at=now,
+        )
+    )
+    return reasons
+
+
 def _save_screening_form(
     session: Session, p: Participant, work: ScreeningWork, username: str, now: Any
 ) -> None:
@@ -565,42 +568,8 @@ def rescreen(
     decision = work.decision
     c = decision.classification
     now = utcnow()
-    session.add_all(
-        ScreeningObservation(
-            participant_id=p.id,
-            concept=o.concept,
-            value_entered=o.value_entered,
-            unit_entered=o.unit_entered,
-            value=o.value,
-            unit=o.unit,
-            time=o.time,
-            entered_by=actor.username,
-            entered_at=now,
-        )
-        for o in new_obs
-    )
-    if work.form_id is not None:
-        _save_screening_form(session, p, work, actor.username, now)
+    reasons = _store_screening(session, actor, trial, p, work, new_obs, now)
     sepsis3 = decision.sepsis3.as_dict() if decision.sepsis3 is not None else None
-    reasons = list(c.reasons)
-    if sepsis3 is not None:
-        reasons.append({"rule": "sepsis3", **sepsis3})
-    if decision.exclusion_reason:
-        reasons.append({"rule": "eligibility", "text": decision.exclusion_reason})
-    session.add(
-        EligibilityDecision(
-            participant_id=p.id,
-            protocol_id=c.protocol_id or trial.protocol_id,
-            protocol_version=c.protocol_version or trial.protocol_version,
-            endotype=c.endotype,
-            therapy=c.therapy,
-            dose=c.dose,
-            eligible=decision.eligible,
-            reasons=reasons,
-            decided_by=actor.username,
-            decided_at=now,
-        )
-    )
     old = {"status": p.status, "exclusions": p.exclusions}
     p.status = "eligible" if decision.eligible else "ineligible"
     p.exclusions = exclusions
