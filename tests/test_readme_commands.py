@@ -158,6 +158,12 @@ WALK: dict[str, list[Call]] = {
             env=PASSWORDS,
         )
     ],
+    "immunostrat trial user-update": [
+        Call(
+            "immunostrat trial user-update --db sqlite:///{tmp}/trial.db --username bob --deactivate",
+            expect_text="deactivated",
+        )
+    ],
     "immunostrat trial report": [
         Call(
             "immunostrat trial report --db sqlite:///{tmp}/sle.db --trial sle-secretome",

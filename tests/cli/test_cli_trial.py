@@ -59,6 +59,28 @@ def test_user_add_and_unknown_role(trial_db: str) -> None:
     assert bad.exit_code in (1, 2) and "role" in bad.output
 
 
+def test_user_deactivated_at_the_command_line_is_audited_with_the_os_user(trial_db: str) -> None:
+    made = runner.invoke(
+        app,
+        ["trial", "user", "--db", trial_db, "--username", "bob", "--role", "monitor"],
+        env={"IMMUNOSTRAT_USER_PASSWORD": "another long secret"},
+    )
+    assert made.exit_code == 0, made.output
+    off = runner.invoke(app, ["trial", "user-update", "--db", trial_db, "--username", "bob", "--deactivate"])
+    assert off.exit_code == 0 and "deactivated" in off.stdout, off.output
+    path = trial_db.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as con:
+        assert con.execute("SELECT active FROM users WHERE username = 'bob'").fetchone() == (0,)
+        actor, action = con.execute(
+            "SELECT actor, action FROM audit_log ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+    assert actor.startswith("os:") and action == "update"
+    missing = runner.invoke(
+        app, ["trial", "user-update", "--db", trial_db, "--username", "nobody", "--activate"]
+    )
+    assert missing.exit_code == 2 and "unknown user" in missing.output
+
+
 def test_audit_verify_names_the_first_tampered_row(trial_db: str) -> None:
     path = trial_db.removeprefix("sqlite:///")
     with sqlite3.connect(path) as con:

@@ -154,6 +154,35 @@ def trial_export(
     out.print(f"wrote {'blinded' if blinded else 'unblinded'} export to {path}")
 
 
+@trial_app.command("user-update")
+def trial_user_update(
+    db: DbOpt,
+    username: Annotated[str, typer.Option("--username")],
+    active: Annotated[
+        bool | None, typer.Option("--activate/--deactivate", help="Reactivate or deactivate the user.")
+    ] = None,
+    role: Annotated[
+        str | None, typer.Option("--role", help="investigator | pharmacist | monitor | statistician | admin")
+    ] = None,
+) -> None:
+    """Deactivate or reactivate a user, or change the role (audited; issued tokens stop working)."""
+    from immunostrat.trial import TrialError
+    from immunostrat.trial.ops import update_user
+
+    try:
+        if active is None and role is None:
+            raise InputError(
+                "nothing to change", field="--username", expected="--deactivate, --activate or --role"
+            )
+        user = update_user(db, username, active=active, role=role)
+    except InputError as error:
+        fail(error)
+    except TrialError as error:
+        fail(error, code=1)
+    state = "active" if user["active"] else "deactivated"
+    out.print(f"user {user['username']} ({user['role']}) {state}")
+
+
 @trial_app.command("lock")
 def trial_lock(
     db: DbOpt,

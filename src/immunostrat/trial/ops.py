@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import Engine, make_url
+from sqlalchemy import Engine, make_url, select
 from sqlalchemy.exc import OperationalError
 
 from immunostrat.errors import InputError
@@ -19,7 +19,8 @@ from immunostrat.trial import service
 from immunostrat.trial.audit import Actor, AuditVerification
 from immunostrat.trial.db import get_engine, migrate, normalise_url, transaction
 from immunostrat.trial.export_files import write_trial_export
-from immunostrat.trial.schemas import TrialSpec, UserIn, parse
+from immunostrat.trial.models import User
+from immunostrat.trial.schemas import TrialSpec, UserIn, UserUpdate, parse
 
 
 def cli_actor() -> Actor:
@@ -125,6 +126,28 @@ def create_user(
             {"username": username, "password": password, "role": role, "site": site},
         )
         return service.create_user(session, actor, spec, trial=trial_obj).id
+
+
+def update_user(
+    db_url: str,
+    username: str,
+    *,
+    active: bool | None = None,
+    role: str | None = None,
+    actor: Actor | None = None,
+) -> dict[str, Any]:
+    """Deactivate or reactivate a user or change the role (audited with the OS user); tokens
+    already issued stop working at their next request. Returns the user as stored."""
+    actor = actor or cli_actor()
+    engine = existing_db(db_url)
+    with transaction(engine) as session:
+        user = session.scalars(select(User).where(User.username == username)).one_or_none()
+        if user is None:
+            raise InputError(
+                "unknown user", field="--username", value=username, expected="an existing username"
+            )
+        spec = parse(UserUpdate, {"active": active, "role": role})
+        return service.user_view(service.update_user(session, actor, user.id, spec))
 
 
 def _trial(session: Any, trial: int | str) -> Any:
