@@ -51,10 +51,12 @@ def test_investigator_screens_randomizes_and_fills_a_visit(browser: Browser, web
         expect(page.locator("#f-hemoglobin")).to_have_attribute("aria-invalid", "true")
         screenshots(page, "form-error")
 
-        page.locator("#f-hemoglobin").fill("11.8")
+        page.locator("#f-hemoglobin").fill("118")  # typed in g/L: stored as 11.8 g/dL
+        page.locator("#u-hemoglobin").select_option("g/L")
         page.get_by_role("button", name="Save").click()
         expect(page.locator("#saved")).to_be_visible()
         expect(page.locator("#f-hemoglobin")).to_have_value("11.8")
+        expect(page.locator("#u-hemoglobin")).to_have_value("g/dL")
 
         # a change to saved data asks for a reason, then keeps it in the history
         page.locator("#f-hemoglobin").fill("11.6")

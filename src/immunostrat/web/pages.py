@@ -179,14 +179,29 @@ def _typed(f: FieldDef, raw: str) -> Any:
     return raw
 
 
+def field_units(form: FormDef | None) -> dict[str, list[str]]:
+    """The units a number field may be typed in: its own first, then its concept's accepted units
+    (the form's check converts them, as for ``{"value": v, "unit": u}`` on the API)."""
+    if form is None:
+        return {}
+    concepts = load_concepts()
+    out = {}
+    for f in form.fields:
+        if f.type in ("number", "integer") and f.concept is not None:
+            out[f.name] = list(dict.fromkeys([f.stored_unit, *concepts[f.concept].accepted_units]))
+    return out
+
+
 def _form_values(form: FormDef, data: FormData, prefix: str = "") -> tuple[dict[str, Any], dict[str, str]]:
     values: dict[str, Any] = {}
     not_done: dict[str, str] = {}
     for f in form.fields:
         raw = str(data.get(prefix + f.name, "")).strip()
         reason = str(data.get(prefix + f.name + "__not_done", "")).strip()
+        unit = str(data.get(prefix + f.name + "__unit", "")).strip()
         if raw:
-            values[f.name] = _typed(f, raw)
+            value = _typed(f, raw)
+            values[f.name] = {"value": value, "unit": unit} if unit and unit != f.stored_unit else value
         elif reason:
             not_done[f.name] = reason
     return values, not_done
@@ -323,6 +338,7 @@ def _screen_context(request: Request, principal: Principal, trial_id: int) -> di
         "trial": view,
         "nav": _trial_nav(principal, trial_id),
         "form": _screening_form(spec),
+        "units": field_units(_screening_form(spec)),
         "sites": [s for s in view["sites"] if site_id is None or s["id"] == site_id],
         "values": {},
         "errors": {},
@@ -541,6 +557,7 @@ def _form_context(
         "error": None,
         "form_url": _form_url(trial_id, participant_id, visit, form_id),
         "field_labels": {f.name: f.label for f in form.fields},
+        "units": field_units(form),
         "reason": "",
         "can_edit": principal.role in INVESTIGATOR,
         "can_raise": principal.role in QUERY_MANAGERS,
