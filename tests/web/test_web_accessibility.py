@@ -3,14 +3,17 @@ violation of WCAG 2.1 A/AA, at the desktop and the phone sizes."""
 
 from __future__ import annotations
 
+import pytest
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Browser
+from playwright.sync_api import Browser, Page
 from webworld import WebServer, sign_in
+
+pytestmark = pytest.mark.browser  # Playwright drives the system Chromium
 
 AXE_OPTIONS = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}}
 
 
-def _violations(axe: Axe, page) -> list[str]:  # type: ignore[no-untyped-def]
+def _violations(axe: Axe, page: Page) -> list[str]:
     found = axe.run(page, options=AXE_OPTIONS).response["violations"]
     return [
         f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"

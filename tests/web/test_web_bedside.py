@@ -4,8 +4,11 @@ typed (htmx, no button), the same answer as ``POST /classify`` gives."""
 from __future__ import annotations
 
 import httpx
+import pytest
 from playwright.sync_api import Browser, expect
 from webworld import WebServer, screenshots, sign_in
+
+pytestmark = pytest.mark.browser  # Playwright drives the system Chromium
 
 
 def test_bedside_classifies_as_values_are_typed(browser: Browser, web: WebServer) -> None:

@@ -8,8 +8,11 @@ import re
 from datetime import date
 
 import httpx
+import pytest
 from playwright.sync_api import Browser, Page, expect
 from webworld import SLE_VISIT, WebServer, screenshots, sign_in
+
+pytestmark = pytest.mark.browser  # Playwright drives the system Chromium
 
 
 def _fill_visit(page: Page, values: dict[str, str]) -> None:

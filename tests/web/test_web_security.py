@@ -13,6 +13,8 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext
 from webworld import ARMS, BLINDED_ROLES, USER_LIMIT, WebServer, screenshots, sign_in
 
+pytestmark = pytest.mark.browser  # Playwright drives the system Chromium
+
 LINK = re.compile(r'href="(/web/[^"#]*)')
 
 
