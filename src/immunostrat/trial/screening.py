@@ -345,21 +345,7 @@ def screen(
     if decision.exclusion_reason:
         entered["exclusion_reason"] = decision.exclusion_reason
     audit.append(session, actor, "create", "participant", p.id, new=entered)
-    return ScreeningResult(
-        participant_id=p.id,
-        pseudonym=pseudonym,
-        site=site.code,
-        eligible=decision.eligible,
-        endotype=c.endotype,
-        therapy=c.therapy,
-        dose=c.dose,
-        reasons=reasons,
-        exclusion_reason=decision.exclusion_reason,
-        protocol_id=c.protocol_id or trial.protocol_id,
-        protocol_version=c.protocol_version or trial.protocol_version,
-        warnings=c.warnings,
-        sepsis3=sepsis3,
-    )
+    return _screening_result(trial, p, site.code, work, reasons)
 
 
 def latest_decision(session: Session, participant_id: int) -> EligibilityDecision | None:
@@ -480,6 +466,28 @@ def _store_screening(
     return reasons
 
 
+def _screening_result(
+    trial: Trial, p: Participant, site_code: str, work: ScreeningWork, reasons: list[dict[str, Any]]
+) -> ScreeningResult:
+    decision = work.decision
+    c = decision.classification
+    return ScreeningResult(
+        participant_id=p.id,
+        pseudonym=p.pseudonym,
+        site=site_code,
+        eligible=decision.eligible,
+        endotype=c.endotype,
+        therapy=c.therapy,
+        dose=c.dose,
+        reasons=reasons,
+        exclusion_reason=decision.exclusion_reason,
+        protocol_id=c.protocol_id or trial.protocol_id,
+        protocol_version=c.protocol_version or trial.protocol_version,
+        warnings=c.warnings,
+        sepsis3=decision.sepsis3.as_dict() if decision.sepsis3 is not None else None,
+    )
+
+
 def _save_screening_form(
     session: Session, p: Participant, work: ScreeningWork, username: str, now: Any
 ) -> None:
@@ -569,7 +577,6 @@ def rescreen(
     c = decision.classification
     now = utcnow()
     reasons = _store_screening(session, actor, trial, p, work, new_obs, now)
-    sepsis3 = decision.sepsis3.as_dict() if decision.sepsis3 is not None else None
     old = {"status": p.status, "exclusions": p.exclusions}
     p.status = "eligible" if decision.eligible else "ineligible"
     p.exclusions = exclusions
@@ -594,21 +601,7 @@ def rescreen(
             ],
         },
     )
-    return ScreeningResult(
-        participant_id=p.id,
-        pseudonym=p.pseudonym,
-        site=p.site.code,
-        eligible=decision.eligible,
-        endotype=c.endotype,
-        therapy=c.therapy,
-        dose=c.dose,
-        reasons=reasons,
-        exclusion_reason=decision.exclusion_reason,
-        protocol_id=c.protocol_id or trial.protocol_id,
-        protocol_version=c.protocol_version or trial.protocol_version,
-        warnings=c.warnings,
-        sepsis3=sepsis3,
-    )
+    return _screening_result(trial, p, p.site.code, work, reasons)
 
 
 def screening_log(session: Session, actor: Actor, trial_id: int) -> list[dict[str, Any]]:
