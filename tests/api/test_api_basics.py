@@ -48,3 +48,10 @@ def test_demo_database_serves_its_users(tmp_path: Path, monkeypatch: pytest.Monk
             f"/trials/{info.trial_id}/participants", headers={"Authorization": f"Bearer {token}"}
         ).json()
     assert len(rows) == info.screened and sum(r["kit_number"] is not None for r in rows) == info.randomized
+
+
+def test_the_root_opens_the_web_application(server: Server) -> None:
+    r = httpx.get(f"{server.base_url}/", timeout=30)
+    assert r.status_code == 307 and r.headers["location"] == "/web/"
+    page = httpx.get(f"{server.base_url}/", timeout=30, follow_redirects=True)
+    assert page.status_code == 200 and "sign" in page.text.lower()

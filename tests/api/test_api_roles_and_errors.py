@@ -13,7 +13,7 @@ ALL = set(ROLES)
 READERS = {"investigator", "pharmacist", "monitor", "statistician"}
 CLINICAL = {"investigator", "monitor", "statistician"}
 P = "/trials/{trial_id}/participants/{participant_id}"
-PUBLIC = {("GET", "/health"), ("POST", "/token"), ("GET", "/cds-services")}
+PUBLIC = {("GET", "/"), ("GET", "/health"), ("POST", "/token"), ("GET", "/cds-services")}
 MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/me"): ALL,
     ("POST", "/users"): {"admin"},

@@ -16,6 +16,7 @@ from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import RedirectResponse
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import Field
 from sqlalchemy import select
@@ -63,6 +64,12 @@ class SiteIn(SiteSpec):
     seed: str = Field(
         min_length=64, max_length=64, description="the trial's seed (hex), handed out at set-up"
     )
+
+
+@router.get("/", tags=["service"], status_code=307, response_class=RedirectResponse)
+def root() -> RedirectResponse:
+    """The web application's start page (``/web/``): sign-in, trial pages, bedside."""
+    return RedirectResponse("/web/", status_code=307)
 
 
 @router.get("/health", tags=["service"])
