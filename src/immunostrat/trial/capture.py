@@ -13,6 +13,7 @@ from immunostrat.errors import InputError
 from immunostrat.scores.sofa import SOFA_COMPONENTS
 from immunostrat.trial import audit, eligibility
 from immunostrat.trial.audit import Actor
+from immunostrat.trial.definition import AdverseEventRules
 from immunostrat.trial.errors import Conflict, NotFound
 from immunostrat.trial.models import (
     AdverseEvent,
@@ -203,9 +204,6 @@ def outcome_view(row: Outcome) -> dict[str, Any]:
 
 
 AE_FIELDS = ("day", "term", "meddra_code", "serious", "seriousness", "severity", "related", "outcome")
-EXPEDITED_REPORT_HOURS = 24
-"""ICH E6(R2) 4.11.1: the investigator reports a serious adverse event to the sponsor immediately;
-in practice within 24 hours of learning of it. A trial file may set its own clock."""
 
 
 def record_adverse_event(
@@ -214,11 +212,8 @@ def record_adverse_event(
     """An adverse event with its term (and MedDRA code), CTCAE grade (stored as ``severity``),
     seriousness criteria and, for a serious one, the time its expedited report is due."""
     trial, p = _randomized(session, actor, trial_id, participant_id)
-    hours = int(
-        ((trial.config.get("definition") or {}).get("adverse_events") or {}).get(
-            "expedited_report_hours", EXPEDITED_REPORT_HOURS
-        )
-    )
+    # trials set up before the setting existed get the default clock (AdverseEventRules)
+    hours = AdverseEventRules.model_validate(trial.config.get("adverse_events") or {}).expedited_report_hours
     aware = data.aware_at or utcnow()
     row = AdverseEvent(
         participant_id=p.id,

@@ -21,6 +21,8 @@ from immunostrat.scores import compare
 FieldType = Literal["number", "integer", "boolean", "choice", "text", "date"]
 Comparison = Literal["<", "<=", ">", ">=", "==", "!="]
 ExportTable = Literal["daily_assessments", "outcomes", "participants", "none"]
+SCREENING_VISIT = "screening"
+"""The visit id under which a screening form is kept (reserved: no scheduled visit may use it)."""
 SCORE_NAMES = ("sofa", "mex-sledai", "sledai-2k", "hscore", "qsofa")
 SERIOUSNESS_CRITERIA = (
     "death",

@@ -27,7 +27,8 @@ from immunostrat.errors import InputError
 from immunostrat.trial import audit
 from immunostrat.trial.audit import Actor
 from immunostrat.trial.capture import SOFA_FIELDS
-from immunostrat.trial.forms import SCREENING_VISIT, has_forms, trial_definition
+from immunostrat.trial.definition import SCREENING_VISIT
+from immunostrat.trial.forms import has_forms, trial_definition
 from immunostrat.trial.models import (
     AdverseEvent,
     Allocation,

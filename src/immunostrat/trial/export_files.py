@@ -13,7 +13,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import polars as pl
 from sqlalchemy import select
@@ -23,7 +23,7 @@ from immunostrat.analysis.schema import TABLES
 from immunostrat.concepts import load_concepts
 from immunostrat.errors import InputError
 from immunostrat.trial.audit import Actor
-from immunostrat.trial.definition import FieldDef
+from immunostrat.trial.definition import SCREENING_VISIT, FieldDef
 from immunostrat.trial.export import ExportTables, build_export, write_export
 from immunostrat.trial.export_formats import (
     DataType,
@@ -37,7 +37,7 @@ from immunostrat.trial.export_formats import (
     write_odm,
     write_statistical,
 )
-from immunostrat.trial.forms import SCREENING_VISIT, has_forms, trial_definition
+from immunostrat.trial.forms import has_forms, trial_definition
 from immunostrat.trial.models import (
     Allocation,
     FormChange,
@@ -323,7 +323,3 @@ def write_trial_export(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def export_summary(folder: Path) -> dict[str, Any]:
-    return {"folder": str(folder), "files": sorted(p.name for p in folder.iterdir())}

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -41,7 +41,6 @@ from immunostrat.trial.schemas import FormIn, TrialSpec
 from immunostrat.trial.screening import participant_by_id, require_open
 from immunostrat.trial.setup import trial_by_id
 
-SCREENING_VISIT = "screening"
 MAX_TEXT_CHARS = 2000
 
 _SCORES = {"sofa": sofa, "mex-sledai": mex_sledai, "sledai-2k": sledai_2k, "hscore": hscore, "qsofa": qsofa}
@@ -272,8 +271,6 @@ def study_day(spec: TrialSpec, randomized_on: date, on: date) -> int:
 
 
 def visit_dates(spec: TrialSpec, visit: Visit, randomized_on: date) -> tuple[date, date]:
-    from datetime import timedelta
-
     target = randomized_on + timedelta(days=visit.day - spec.day_of_randomization)
     return target - timedelta(days=visit.window_before), target + timedelta(days=visit.window_after)
 

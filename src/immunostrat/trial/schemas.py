@@ -22,6 +22,7 @@ from pydantic import (
 
 from immunostrat.errors import InputError
 from immunostrat.trial.definition import (
+    SCREENING_VISIT,
     SERIOUSNESS_CRITERIA,
     AdverseEventRules,
     EligibilityDef,
@@ -225,7 +226,7 @@ class TrialSpec(_Model):
                 )
         seen: set[str] = set()
         for visit in self.schedule():
-            if visit.id in seen or visit.id == "screening":
+            if visit.id in seen or visit.id == SCREENING_VISIT:
                 raise ValueError(f"visit id {visit.id!r} is used twice (or is the reserved 'screening')")
             seen.add(visit.id)
             for f in visit.forms:

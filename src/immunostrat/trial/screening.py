@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from immunostrat.errors import InputError
 from immunostrat.trial import audit, eligibility
 from immunostrat.trial.audit import Actor
-from immunostrat.trial.definition import EligibilityDef, holds
+from immunostrat.trial.definition import SCREENING_VISIT, EligibilityDef, holds
 from immunostrat.trial.errors import Conflict, Forbidden, NotFound
 from immunostrat.trial.models import (
     Allocation,
@@ -496,14 +496,14 @@ def _save_screening_form(
     record = session.scalars(
         select(FormRecord).where(
             FormRecord.participant_id == p.id,
-            FormRecord.visit_id == "screening",
+            FormRecord.visit_id == SCREENING_VISIT,
             FormRecord.form_id == work.form_id,
         )
     ).one_or_none()
     if record is None:
         record = FormRecord(
             participant_id=p.id,
-            visit_id="screening",
+            visit_id=SCREENING_VISIT,
             form_id=work.form_id,
             study_day=None,
             visit_date=now.date(),
@@ -564,7 +564,7 @@ def rescreen(
     )
     obs = _stored_observations(session, p.id) + new_obs
     previous = session.scalars(
-        select(FormRecord).where(FormRecord.participant_id == p.id, FormRecord.visit_id == "screening")
+        select(FormRecord).where(FormRecord.participant_id == p.id, FormRecord.visit_id == SCREENING_VISIT)
     ).first()
     form = {**(previous.entered if previous is not None else {}), **data.form}
     exclusions = {**(p.exclusions or {}), **data.exclusions}

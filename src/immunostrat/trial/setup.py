@@ -101,6 +101,7 @@ def setup_trial(session: Session, actor: Actor, spec: TrialSpec, seed: bytes | N
         "require_sepsis3": spec.sepsis3_required,
         "strata_from": spec.strata_from,
         "eligibility": spec.eligibility.model_dump(mode="json"),
+        "adverse_events": spec.adverse_events.model_dump(mode="json"),
     }
     if spec.forms:
         # the trial file as set up, less what would make allocations predictable (kept above)
