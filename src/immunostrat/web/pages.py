@@ -10,202 +10,63 @@ Arms: pages never name one to a blinded role. The only arm on any page comes fro
 
 from __future__ import annotations
 
-import logging
 import secrets
-from collections.abc import Callable, Coroutine, Iterable
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from fastapi import Request
 from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
-from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 
-from immunostrat.api import clinical, data_routes, routes
+from immunostrat.api import clinical
 from immunostrat.api.app import unit_of_work
 from immunostrat.api.auth import Principal, confirm_current, issue_token
 from immunostrat.concepts import load_concepts
 from immunostrat.errors import InputError
 from immunostrat.trial import datamanagement, forms, service
 from immunostrat.trial.db import read_transaction
-from immunostrat.trial.definition import FieldDef, FormDef
+from immunostrat.trial.definition import FormDef
 from immunostrat.trial.models import Trial, User
 from immunostrat.trial.schemas import FormIn, QueryIn, ScreeningIn
-from immunostrat.web.session import (
-    CSRF_FIELD,
-    SignedOut,
-    SignInThrottle,
-    clear_session,
-    csrf_ok,
-    csrf_token,
-    principal_of,
-    secure,
-    set_session,
+from immunostrat.web.core import (
+    ANY,
+    CLINICAL_READERS,
+    DATA_READERS,
+    HERE,
+    INVESTIGATOR,
+    QUERY_MANAGERS,
+    SCREENING_READERS,
+    STATIC_FILES,
+    PageError,
+    add_main_page,
+    add_trial_page,
+    field_key,
+    field_units,
+    form_values,
+    page_router,
+    posted,
+    render,
+    signed_in,
+    trial_nav,
+    user_of,
 )
+from immunostrat.web.session import CSRF_FIELD, SignInThrottle, clear_session, set_session
 
-logger = logging.getLogger("immunostrat.web")
-HERE = Path(__file__).resolve().parent
-STATIC_FILES = {"htmx.min.js": "text/javascript", "site.css": "text/css"}
+router = page_router()
+fallback = page_router()
+"""Last of all routes: any other address under /web is a page, not the API's JSON 404."""
 
-
-def _roles(dependency: Callable[..., Principal]) -> frozenset[str]:
-    """The roles the API's dependency lets through: one source for the API and the pages."""
-    return frozenset(dependency.allowed_roles)  # type: ignore[attr-defined]
-
-
-ANY = _roles(routes.ANY)
-INVESTIGATOR = _roles(routes.INVESTIGATOR)
-DATA_READERS = _roles(routes.DATA_READERS)
-CLINICAL_READERS = _roles(data_routes.CLINICAL_READERS)
-SCREENING_READERS = _roles(data_routes.SCREENING_READERS)
-QUERY_MANAGERS = _roles(data_routes.QUERY_MANAGERS)
-
-env = Environment(
-    loader=FileSystemLoader(HERE / "templates"),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-
-
-class PageError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-def _error_page(request: Request, status: int, message: str) -> Response:
-    return render(request, "error.html", {"status": status, "message": message}, status=status)
-
-
-class WebRoute(APIRoute):
-    """Every page's answer carries the security headers; a missing or expired session sends the
-    browser to the sign-in page; errors become pages, never JSON."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def page(request: Request) -> Response:
-            try:
-                response = await handler(request)
-            except SignedOut:
-                response = _to_sign_in(request)
-            except HTTPException as exc:
-                if exc.status_code == 401:
-                    response = _to_sign_in(request)
-                else:
-                    response = _error_page(request, exc.status_code, str(exc.detail))
-            except PageError as exc:
-                response = _error_page(request, exc.status, exc.message)
-            except service.TrialError as exc:
-                response = _error_page(request, exc.status, exc.message)
-            except InputError as exc:
-                response = _error_page(request, 422, str(exc))
-            except RequestValidationError:
-                response = _error_page(request, 404, "no such page")
-            except Exception:  # logged with its traceback; the answer is still a page with the headers
-                logger.exception("unhandled error in %s %s", request.method, request.url.path)
-                response = _error_page(request, 500, "internal server error (logged)")
-            return secure(response)
-
-        return page
-
-
-router = APIRouter(prefix="/web", route_class=WebRoute, include_in_schema=False)
-
-
-def _to_sign_in(request: Request) -> Response:
-    response = RedirectResponse("/web/sign-in", status_code=303)
-    if request.headers.get("HX-Request"):
-        response.headers["HX-Redirect"] = "/web/sign-in"
-    clear_session(response, request)
-    return response
-
-
-def render(request: Request, template: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
-    values = {"user": None, "nav": None, **context}
-    html = env.get_template(template).render(
-        request=request, csrf=csrf_token(request), csrf_field=CSRF_FIELD, **values
-    )
-    return HTMLResponse(html, status_code=status)
-
-
-def signed_in(request: Request, roles: Iterable[str]) -> Principal:
-    """The session's principal, when its role may see the page (the role the API operation allows)."""
-    principal = principal_of(request)
-    if principal.role not in roles:
-        raise PageError(403, f"role {principal.role!r} may not open this page")
-    return principal
-
-
-async def posted(request: Request, roles: Iterable[str]) -> tuple[Principal, FormData]:
-    """A POST from a signed-in user of ``roles`` with the session's CSRF token (403 otherwise)."""
-    principal = signed_in(request, roles)
-    data = await request.form()
-    if not csrf_ok(request, data.get(CSRF_FIELD)):
-        raise PageError(403, "the form's security token is missing or wrong: reload the page and try again")
-    return principal, data
-
-
-def _user(request: Request, principal: Principal) -> dict[str, Any]:
-    return {"username": principal.username, "role": principal.role}
-
-
-def _field_key(form_id: str, field: str | None) -> str:
-    """The form field an error names (``sle_visit.hemoglobin`` -> ``hemoglobin``)."""
-    if not field:
-        return ""
-    return field.split(".", 1)[1] if field.startswith(form_id + ".") else field
-
-
-def _typed(f: FieldDef, raw: str) -> Any:
-    """An HTML input's text as the JSON type the API takes; what does not parse is passed on as
-    text, for the form's own check to refuse with its message."""
-    if f.type in ("number", "integer"):
-        try:
-            number = float(raw)
-        except ValueError:
-            return raw
-        return int(number) if f.type == "integer" and number.is_integer() else number
-    if f.type == "boolean":
-        return {"true": True, "false": False}.get(raw, raw)
-    return raw
-
-
-def field_units(form: FormDef | None) -> dict[str, list[str]]:
-    """The units a number field may be typed in: its own first, then its concept's accepted units
-    (the form's check converts them, as for ``{"value": v, "unit": u}`` on the API)."""
-    if form is None:
-        return {}
-    concepts = load_concepts()
-    out = {}
-    for f in form.fields:
-        if f.type in ("number", "integer") and f.concept is not None:
-            out[f.name] = list(dict.fromkeys([f.stored_unit, *concepts[f.concept].accepted_units]))
-    return out
-
-
-def _form_values(form: FormDef, data: FormData, prefix: str = "") -> tuple[dict[str, Any], dict[str, str]]:
-    values: dict[str, Any] = {}
-    not_done: dict[str, str] = {}
-    for f in form.fields:
-        raw = str(data.get(prefix + f.name, "")).strip()
-        reason = str(data.get(prefix + f.name + "__not_done", "")).strip()
-        unit = str(data.get(prefix + f.name + "__unit", "")).strip()
-        if raw:
-            value = _typed(f, raw)
-            values[f.name] = {"value": value, "unit": unit} if unit and unit != f.stored_unit else value
-        elif reason:
-            not_done[f.name] = reason
-    return values, not_done
-
+add_main_page("/", "Trials", ANY)
+add_main_page("/bedside", "Bedside", ANY)
+add_trial_page("", "Overview", ANY)
+add_trial_page("/screen", "Screen a patient", INVESTIGATOR)
+add_trial_page("/screening-log", "Screening log", SCREENING_READERS)
+add_trial_page("/participants", "Participants", DATA_READERS)
+add_trial_page("/visits", "Overdue visits", CLINICAL_READERS)
+add_trial_page("/queries", "Open queries", CLINICAL_READERS)
 
 # ------------------------------------------------------------------------------------- static
 
@@ -274,22 +135,6 @@ async def sign_out(request: Request) -> Response:
 # ------------------------------------------------------------------------------------- trials
 
 
-def _trial_nav(principal: Principal, trial_id: int) -> list[tuple[str, str]]:
-    """The trial's pages this role may open (role-aware navigation)."""
-    base = f"/web/trials/{trial_id}"
-    links = [(base, "Overview")]
-    if principal.role in INVESTIGATOR:
-        links.append((f"{base}/screen", "Screen a patient"))
-    if principal.role in SCREENING_READERS:
-        links.append((f"{base}/screening-log", "Screening log"))
-    if principal.role in DATA_READERS:
-        links.append((f"{base}/participants", "Participants"))
-    if principal.role in CLINICAL_READERS:
-        links.append((f"{base}/visits", "Overdue visits"))
-        links.append((f"{base}/queries", "Open queries"))
-    return links
-
-
 @router.get("/")
 def home(request: Request) -> Response:
     principal = signed_in(request, ANY)
@@ -297,7 +142,7 @@ def home(request: Request) -> Response:
         trials = [
             service.trial_view(session, t, actor) for t in session.scalars(select(Trial).order_by(Trial.id))
         ]
-    return render(request, "home.html", {"user": _user(request, principal), "trials": trials})
+    return render(request, "home.html", {"user": user_of(request, principal), "trials": trials})
 
 
 def _trial(session: Any, trial_id: int) -> tuple[Trial, Any]:
@@ -314,9 +159,9 @@ def trial_page(request: Request, trial_id: int) -> Response:
         view = service.trial_view(session, trial, actor)
         schedule = spec.schedule() if spec is not None else []
     context = {
-        "user": _user(request, principal),
+        "user": user_of(request, principal),
         "trial": view,
-        "nav": _trial_nav(principal, trial_id),
+        "nav": trial_nav(principal, trial_id),
         "schedule": schedule,
     }
     return render(request, "trial.html", context)
@@ -334,9 +179,9 @@ def _screen_context(request: Request, principal: Principal, trial_id: int) -> di
         view = service.trial_view(session, trial, actor)
         site_id = actor.site_id
     return {
-        "user": _user(request, principal),
+        "user": user_of(request, principal),
         "trial": view,
-        "nav": _trial_nav(principal, trial_id),
+        "nav": trial_nav(principal, trial_id),
         "form": _screening_form(spec),
         "units": field_units(_screening_form(spec)),
         "sites": [s for s in view["sites"] if site_id is None or s["id"] == site_id],
@@ -369,7 +214,7 @@ async def screen(request: Request, trial_id: int) -> Response:
     if weight:
         body["weight_kg"] = weight
     if form is not None:
-        body["form"], _ = _form_values(form, data, prefix="form__")
+        body["form"], _ = form_values(form, data, prefix="form__")
     key = str(data.get("idempotency_key", "")) or None
     try:
         screening = ScreeningIn.model_validate(body)
@@ -410,9 +255,9 @@ def screening_log(request: Request, trial_id: int) -> Response:
         view = service.trial_view(session, service.trial_by_id(session, trial_id), actor)
         rows = service.screening_log(session, actor, trial_id)
     context = {
-        "user": _user(request, principal),
+        "user": user_of(request, principal),
         "trial": view,
-        "nav": _trial_nav(principal, trial_id),
+        "nav": trial_nav(principal, trial_id),
         "rows": rows,
     }
     return render(request, "screening_log.html", context)
@@ -434,9 +279,9 @@ def participants(request: Request, trial_id: int) -> Response:
                 )
             rows.append(row)
     context = {
-        "user": _user(request, principal),
+        "user": user_of(request, principal),
         "trial": view,
-        "nav": _trial_nav(principal, trial_id),
+        "nav": trial_nav(principal, trial_id),
         "rows": rows,
         "show_arm": any("arm" in r.get("allocation", {}) for r in rows),
     }
@@ -460,9 +305,9 @@ def participant_page(request: Request, trial_id: int, participant_id: int) -> Re
         if spec is not None and actor.role in CLINICAL_READERS and participant["kit_number"] is not None:
             casebook = datamanagement.casebook(session, actor, trial_id, participant_id)
     context = {
-        "user": _user(request, principal),
+        "user": user_of(request, principal),
         "trial": view,
-        "nav": _trial_nav(principal, trial_id),
+        "nav": trial_nav(principal, trial_id),
         "p": participant,
         "allocation": allocation,
         "casebook": casebook,
@@ -540,9 +385,9 @@ def _form_context(
         values = {k: _shown(v) for k, v in record["values"].items()}
         values.update({f"{k}__not_done": str(v) for k, v in record["not_done"].items()})
     return {
-        "user": _user(request, principal),
+        "user": user_of(request, principal),
         "trial": view,
-        "nav": _trial_nav(principal, trial_id),
+        "nav": trial_nav(principal, trial_id),
         "pseudonym": p.pseudonym,
         "participant_id": participant_id,
         "visit": schedule[visit],
@@ -596,7 +441,7 @@ async def save_form(
         _form_context, request, principal, trial_id, participant_id, visit, form_id
     )
     form: FormDef = context["form"]
-    values, not_done = _form_values(form, data)
+    values, not_done = form_values(form, data)
     context["values"] = {k: str(v) for k, v in data.items() if k != CSRF_FIELD}
     context["visit_date"] = str(data.get("visit_date", ""))
     reason = str(data.get("reason", "")).strip() or None
@@ -617,7 +462,7 @@ async def save_form(
     try:
         await run_in_threadpool(work)
     except InputError as exc:
-        context["errors"][_field_key(form_id, exc.field)] = str(exc)
+        context["errors"][field_key(form_id, exc.field)] = str(exc)
         return render(request, "form.html", context, status=422)
     return RedirectResponse(_form_url(trial_id, participant_id, visit, form_id) + "?saved=1", status_code=303)
 
@@ -702,9 +547,9 @@ def overdue_visits(request: Request, trial_id: int) -> Response:
         view = service.trial_view(session, service.trial_by_id(session, trial_id), actor)
         report = datamanagement.visit_report(session, actor, trial_id)
     context = {
-        "user": _user(request, principal),
+        "user": user_of(request, principal),
         "trial": view,
-        "nav": _trial_nav(principal, trial_id),
+        "nav": trial_nav(principal, trial_id),
         "report": report,
         "rows": [v for v in report["visits"] if v["state"] in ("overdue", "due", "partial")],
     }
@@ -722,9 +567,9 @@ def open_queries(request: Request, trial_id: int) -> Response:
     for row in rows:
         row["participant_id"] = pids.get(row.get("pseudonym", ""))
     context = {
-        "user": _user(request, principal),
+        "user": user_of(request, principal),
         "trial": view,
-        "nav": _trial_nav(principal, trial_id),
+        "nav": trial_nav(principal, trial_id),
         "rows": rows,
     }
     return render(request, "queries.html", context)
@@ -753,7 +598,7 @@ def _bedside_rows() -> list[dict[str, Any]]:
 @router.get("/bedside")
 def bedside_page(request: Request) -> Response:
     principal = signed_in(request, ANY)
-    context = {"user": _user(request, principal), "rows": _bedside_rows(), "result": None, "error": None}
+    context = {"user": user_of(request, principal), "rows": _bedside_rows(), "result": None, "error": None}
     return render(request, "bedside.html", context)
 
 
@@ -795,12 +640,12 @@ async def bedside_classify(request: Request) -> Response:
         except InputError as exc:
             context["error"] = str(exc)
     if not request.headers.get("HX-Request"):
-        context.update(user=_user(request, principal), rows=_bedside_rows(), values=dict(data))
+        context.update(user=user_of(request, principal), rows=_bedside_rows(), values=dict(data))
         return render(request, "bedside.html", context)
     return render(request, "_bedside_result.html", context)
 
 
-@router.get("/{rest:path}")
+@fallback.get("/{rest:path}")
 def not_found(request: Request, rest: str) -> Response:
     """Any other address under /web: a page (with the security headers), not the API's JSON 404."""
     raise PageError(404, "no such page")
