@@ -22,7 +22,17 @@ import httpx
 from sqlalchemy import create_engine, text
 
 PG_SERVER = os.environ.get("IMMUNOSTRAT_TEST_PG", "postgresql+psycopg://postgres@localhost:5432/test")
-ROLES = ("investigator", "pharmacist", "monitor", "statistician", "admin")
+ROLES = (
+    "investigator",
+    "pharmacist",
+    "monitor",
+    "statistician",
+    "clinician",
+    "researcher",
+    "modeller",
+    "admin",
+)
+"""Every role; admin last (the bootstrap user creates the others)."""
 TOKEN_KEY = secrets.token_urlsafe(48)
 """The test servers' token signing key (a service takes it from its environment, never the database)."""
 

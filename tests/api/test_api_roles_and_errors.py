@@ -10,6 +10,7 @@ import pytest
 from apiserver import ROLES, TOKEN_KEY, Server
 
 ALL = set(ROLES)
+TRIAL = {"investigator", "pharmacist", "monitor", "statistician", "admin"}
 READERS = {"investigator", "pharmacist", "monitor", "statistician"}
 CLINICAL = {"investigator", "monitor", "statistician"}
 P = "/trials/{trial_id}/participants/{participant_id}"
@@ -20,8 +21,8 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("GET", "/users"): {"admin"},
     ("PATCH", "/users/{user_id}"): {"admin"},
     ("POST", "/trials"): {"admin"},
-    ("GET", "/trials"): ALL,
-    ("GET", "/trials/{trial_id}"): ALL,
+    ("GET", "/trials"): TRIAL,
+    ("GET", "/trials/{trial_id}"): TRIAL,
     ("POST", "/trials/{trial_id}/sites"): {"admin"},
     ("POST", "/trials/{trial_id}/lock"): {"admin"},
     ("POST", "/trials/{trial_id}/participants"): {"investigator"},
@@ -46,9 +47,9 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", "/cds-services/immunostrat-endotype"): ALL,
     ("POST", "/cds-services/immunostrat-endotype/feedback"): ALL,
     # trials defined as data
-    ("GET", "/trial-templates"): ALL,
-    ("GET", "/trial-templates/{name}"): ALL,
-    ("GET", "/trials/{trial_id}/definition"): ALL,
+    ("GET", "/trial-templates"): TRIAL,
+    ("GET", "/trial-templates/{name}"): TRIAL,
+    ("GET", "/trials/{trial_id}/definition"): TRIAL,
     ("POST", P + "/rescreen"): {"investigator"},
     ("GET", "/trials/{trial_id}/screening-log"): CLINICAL | {"admin"},
     ("PUT", P + "/visits/{visit}/forms/{form}"): {"investigator"},

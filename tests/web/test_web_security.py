@@ -13,6 +13,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext
 from webworld import ARMS, BLINDED_ROLES, USER_LIMIT, WebServer, screenshots, sign_in
 
+SCREENING_ROLES = ("investigator", "monitor", "statistician", "admin")
 pytestmark = pytest.mark.browser  # Playwright drives the system Chromium
 
 LINK = re.compile(r'href="(/web/[^"#]*)')
@@ -45,7 +46,10 @@ def test_blinded_role_sees_no_arm_on_any_page(browser: Browser, web: WebServer, 
         # fragments: the query thread htmx swaps in, as the monitor and the investigator get it
         base = f"/web/trials/{web.trial_id}"
         participant = f"{base}/participants/{web.seeded_participant}"
-        assert f"{base}/screening-log" in pages, sorted(pages)
+        if role in SCREENING_ROLES:
+            assert f"{base}/screening-log" in pages, sorted(pages)
+        else:  # a care role (clinician, researcher, modeller) sees no trial at all
+            assert not any(p.startswith("/web/trials") for p in pages), sorted(pages)
         if role in ("investigator", "monitor", "statistician"):
             assert f"{participant}/visits/day0/forms/sle_visit" in pages, sorted(pages)
         for path, text in pages.items():

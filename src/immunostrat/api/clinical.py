@@ -27,7 +27,8 @@ EARLIEST_DECISION_YEAR = 1900
 """No bedside data comes from before 1900; the bound also keeps the look-back window's arithmetic
 off the year-1 floor of Python's dates (``at`` = 0001-01-01 minus 24 hours was a server error)."""
 # a deactivated or re-roled user's token stops here too, though nothing is stored
-AnyUser = Annotated[Principal, Depends(require_current(*ALL_ROLES))]
+CLASSIFIERS = require_current(*ALL_ROLES)
+AnyUser = Annotated[Principal, Depends(CLASSIFIERS)]
 
 
 class PatientIn(BaseModel):

@@ -12,10 +12,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from immunostrat.api.app import unit_of_work
-from immunostrat.api.auth import ALL_ROLES, Principal, require
+from immunostrat.api.auth import Principal, require
 from immunostrat.trial import datamanagement, forms, ops, service
 from immunostrat.trial.schemas import (
     MAX_ID,
+    TRIAL_ROLES,
     AdverseEventReportIn,
     FormIn,
     QueryIn,
@@ -27,7 +28,7 @@ from immunostrat.trial.schemas import (
 
 router = APIRouter()
 
-ANY = require(*ALL_ROLES)
+ANY = require(*TRIAL_ROLES)
 INVESTIGATOR = require("investigator")
 CLINICAL_READERS = require("investigator", "monitor", "statistician")
 SCREENING_READERS = require("admin", "investigator", "monitor", "statistician")

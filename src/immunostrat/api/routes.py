@@ -31,6 +31,7 @@ from immunostrat.trial.models import AuditRow, Trial, User
 from immunostrat.trial.passwords import hash_password
 from immunostrat.trial.schemas import (
     MAX_ID,
+    TRIAL_ROLES,
     AdverseEventIn,
     AssessmentIn,
     OutcomeIn,
@@ -45,7 +46,8 @@ from immunostrat.trial.schemas import (
 
 router = APIRouter()
 
-ANY = require(*ALL_ROLES)
+SIGNED_IN = require(*ALL_ROLES)
+ANY = require(*TRIAL_ROLES)
 ADMIN = require("admin")
 INVESTIGATOR = require("investigator")
 DATA_READERS = require("investigator", "pharmacist", "monitor", "statistician")
@@ -92,7 +94,7 @@ def login(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()
 
 
 @router.get("/me", tags=["auth"])
-def me(request: Request, principal: AnyUser) -> dict[str, Any]:
+def me(request: Request, principal: Annotated[Principal, Depends(SIGNED_IN)]) -> dict[str, Any]:
     with read_transaction(request.app.state.engine) as session:
         actor = confirm(session, principal)
         user = session.get(User, actor.user_id)

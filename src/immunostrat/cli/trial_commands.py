@@ -162,7 +162,7 @@ def trial_user_update(
         bool | None, typer.Option("--activate/--deactivate", help="Reactivate or deactivate the user.")
     ] = None,
     role: Annotated[
-        str | None, typer.Option("--role", help="investigator | pharmacist | monitor | statistician | admin")
+        str | None, typer.Option("--role", help="investigator | pharmacist | monitor | statistician | admin | clinician | researcher | modeller")
     ] = None,
 ) -> None:
     """Deactivate or reactivate a user, or change the role (audited; issued tokens stop working)."""
@@ -254,7 +254,7 @@ def trial_user(
     db: DbOpt,
     username: Annotated[str, typer.Option("--username")],
     role: Annotated[
-        str, typer.Option("--role", help="investigator | pharmacist | monitor | statistician | admin")
+        str, typer.Option("--role", help="investigator | pharmacist | monitor | statistician | admin | clinician | researcher | modeller")
     ],
     trial: Annotated[str | None, typer.Option("--trial", help="Trial id or code.")] = None,
     site: Annotated[str | None, typer.Option("--site", help="Site code (investigators).")] = None,

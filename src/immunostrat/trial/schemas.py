@@ -32,14 +32,21 @@ from immunostrat.trial.definition import (
 )
 from immunostrat.trial.passwords import MAX_PASSWORD_CHARS, password_problem
 
-ROLES: tuple[str, ...] = ("investigator", "pharmacist", "monitor", "statistician", "admin")
+TRIAL_ROLES: tuple[str, ...] = ("investigator", "pharmacist", "monitor", "statistician", "admin")
+"""Roles that work in a trial: the only ones that may read or write trial data."""
+CARE_ROLES: tuple[str, ...] = ("clinician", "researcher", "modeller")
+"""Roles outside any trial: the bedside decision (classify, score, CDS Hooks), cohorts, in-silico
+trials. They see no trial, so no arm can reach them."""
+ROLES: tuple[str, ...] = TRIAL_ROLES + CARE_ROLES
 UNBLINDED_ROLES: frozenset[str] = frozenset({"pharmacist"})
 """Roles that see arms. Everyone else sees kit numbers only (emergency unblinding aside)."""
 
 ENDOTYPES: tuple[str, ...] = ("mals", "immunoparalysis", "intermediate", "unknown")
 INFECTION_STATUS: tuple[str, ...] = ("resolution", "intermediate", "failure", "superinfection")
 
-Role = Literal["investigator", "pharmacist", "monitor", "statistician", "admin"]
+Role = Literal[
+    "investigator", "pharmacist", "monitor", "statistician", "admin", "clinician", "researcher", "modeller"
+]
 Sex = Literal["F", "M", "other"]
 Factor = Literal["site", "endotype", "sex", "age_band"]
 

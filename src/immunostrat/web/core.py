@@ -18,7 +18,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import FormData
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from immunostrat.api import data_routes, routes
+from immunostrat.api import clinical, data_routes, routes
 from immunostrat.api.auth import Principal
 from immunostrat.concepts import load_concepts
 from immunostrat.errors import InputError
@@ -45,6 +45,11 @@ def _roles(dependency: Callable[..., Principal]) -> frozenset[str]:
 
 
 ANY = _roles(routes.ANY)
+"""Every trial role."""
+SIGNED_IN = _roles(routes.SIGNED_IN)
+"""Every role, trial roles and care roles (clinician, researcher, modeller) alike."""
+CLASSIFIERS = _roles(clinical.CLASSIFIERS)
+"""The roles of POST /classify (the bedside page)."""
 INVESTIGATOR = _roles(routes.INVESTIGATOR)
 DATA_READERS = _roles(routes.DATA_READERS)
 CLINICAL_READERS = _roles(data_routes.CLINICAL_READERS)

@@ -33,12 +33,14 @@ from immunostrat.trial.models import Trial, User
 from immunostrat.trial.schemas import FormIn, QueryIn, ScreeningIn
 from immunostrat.web.core import (
     ANY,
+    CLASSIFIERS,
     CLINICAL_READERS,
     DATA_READERS,
     HERE,
     INVESTIGATOR,
     QUERY_MANAGERS,
     SCREENING_READERS,
+    SIGNED_IN,
     STATIC_FILES,
     PageError,
     add_main_page,
@@ -59,8 +61,8 @@ router = page_router()
 fallback = page_router()
 """Last of all routes: any other address under /web is a page, not the API's JSON 404."""
 
-add_main_page("/", "Trials", ANY)
-add_main_page("/bedside", "Bedside", ANY)
+add_main_page("/", "Home", SIGNED_IN)
+add_main_page("/bedside", "Bedside", CLASSIFIERS)
 add_trial_page("", "Overview", ANY)
 add_trial_page("/screen", "Screen a patient", INVESTIGATOR)
 add_trial_page("/screening-log", "Screening log", SCREENING_READERS)
@@ -126,7 +128,7 @@ async def sign_in(request: Request) -> Response:
 
 @router.post("/sign-out")
 async def sign_out(request: Request) -> Response:
-    await posted(request, ANY)
+    await posted(request, SIGNED_IN)
     response = RedirectResponse("/web/sign-in", status_code=303)
     clear_session(response, request)
     return response
@@ -137,11 +139,15 @@ async def sign_out(request: Request) -> Response:
 
 @router.get("/")
 def home(request: Request) -> Response:
-    principal = signed_in(request, ANY)
-    with unit_of_work(request, principal) as (session, actor):
-        trials = [
-            service.trial_view(session, t, actor) for t in session.scalars(select(Trial).order_by(Trial.id))
-        ]
+    """Trials for the trial roles; for everyone, the pages of their role (the navigation)."""
+    principal = signed_in(request, SIGNED_IN)
+    trials = None
+    if principal.role in ANY:
+        with unit_of_work(request, principal) as (session, actor):
+            trials = [
+                service.trial_view(session, t, actor)
+                for t in session.scalars(select(Trial).order_by(Trial.id))
+            ]
     return render(request, "home.html", {"user": user_of(request, principal), "trials": trials})
 
 
@@ -597,7 +603,7 @@ def _bedside_rows() -> list[dict[str, Any]]:
 
 @router.get("/bedside")
 def bedside_page(request: Request) -> Response:
-    principal = signed_in(request, ANY)
+    principal = signed_in(request, CLASSIFIERS)
     context = {"user": user_of(request, principal), "rows": _bedside_rows(), "result": None, "error": None}
     return render(request, "bedside.html", context)
 
@@ -606,7 +612,7 @@ def bedside_page(request: Request) -> Response:
 async def bedside_classify(request: Request) -> Response:
     """As ``POST /classify`` (the same function answers): the endotype, therapy, dose and reasons
     for the values typed so far, in any accepted unit, decided now; htmx swaps the result in."""
-    principal, data = await posted(request, ANY)
+    principal, data = await posted(request, CLASSIFIERS)
     patient: dict[str, Any] = {"patient_id": "bedside"}
     for name in ("age", "sex", "weight_kg"):
         raw = str(data.get(name, "")).strip()
