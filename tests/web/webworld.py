@@ -24,7 +24,16 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 from immunostrat.trial import ops
 
 CHROMIUM = "/usr/bin/chromium"
-ROLES = ("investigator", "pharmacist", "monitor", "statistician", "admin", "clinician", "researcher", "modeller")
+ROLES = (
+    "investigator",
+    "pharmacist",
+    "monitor",
+    "statistician",
+    "admin",
+    "clinician",
+    "researcher",
+    "modeller",
+)
 BLINDED_ROLES = tuple(r for r in ROLES if r != "pharmacist")
 ARMS = ("zorvexamab", "quintrelcontrol")
 """The trial's arm names: made-up words, so any occurrence on a page is an arm leaking."""

@@ -11,12 +11,15 @@ from rich.table import Table
 
 from immunostrat.cli.output import fail
 from immunostrat.errors import InputError
+from immunostrat.trial.schemas import ROLES
 
 console = Console(stderr=True)
 out = Console()
 trial_app = typer.Typer(help="Set up trials, users and exports.", no_args_is_help=True)
 
 DbOpt = Annotated[str, typer.Option("--db", help="Database URL: sqlite:///trial.db or postgresql://...")]
+
+ROLE_HELP = " | ".join(ROLES)
 
 
 def serve(
@@ -161,9 +164,7 @@ def trial_user_update(
     active: Annotated[
         bool | None, typer.Option("--activate/--deactivate", help="Reactivate or deactivate the user.")
     ] = None,
-    role: Annotated[
-        str | None, typer.Option("--role", help="investigator | pharmacist | monitor | statistician | admin | clinician | researcher | modeller")
-    ] = None,
+    role: Annotated[str | None, typer.Option("--role", help=ROLE_HELP)] = None,
 ) -> None:
     """Deactivate or reactivate a user, or change the role (audited; issued tokens stop working)."""
     from immunostrat.trial import TrialError
@@ -253,9 +254,7 @@ def trial_report(
 def trial_user(
     db: DbOpt,
     username: Annotated[str, typer.Option("--username")],
-    role: Annotated[
-        str, typer.Option("--role", help="investigator | pharmacist | monitor | statistician | admin | clinician | researcher | modeller")
-    ],
+    role: Annotated[str, typer.Option("--role", help=ROLE_HELP)],
     trial: Annotated[str | None, typer.Option("--trial", help="Trial id or code.")] = None,
     site: Annotated[str | None, typer.Option("--site", help="Site code (investigators).")] = None,
     password: Annotated[
