@@ -3,10 +3,10 @@ the API app; pages call the same trial functions as the API and hold no rules of
 
 from fastapi import APIRouter
 
-from immunostrat.web import pages
+from immunostrat.web import bedside, pages
 
 router = APIRouter()
-for _area in (pages.router,):
+for _area in (pages.router, bedside.router):
     router.include_router(_area)
 router.include_router(pages.fallback)  # last: any other /web address is a page
 

@@ -209,6 +209,8 @@ class NavEntry:
     """Under /web (main pages) or under /web/trials/{id} (trial pages; "" is the overview)."""
     label: str
     roles: frozenset[str]
+    rank: int = 50
+    """Order in the trial navigation (lower first)."""
 
 
 MAIN_PAGES: list[NavEntry] = []
@@ -220,16 +222,20 @@ def add_main_page(path: str, label: str, roles: Iterable[str]) -> None:
     MAIN_PAGES.append(NavEntry(path, label, frozenset(roles)))
 
 
-def add_trial_page(path: str, label: str, roles: Iterable[str]) -> None:
-    """List a trial's page (``path`` under /web/trials/{id}) in the trial navigation for ``roles``."""
-    TRIAL_PAGES.append(NavEntry(path, label, frozenset(roles)))
+def add_trial_page(path: str, label: str, roles: Iterable[str], rank: int = 50) -> None:
+    """List a trial's page (``path`` under /web/trials/{id}) in the trial navigation for ``roles``
+    (``rank`` orders it: the data-entry pages are 10-19, oversight 20-39, records 40-59, admin 60+)."""
+    TRIAL_PAGES.append(NavEntry(path, label, frozenset(roles), rank))
 
 
 def main_nav(role: str) -> list[tuple[str, str]]:
-    return [(f"/web{e.path}", e.label) for e in MAIN_PAGES if role in e.roles]
+    """Home first, then the other pages in the order of their paths (stable whatever the import order)."""
+    ordered = sorted(MAIN_PAGES, key=lambda e: (e.path != "/", e.path))
+    return [(f"/web{e.path}", e.label) for e in ordered if role in e.roles]
 
 
 def trial_nav(principal: Principal, trial_id: int) -> list[tuple[str, str]]:
     """The trial's pages this role may open (role-aware navigation)."""
     base = f"/web/trials/{trial_id}"
-    return [(f"{base}{e.path}", e.label) for e in TRIAL_PAGES if principal.role in e.roles]
+    ordered = sorted(TRIAL_PAGES, key=lambda e: e.rank)
+    return [(f"{base}{e.path}", e.label) for e in ordered if principal.role in e.roles]

@@ -11,7 +11,7 @@ Arms: pages never name one to a blinded role. The only arm on any page comes fro
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,10 +21,8 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse, RedirectResponse, Response
 
-from immunostrat.api import clinical
 from immunostrat.api.app import unit_of_work
-from immunostrat.api.auth import Principal, confirm_current, issue_token
-from immunostrat.concepts import load_concepts
+from immunostrat.api.auth import Principal, issue_token
 from immunostrat.errors import InputError
 from immunostrat.trial import datamanagement, forms, service
 from immunostrat.trial.db import read_transaction
@@ -33,7 +31,6 @@ from immunostrat.trial.models import Trial, User
 from immunostrat.trial.schemas import FormIn, QueryIn, ScreeningIn
 from immunostrat.web.core import (
     ANY,
-    CLASSIFIERS,
     CLINICAL_READERS,
     DATA_READERS,
     HERE,
@@ -62,13 +59,12 @@ fallback = page_router()
 """Last of all routes: any other address under /web is a page, not the API's JSON 404."""
 
 add_main_page("/", "Home", SIGNED_IN)
-add_main_page("/bedside", "Bedside", CLASSIFIERS)
-add_trial_page("", "Overview", ANY)
-add_trial_page("/screen", "Screen a patient", INVESTIGATOR)
-add_trial_page("/screening-log", "Screening log", SCREENING_READERS)
-add_trial_page("/participants", "Participants", DATA_READERS)
-add_trial_page("/visits", "Overdue visits", CLINICAL_READERS)
-add_trial_page("/queries", "Open queries", CLINICAL_READERS)
+add_trial_page("", "Overview", ANY, rank=0)
+add_trial_page("/screen", "Screen a patient", INVESTIGATOR, rank=10)
+add_trial_page("/screening-log", "Screening log", SCREENING_READERS, rank=11)
+add_trial_page("/participants", "Participants", DATA_READERS, rank=12)
+add_trial_page("/visits", "Overdue visits", CLINICAL_READERS, rank=13)
+add_trial_page("/queries", "Open queries", CLINICAL_READERS, rank=14)
 
 # ------------------------------------------------------------------------------------- static
 
@@ -579,76 +575,6 @@ def open_queries(request: Request, trial_id: int) -> Response:
         "rows": rows,
     }
     return render(request, "queries.html", context)
-
-
-# ------------------------------------------------------------------------------------- bedside
-
-BEDSIDE_CONCEPTS = ("ferritin", "mhla_dr", "creatinine")
-"""What the immunosep-2025 protocol decides from (ferritin, mHLA-DR) and doses by (creatinine)."""
-
-
-def _bedside_rows() -> list[dict[str, Any]]:
-    concepts = load_concepts()
-    return [
-        {
-            "concept": c,
-            "label": concepts[c].description.split(".")[0],
-            "units": [
-                u for u in dict.fromkeys(concepts[c].accepted_units) if u.isascii() or u.startswith("µ")
-            ],
-        }
-        for c in BEDSIDE_CONCEPTS
-    ]
-
-
-@router.get("/bedside")
-def bedside_page(request: Request) -> Response:
-    principal = signed_in(request, CLASSIFIERS)
-    context = {"user": user_of(request, principal), "rows": _bedside_rows(), "result": None, "error": None}
-    return render(request, "bedside.html", context)
-
-
-@router.post("/bedside/classify")
-async def bedside_classify(request: Request) -> Response:
-    """As ``POST /classify`` (the same function answers): the endotype, therapy, dose and reasons
-    for the values typed so far, in any accepted unit, decided now; htmx swaps the result in."""
-    principal, data = await posted(request, CLASSIFIERS)
-    patient: dict[str, Any] = {"patient_id": "bedside"}
-    for name in ("age", "sex", "weight_kg"):
-        raw = str(data.get(name, "")).strip()
-        if raw:
-            patient[name] = raw
-    at = datetime.now(UTC)
-    observations = []
-    for c in BEDSIDE_CONCEPTS:
-        raw = str(data.get(f"{c}__value", "")).strip()
-        if raw:
-            observations.append(
-                {"time": at.isoformat(), "concept": c, "value": raw, "unit": str(data.get(f"{c}__unit", ""))}
-            )
-    context: dict[str, Any] = {"result": None, "error": None}
-    if not observations:
-        context["error"] = "Type a ferritin or an mHLA-DR value to classify."
-    else:
-        try:
-            body = clinical.ClassifyIn.model_validate(
-                {"patient": patient, "observations": observations, "at": at}
-            )
-
-            def work() -> dict[str, Any]:
-                confirm_current(request, principal)
-                return clinical.classify(body, principal)
-
-            context["result"] = await run_in_threadpool(work)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            context["error"] = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-        except InputError as exc:
-            context["error"] = str(exc)
-    if not request.headers.get("HX-Request"):
-        context.update(user=user_of(request, principal), rows=_bedside_rows(), values=dict(data))
-        return render(request, "bedside.html", context)
-    return render(request, "_bedside_result.html", context)
 
 
 @fallback.get("/{rest:path}")
