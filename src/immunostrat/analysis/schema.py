@@ -82,9 +82,13 @@ daily: the SLE trial has days 0, 22 and 43)
     term            str, required
     serious         bool, required
     related         bool, nullable
+    ctcae_grade     int 1-5, nullable (CTCAE v5 grade; 5 = death)
+    meddra_code     str, nullable (MedDRA preferred-term code when the term was coded)
 
-:func:`validate_export` reads a folder (or a mapping of table name -> DataFrame/path), checks
-every rule above and returns a :class:`TrialExport`; the first violation raises
+:func:`validate_export` reads a folder (or a mapping of table name -> DataFrame/path), parses
+each column to its type, checks the per-table rules above with pandera (polars backend,
+:func:`pandera_schema`) and the rules that span tables in code, and returns a :class:`TrialExport`;
+the first violation raises
 :class:`immunostrat.errors.InputError` naming the table (as ``file``), the 1-based data row, the
 field, the value found and what was expected.
 """
@@ -253,6 +257,8 @@ ADVERSE_EVENTS = Table(
         Column("term", "str", required=True, nullable=False),
         Column("serious", "bool", required=True, nullable=False),
         Column("related", "bool"),
+        Column("ctcae_grade", "int", minimum=1, maximum=5, description="CTCAE v5 grade, 5 = death"),
+        Column("meddra_code", "str", description="MedDRA preferred-term code when the term was coded"),
     ),
     required=False,
     description="one row per adverse event",
@@ -476,16 +482,109 @@ def _parse_datetimes(txt: pl.Series) -> pl.Series:
     return out.alias(txt.name)
 
 
+_RULE_ORDER = ("column_in_dataframe", "dtype", "not_nullable", "minimum", "maximum", "allowed", "unique")
+
+
+def pandera_schema(table: str | Table) -> Any:
+    """The declarative rules of a table as a pandera (polars backend) ``DataFrameSchema``: dtype,
+    required, nullable, range, allowed values and uniqueness per column; extra columns allowed.
+
+    Parsing CSV text into typed columns (booleans spelt ``yes/no``, ISO 8601 date-times, whole
+    numbers) happens before, in :func:`_cast_column`; the rules that span tables stay code in
+    :func:`_cross_checks`."""
+    import pandera.polars as pa
+
+    t = TABLES[table] if isinstance(table, str) else table
+    columns: dict[str, Any] = {}
+    for c in t.columns:
+        checks = []
+        if c.minimum is not None:
+            checks.append(pa.Check.ge(c.minimum))
+        if c.maximum is not None:
+            checks.append(pa.Check.le(c.maximum))
+        if c.allowed is not None:
+            checks.append(pa.Check.isin(list(c.allowed)))
+        columns[c.name] = pa.Column(
+            _POLARS_TYPE[c.kind],
+            checks=checks,
+            nullable=c.nullable,
+            unique=c.unique,
+            required=c.required,
+            description=c.description or None,
+        )
+    return pa.DataFrameSchema(columns, name=t.name, strict=False, ordered=False)
+
+
+def _rule(check: str) -> str:
+    """pandera's name of a failed check -> ours (the order rules are reported in)."""
+    if check.startswith("dtype("):
+        return "dtype"
+    name = check.split("(")[0]
+    return {
+        "field_uniqueness": "unique",
+        "greater_than_or_equal_to": "minimum",
+        "less_than_or_equal_to": "maximum",
+        "isin": "allowed",
+    }.get(name, name)
+
+
+def _raise_first_failure(frame: pl.DataFrame, table: Table, where: str, failures: pl.DataFrame) -> None:
+    """Turn pandera's failure cases into our one-line error: the first failing column in schema
+    order, then the first rule (empty, minimum, maximum, allowed, unique), then the first row."""
+    order = {c.name: i for i, c in enumerate(table.columns)}
+    cases = []
+    for case in failures.iter_rows(named=True):
+        col = case["column"] or case["failure_case"]
+        rule = _rule(str(case["check"]))
+        rank = _RULE_ORDER.index(rule) if rule in _RULE_ORDER else len(_RULE_ORDER)
+        idx = case["index"]
+        cases.append((order.get(col, len(order)), rank, -1 if idx is None else int(idx), col, rule))
+    if not cases:  # pragma: no cover - pandera always lists what failed
+        raise InputError(f"{table.name}: invalid table", file=where)
+    _, _, idx, name, rule = min(cases)
+    if rule == "column_in_dataframe":
+        raise InputError(
+            f"{table.name}: required column missing",
+            file=where,
+            field=name,
+            expected=f"columns {', '.join(c.name for c in table.columns if c.required)}",
+        )
+    col = table.column(name)
+    value = frame[name][idx] if idx >= 0 else None
+    row = idx + 1 if idx >= 0 else None
+    if rule == "unique":
+        rows = (frame[name] == value).arg_true().to_list()
+        raise InputError(
+            f"duplicate value (rows {', '.join(str(r + 1) for r in rows[:5])})",
+            file=where,
+            row=rows[1] + 1 if len(rows) > 1 else row,
+            field=name,
+            value=value,
+            expected="unique values",
+        )
+    message = {
+        "not_nullable": "empty value",
+        "minimum": "below the allowed range",
+        "maximum": "above the allowed range",
+        "allowed": "value not allowed",
+        "dtype": f"wrong type {frame[name].dtype}",
+    }.get(rule, f"fails {rule}")
+    raise InputError(message, file=where, row=row, field=name, value=value, expected=col.expected())
+
+
 def _validate_table(frame: pl.DataFrame, table: Table, where: str) -> pl.DataFrame:
+    import pandera.errors as pa_errors
+
     frame = frame.rename({c: c.strip().lower() for c in frame.columns})
-    for col in table.columns:
-        if col.required and col.name not in frame.columns:
-            raise InputError(
-                f"{table.name}: required column missing",
-                file=where,
-                field=col.name,
-                expected=f"columns {', '.join(c.name for c in table.columns if c.required)}",
-            )
+    missing = [c for c in table.columns if c.required and c.name not in frame.columns]
+    if missing:
+        # said before parsing: a missing column is the first thing to fix
+        raise InputError(
+            f"{table.name}: required column missing",
+            file=where,
+            field=missing[0].name,
+            expected=f"columns {', '.join(c.name for c in table.columns if c.required)}",
+        )
     cols: dict[str, pl.Series] = {}
     for col in table.columns:
         if col.name not in frame.columns:
@@ -495,63 +594,15 @@ def _validate_table(frame: pl.DataFrame, table: Table, where: str) -> pl.DataFra
         if col.kind == "str":
             s = s.str.strip_chars()
             s = pl.select(pl.when(s == "").then(None).otherwise(s)).to_series().alias(col.name)
-        if not col.nullable:
-            i = _first_bad(s.is_null())
-            if i is not None:
-                raise InputError(
-                    "empty value", file=where, row=i + 1, field=col.name, value=None, expected=col.expected()
-                )
-        if col.minimum is not None:
-            i = _first_bad(s.is_not_null() & (s < col.minimum))
-            if i is not None:
-                raise InputError(
-                    "below the allowed range",
-                    file=where,
-                    row=i + 1,
-                    field=col.name,
-                    value=s[i],
-                    expected=col.expected(),
-                )
-        if col.maximum is not None:
-            i = _first_bad(s.is_not_null() & (s > col.maximum))
-            if i is not None:
-                raise InputError(
-                    "above the allowed range",
-                    file=where,
-                    row=i + 1,
-                    field=col.name,
-                    value=s[i],
-                    expected=col.expected(),
-                )
-        if col.allowed is not None:
-            i = _first_bad(s.is_not_null() & ~s.is_in(list(col.allowed)))
-            if i is not None:
-                raise InputError(
-                    "value not allowed",
-                    file=where,
-                    row=i + 1,
-                    field=col.name,
-                    value=s[i],
-                    expected=col.expected(),
-                )
-        if col.unique:
-            i = _first_bad(s.is_duplicated())
-            if i is not None:
-                dup = s[i]
-                second = _first_bad(s == dup)
-                rows = (s == dup).arg_true().to_list()
-                raise InputError(
-                    f"duplicate value (rows {', '.join(str(r + 1) for r in rows[:5])})",
-                    file=where,
-                    row=(rows[1] + 1) if len(rows) > 1 else (second or 0) + 1,
-                    field=col.name,
-                    value=dup,
-                    expected="unique values",
-                )
         cols[col.name] = s
     declared = [c.name for c in table.columns]
     extras = [frame[c] for c in frame.columns if c not in declared]
-    return pl.DataFrame([*cols.values(), *extras])
+    typed = pl.DataFrame([*cols.values(), *extras])
+    try:
+        pandera_schema(table).validate(typed, lazy=True)
+    except pa_errors.SchemaErrors as errors:
+        _raise_first_failure(typed, table, where, errors.failure_cases)
+    return typed
 
 
 def _as_frame(obj: Any, table: Table) -> tuple[pl.DataFrame, str]:
