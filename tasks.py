@@ -54,8 +54,12 @@ def ensure_env(lock: str) -> None:
 
 
 def demo(args: list[str]) -> None:
+    """The main job, then the web application on the demo trial until Ctrl-C (``--no-serve``: the job only)."""
     ensure_env("requirements.lock")
-    _run(BIN / "immunostrat", "demo", *args)
+    try:
+        _run(BIN / "immunostrat", "demo", *args)
+    except KeyboardInterrupt:  # Ctrl-C stops the server: a normal end, not an error
+        print("stopped", flush=True)
 
 
 LINTED = ("src", "tests", "benchmarks", "scripts", "tasks.py")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
@@ -95,3 +96,38 @@ def run_demo(output_dir: Path, console: Console) -> dict[str, pl.DataFrame]:
     Console(width=max(console.width, 100), file=console.file).print(table)
     console.print(f"outputs in {output_dir}/: classify.csv, classify.json, sofa_daily.csv, sepsis3.csv")
     return {"classes": classes, "sofa": sofa, "sepsis3": sepsis, "summary": summary}
+
+
+def _free_port(host: str, port: int) -> int:
+    """``port`` if it can be bound on ``host``, else one the system hands out."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+            return port
+        except OSError:
+            sock.bind((host, 0))
+            return int(sock.getsockname()[1])
+
+
+def serve_demo(output_dir: Path, console: Console, *, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """The web application over a fresh demo trial in ``output_dir/demo-trial.db`` (recreated on
+    each run: its passwords are generated now and printed once), serving until interrupted."""
+    from immunostrat.api.app import prepare_demo
+    from immunostrat.api.app import serve as run_server
+
+    db_file = output_dir / "demo-trial.db"
+    for stale in output_dir.glob("demo-trial.db*"):
+        stale.unlink()
+    with console.status("creating the demo trial"):
+        info = prepare_demo(f"sqlite:///{db_file.resolve()}")
+    chosen = _free_port(host, port)
+    url = f"http://{host}:{chosen}/web/"
+    console.print(
+        f"demo trial {info.trial_code}: screened {info.screened}, eligible {info.eligible}, "
+        f"randomized {info.randomized} (database {db_file})"
+    )
+    console.print("sign in with one of these (passwords shown only now):")
+    for role, (username, password) in info.users.items():
+        console.print(f"  {role:<13} {username:<20} {password}", highlight=False)
+    console.print(f"open {url}  (Ctrl-C stops the server)", highlight=False)
+    run_server(info.db_url, host=host, port=chosen)

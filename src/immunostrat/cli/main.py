@@ -287,12 +287,24 @@ def demo(
     output_dir: Annotated[Path, typer.Option("--output-dir", help="Where to write the demo outputs.")] = Path(
         "demo-output"
     ),
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve/--no-serve",
+            help="Then start the web application on the demo trial and data (Ctrl-C stops it).",
+        ),
+    ] = True,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (taken: a free one is chosen and printed).")] = 8000,
 ) -> None:
-    """Classify and score the bundled synthetic cohort and print a summary."""
-    from immunostrat.cli.demo import run_demo
+    """Classify and score the bundled synthetic cohort and print a summary; then serve the web
+    application on a demo trial with one sign-in per role."""
+    from immunostrat.cli.demo import run_demo, serve_demo
 
     try:
         run_demo(output_dir, out)
+        if serve:
+            serve_demo(output_dir, out, host=host, port=port)
     except InputError as error:
         fail(error)
 
