@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 
 from immunostrat.api.app import unit_of_work
 from immunostrat.api.auth import Principal, require
-from immunostrat.trial import datamanagement, forms, ops, service
+from immunostrat.trial import blinding, datamanagement, forms, ops, service
 from immunostrat.trial.schemas import (
     MAX_ID,
     TRIAL_ROLES,
@@ -66,13 +66,14 @@ def get_definition(
     request: Request, trial_id: TrialId, principal: Annotated[Principal, Depends(ANY)]
 ) -> dict[str, Any]:
     """The trial's forms, visit schedule (each visit with its target day and window), eligibility and
-    endpoints, as set up: what pages render their forms from."""
-    with unit_of_work(request, principal) as (session, _):
+    endpoints, as set up: what pages render their forms from. A blinded role reads the arms under
+    neutral labels."""
+    with unit_of_work(request, principal) as (session, actor):
         trial = service.trial_by_id(session, trial_id)
         spec = forms.trial_definition(trial)
         out = spec.model_dump(mode="json", exclude={"block_multipliers", "slots_per_stratum", "kits_per_arm"})
         out["schedule"] = [v.model_dump(mode="json") for v in spec.schedule()]
-        return out
+        return blinding.blind_definition(out, actor)
 
 
 @router.post("/trials/{trial_id}/participants/{participant_id}/rescreen", tags=["participants"])

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from immunostrat.api.app import unit_of_work
 from immunostrat.api.auth import ALL_ROLES, Principal, _unauthorized, confirm, issue_token, require
-from immunostrat.trial import service
+from immunostrat.trial import blinding, service
 from immunostrat.trial.anchor import snapshot
 from immunostrat.trial.db import read_transaction
 from immunostrat.trial.export_files import write_trial_export
@@ -155,14 +155,17 @@ def create_trial(
 def list_trials(request: Request, principal: AnyUser) -> list[dict[str, Any]]:
     with unit_of_work(request, principal) as (session, actor):
         return [
-            service.trial_view(session, t, actor) for t in session.scalars(select(Trial).order_by(Trial.id))
+            blinding.blind_trial_view(service.trial_view(session, t, actor), actor)
+            for t in session.scalars(select(Trial).order_by(Trial.id))
         ]
 
 
 @router.get("/trials/{trial_id}", tags=["trials"])
 def get_trial(request: Request, trial_id: TrialId, principal: AnyUser) -> dict[str, Any]:
+    """The trial; a blinded role reads its arms under neutral labels (``arm 1``, ``arm 2``)."""
     with unit_of_work(request, principal) as (session, actor):
-        return service.trial_view(session, service.trial_by_id(session, trial_id), actor)
+        view = service.trial_view(session, service.trial_by_id(session, trial_id), actor)
+        return blinding.blind_trial_view(view, actor)
 
 
 @router.post("/trials/{trial_id}/sites", status_code=201, tags=["trials"])
@@ -412,12 +415,13 @@ def audit_rows(
     after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    """The audit trail from ``after`` on; the concealed set-up is left out for the monitor."""
+    """The audit trail from ``after`` on; the concealed set-up is left out for the monitor, and arms
+    are named under neutral labels for blinded roles (the stored rows and their hashes stay whole)."""
     with unit_of_work(request, principal) as (session, actor):
         rows = session.scalars(
             select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(limit)
         )
-        return [service.audit_row_view(r, actor) for r in rows]
+        return blinding.blind_audit_rows(session, [service.audit_row_view(r, actor) for r in rows], actor)
 
 
 @router.get("/audit/verify", tags=["audit"])
