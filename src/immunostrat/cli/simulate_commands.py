@@ -331,32 +331,28 @@ def plots(
 
 def _variant(model: str) -> dict[str, Any]:
     """The population keyword arguments of ``--model`` (a clear CLI error for an unknown name)."""
-    from immunostrat.simulation.population import model_variant
+    from immunostrat.simulation.runs import variant_options
 
     try:
-        return dict(model_variant(model))
+        return variant_options(model)
     except ValueError as error:
         fail(error)
 
 
 def _design(design: str, endpoint: str) -> TrialDesign:
     """The named design with ``endpoint`` as its primary endpoint (a clear CLI error for unknown names)."""
-    from dataclasses import replace
+    from immunostrat.simulation.runs import design_for
 
-    from immunostrat.simulation import DESIGNS
-    from immunostrat.simulation.trial import ENDPOINTS
-
-    if design not in DESIGNS:
-        fail(ValueError(f"unknown design {design!r}; one of {', '.join(DESIGNS)}"))
-    if endpoint not in ENDPOINTS:
-        fail(ValueError(f"unknown endpoint {endpoint!r}; one of {', '.join(ENDPOINTS)}"))
-    return replace(DESIGNS[design], primary_endpoint=endpoint)
+    try:
+        return design_for(design, endpoint)
+    except ValueError as error:
+        fail(error)
 
 
 def _population(size: int, seed: int, model: str) -> VirtualPopulation:
     """The virtual population of ``--model``, with a progress bar."""
-    from immunostrat.simulation import generate_population
+    from immunostrat.simulation.runs import population_for
 
-    variant = _variant(model)
+    _variant(model)  # an unknown model is a CLI error before the progress bar starts
     with progress_bar("simulating virtual patients") as update:
-        return generate_population(size, seed, progress=update, **variant)
+        return population_for(size, seed, model, progress=update)
