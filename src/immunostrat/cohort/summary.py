@@ -10,12 +10,18 @@ from typing import Any
 
 import polars as pl
 
+from immunostrat.cohort.report_data import (
+    TRAJECTORY_HOURS,
+    TrajectoryPoint,
+    format_mortality,
+    mortality_by_endotype,
+    sofa_trajectories,
+)
 from immunostrat.protocols import Protocol
 from immunostrat.scores import SOFA_INPUTS, load_definition
 from immunostrat.sources import ConceptStatus
 
 MORTALITY_DAYS = 28
-TRAJECTORY_HOURS = 7 * 24
 
 
 def _stay_endotypes(endotypes: pl.DataFrame) -> pl.DataFrame:
@@ -195,14 +201,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         "endotype (first known per stay): "
         + ", ".join(f"{k} {v}" for k, v in summary["endotype_first_known"].items()),
         "endotype (ever, stays): " + ", ".join(f"{k} {v}" for k, v in summary["endotype_stays_ever"].items()),
-        "28-day mortality by first known endotype: "
-        + (
-            ", ".join(
-                f"{k} {v['deaths']}/{v['stays']}" for k, v in summary["mortality_28d_by_endotype"].items()
-            )
-            if summary.get("mortality_28d_known", True)
-            else "not in the source (no death or discharge recorded for any stay)"
-        ),
+        format_mortality(mortality_by_endotype(summary)),
     ]
     rules = summary.get("rules") or {}
     if rules:
@@ -255,20 +254,16 @@ def cohort_summary(output_dir: str | Path) -> CohortSummary:
 
     folder = Path(output_dir)
     summary: dict[str, Any] = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    stays = pl.read_parquet(folder / "stays.parquet")
-    hourly = pl.read_parquet(folder / "hourly_sofa.parquet", columns=["stay_id", "hour", "sofa_total"])
 
     ever = summary["endotype_stays_ever"]
     first_known = summary["endotype_first_known"]
     names = sorted(set(ever) | set(first_known))
-    mort = summary["mortality_28d_by_endotype"]
-    traj = (
-        hourly.filter(pl.col("hour") < TRAJECTORY_HOURS)
-        .join(stays.select("stay_id", "first_endotype"), on="stay_id")
-        .group_by("first_endotype", "hour")
-        .agg(pl.col("sofa_total").mean().alias("mean"), pl.len().alias("n"))
-        .sort("first_endotype", "hour")
-    )
+    # the same numbers as the cohort pages (report_data): hourly means with 95% CI and n stays
+    points = sofa_trajectories(folder, bin="hour", hours=TRAJECTORY_HOURS)
+    traj: dict[str, list[TrajectoryPoint]] = {}
+    for point in points:
+        traj.setdefault(point.endotype, []).append(point)
+    mortality = mortality_by_endotype(summary) or []
     figures: list[Path] = []
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -283,10 +278,19 @@ def cohort_summary(output_dir: str | Path) -> CohortSummary:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for (name,), part in traj.group_by("first_endotype", maintain_order=True):
-        ax.plot(part["hour"].to_list(), part["mean"].to_list(), label=str(name))
+    for name, part in traj.items():
+        (line,) = ax.plot([p.bin for p in part], [p.mean for p in part], label=name)
+        banded = [p for p in part if p.ci is not None]
+        ax.fill_between(
+            [p.bin for p in banded],
+            [p.ci[0] for p in banded if p.ci],
+            [p.ci[1] for p in banded if p.ci],
+            color=line.get_color(),
+            alpha=0.2,
+            linewidth=0,
+        )
     ax.set_xlabel("hours since ICU admission")
-    ax.set_ylabel("mean SOFA (trailing 24 h)")
+    ax.set_ylabel("mean SOFA (trailing 24 h), 95% CI")
     ax.set_title("SOFA trajectories by first known endotype")
     ax.legend()
     fig.tight_layout()
@@ -295,13 +299,16 @@ def cohort_summary(output_dir: str | Path) -> CohortSummary:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    mnames = sorted(mort)
-    ax.bar(mnames, [100 * (mort[n]["mortality"] or 0.0) for n in mnames])
-    for i, n in enumerate(mnames):
-        ax.annotate(
-            f"{mort[n]['deaths']}/{mort[n]['stays']}", (i, 100 * (mort[n]["mortality"] or 0.0)), ha="center"
-        )
-    ax.set_ylabel("28-day mortality (%)")
+    mnames = [m.endotype for m in mortality]
+    heights = [100 * (m.proportion or 0.0) for m in mortality]
+    errors = [
+        [h - 100 * (m.ci[0] if m.ci else 0.0) for h, m in zip(heights, mortality, strict=True)],
+        [100 * (m.ci[1] if m.ci else 0.0) - h for h, m in zip(heights, mortality, strict=True)],
+    ]
+    ax.bar(mnames, heights, yerr=errors if mortality else None, capsize=4)
+    for i, m in enumerate(mortality):
+        ax.annotate(f"{m.deaths}/{m.stays}", (i, heights[i]), ha="center")
+    ax.set_ylabel("28-day mortality (%), Wilson 95% CI")
     ax.set_title("28-day mortality by first known endotype")
     fig.tight_layout()
     figures.append(folder / "mortality_28d.png")
@@ -318,8 +325,17 @@ def cohort_summary(output_dir: str | Path) -> CohortSummary:
         ),
         go.Figure(
             [
-                go.Scatter(name=str(name), x=part["hour"].to_list(), y=part["mean"].to_list(), mode="lines")
-                for (name,), part in traj.group_by("first_endotype", maintain_order=True)
+                go.Scatter(
+                    name=name,
+                    x=[p.bin for p in part],
+                    y=[p.mean for p in part],
+                    mode="lines",
+                    text=[
+                        f"n {p.n}" + (f", 95% CI {p.ci[0]:.1f} to {p.ci[1]:.1f}" if p.ci else "")
+                        for p in part
+                    ],
+                )
+                for name, part in traj.items()
             ],
             layout={"title": "Mean SOFA by hour since ICU admission, by first known endotype"},
         ),
@@ -327,8 +343,9 @@ def cohort_summary(output_dir: str | Path) -> CohortSummary:
             [
                 go.Bar(
                     x=mnames,
-                    y=[100 * (mort[n]["mortality"] or 0.0) for n in mnames],
-                    text=[f"{mort[n]['deaths']}/{mort[n]['stays']}" for n in mnames],
+                    y=heights,
+                    error_y={"type": "data", "symmetric": False, "array": errors[1], "arrayminus": errors[0]},
+                    text=[f"{m.deaths}/{m.stays}" for m in mortality],
                 )
             ],
             layout={"title": "28-day mortality (%) by first known endotype"},
