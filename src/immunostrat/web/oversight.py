@@ -1,0 +1,258 @@
+"""Trial oversight pages: enrolment by site and stratum over time, the live CONSORT flow, and the
+audit-trail viewer with the chain's verification.
+
+Each page calls the trial function the API calls (:mod:`immunostrat.trial.consort`,
+:func:`~immunostrat.trial.service.audit_row_view` with :mod:`immunostrat.trial.blinding`,
+:func:`~immunostrat.trial.service.verify_audit`). Arms: the CONSORT flow splits by arm for unblinded
+roles only (the counting function leaves the split out for the others), and audit rows pass through
+the same redaction as ``GET /audit``; nothing else here reads an arm.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from datetime import date
+from html import escape
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import Request
+from sqlalchemy import select
+from starlette.responses import Response
+
+from immunostrat.api import routes
+from immunostrat.api.app import unit_of_work
+from immunostrat.trial import blinding, consort, service
+from immunostrat.trial.anchor import snapshot
+from immunostrat.trial.models import AuditRow
+from immunostrat.web.core import (
+    ANY,
+    PageError,
+    _roles,
+    add_trial_page,
+    page_router,
+    render,
+    signed_in,
+    trial_nav,
+    user_of,
+)
+
+router = page_router()
+
+OVERSIGHT = _roles(routes.OVERSIGHT)
+"""The roles of ``GET /audit`` and ``GET /audit/verify`` (the audit viewer)."""
+COUNTS_READERS = ANY
+"""Enrolment and CONSORT counts: every trial role (counts only; the split by arm for the unblinded)."""
+POLL_SECONDS = 10
+"""How often the CONSORT page refreshes its flow (htmx polling)."""
+PAGE_ROWS = 50
+"""Audit rows per page, unless the address asks for another number (``limit``, 1 to 500)."""
+
+add_trial_page("/enrolment", "Enrolment", COUNTS_READERS, rank=20)
+add_trial_page("/consort", "CONSORT flow", COUNTS_READERS, rank=21)
+add_trial_page("/audit", "Audit trail", OVERSIGHT, rank=30)
+
+
+def _trial_context(
+    request: Request, principal: Any, session: Any, actor: Any, trial_id: int
+) -> dict[str, Any]:
+    view = blinding.blind_trial_view(
+        service.trial_view(session, service.trial_by_id(session, trial_id), actor), actor
+    )
+    return {"user": user_of(request, principal), "trial": view, "nav": trial_nav(principal, trial_id)}
+
+
+# ------------------------------------------------------------------------------------- enrolment
+
+
+@router.get("/trials/{trial_id}/enrolment")
+def enrolment_page(request: Request, trial_id: int) -> Response:
+    principal = signed_in(request, COUNTS_READERS)
+    with unit_of_work(request, principal) as (session, actor):
+        context = _trial_context(request, principal, session, actor, trial_id)
+        counts = consort.enrolment(session, actor, trial_id)
+    context["counts"] = counts
+    context["site_svg"] = cumulative_svg(counts["dates"], counts["by_site"], "site", "enrol-site-")
+    context["stratum_svg"] = cumulative_svg(
+        counts["dates"], counts["by_stratum"], "stratum", "enrol-stratum-"
+    )
+    return render(request, "oversight_enrolment.html", context)
+
+
+_STYLE = re.compile(r' style="([^"]*)"')
+_ID = re.compile(r'\bid="([^"]+)"')
+_FONT = re.compile(r"^(?:(italic|oblique)\s+)?(?:(bold|normal|\d{3})\s+)?([\d.]+px)\s+(.+)$")
+
+
+def _presentation(style: str) -> str:
+    """A ``style`` attribute's declarations as SVG presentation attributes (the page's CSP allows
+    styles from the app's stylesheet only, so inline ``style`` would be dropped)."""
+    attrs = []
+    for declaration in style.split(";"):
+        if ":" not in declaration:
+            continue
+        name, value = (part.strip() for part in declaration.split(":", 1))
+        if name == "font":
+            m = _FONT.match(value)
+            if m is None:
+                continue
+            style_, weight, size, family = m.groups()
+            attrs += [f'font-size="{size}"', f'font-family="{escape(family.replace(chr(39), ""))}"']
+            attrs += [f'font-style="{style_}"'] if style_ else []
+            attrs += [f'font-weight="{weight}"'] if weight else []
+        else:
+            attrs.append(f'{name}="{escape(value)}"')
+    return " " + " ".join(attrs) if attrs else ""
+
+
+def _inline_svg(svg: str, prefix: str, titles: dict[str, str], label: str) -> str:
+    """Matplotlib's SVG made fit to sit in a page: styles as attributes, ids prefixed (two plots on a
+    page must not share clip paths), hover ``<title>`` added to each element named in ``titles``,
+    and an accessible name on the root."""
+    svg = svg[svg.index("<svg") :]
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
+    svg = re.sub(r"<style[^>]*>.*?</style>", "", svg, flags=re.S)
+    svg = _STYLE.sub(lambda m: _presentation(m.group(1)), svg)
+    svg = _ID.sub(lambda m: f'id="{prefix}{m.group(1)}"', svg)
+    svg = svg.replace("url(#", f"url(#{prefix}").replace('xlink:href="#', f'xlink:href="#{prefix}')
+    for gid, title in titles.items():
+        svg = svg.replace(
+            f'<g id="{prefix}{gid}">', f'<g id="{prefix}{gid}"><title>{escape(title)}</title>', 1
+        )
+    return svg.replace(
+        "<svg ",
+        f'<svg role="img" aria-label="{escape(label)}" stroke-linejoin="round" stroke-linecap="butt" ',
+        1,
+    )
+
+
+def cumulative_svg(dates: list[str], series: dict[str, list[int]], what: str, prefix: str) -> str | None:
+    """Cumulative randomized by ``what`` (site or stratum) over the days with randomizations, one
+    line per series; each point's hover text says the series, the day and the count."""
+    if not dates or not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    days = [date.fromisoformat(d) for d in dates]
+    xs = [float(x) for x in mdates.date2num(days)]
+    rc: Any = {"svg.fonttype": "none", "font.family": "DejaVu Sans", "font.size": 9, "svg.hashsalt": prefix}
+    titles: dict[str, str] = {}
+    with plt.rc_context(rc):
+        fig, ax = plt.subplots(figsize=(7.5, 3.4))
+        for i, (name, counts) in enumerate(series.items()):
+            # from nought the day before the first randomization, so that every line shows its rise
+            (line,) = ax.step([xs[0] - 1, *xs], [0, *counts], where="post", label=name, linewidth=1.8)
+            for j, (x, day, n) in enumerate(zip(xs, days, counts, strict=True)):
+                (point,) = ax.plot([x], [n], marker="o", markersize=5, color=line.get_color(), linestyle="")
+                gid = f"pt{i}-{j}"
+                point.set_gid(gid)
+                titles[gid] = f"{what} {name}, {day.isoformat()}: {n} randomized"
+        ax.set_ylabel("randomized (cumulative)")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))  # whole days, never hours
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
+        ax.set_xlim(xs[0] - 1, xs[-1] + 1)
+        ax.set_ylim(bottom=0)
+        ax.legend(title=what, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+        ax.spines[["top", "right"]].set_visible(False)
+        fig.autofmt_xdate()
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+        plt.close(fig)
+    return _inline_svg(buf.getvalue(), prefix, titles, f"Participants randomized over time by {what}")
+
+
+# ------------------------------------------------------------------------------------- CONSORT
+
+
+def _flow(request: Request, trial_id: int) -> tuple[Any, dict[str, Any]]:
+    principal = signed_in(request, COUNTS_READERS)
+    with unit_of_work(request, principal) as (session, actor):
+        context = _trial_context(request, principal, session, actor, trial_id)
+        context["flow"] = consort.consort(session, actor, trial_id)
+    context["poll_seconds"] = POLL_SECONDS
+    return principal, context
+
+
+@router.get("/trials/{trial_id}/consort")
+def consort_page(request: Request, trial_id: int) -> Response:
+    _, context = _flow(request, trial_id)
+    return render(request, "oversight_consort.html", context)
+
+
+@router.get("/trials/{trial_id}/consort/flow")
+def consort_fragment(request: Request, trial_id: int) -> Response:
+    """The flow alone, polled by the page (the same counts and the same blinding as the page)."""
+    _, context = _flow(request, trial_id)
+    return render(request, "oversight_consort_flow.html", context)
+
+
+# ------------------------------------------------------------------------------------- audit trail
+
+
+def _audit_filters(request: Request) -> tuple[str, str, int | None, int]:
+    action = request.query_params.get("action", "").strip()[:64]
+    actor = request.query_params.get("actor", "").strip()[:64]
+    before = request.query_params.get("before", "").strip()
+    limit = request.query_params.get("limit", "").strip()
+    if before and not (before.isdigit() and len(before) < 19):
+        raise PageError(422, "before must be a row number")
+    if limit and not (limit.isdigit() and 1 <= int(limit) <= 500):
+        raise PageError(422, "limit must be a number of rows from 1 to 500")
+    return action, actor, int(before) if before else None, int(limit) if limit else PAGE_ROWS
+
+
+@router.get("/trials/{trial_id}/audit")
+def audit_page(request: Request, trial_id: int) -> Response:
+    """The service's audit trail, newest first, :data:`PAGE_ROWS` at a time, filtered by action and
+    actor; rows as ``GET /audit`` gives them to this role; the verification as ``GET /audit/verify``."""
+    principal = signed_in(request, OVERSIGHT)
+    action, who, before, limit = _audit_filters(request)
+    with unit_of_work(request, principal) as (session, actor):
+        context = _trial_context(request, principal, session, actor, trial_id)
+        stmt = select(AuditRow).order_by(AuditRow.seq.desc()).limit(limit + 1)
+        if action:
+            stmt = stmt.where(AuditRow.action == action)
+        if who:
+            stmt = stmt.where(AuditRow.actor == who)
+        if before is not None:
+            stmt = stmt.where(AuditRow.seq < before)
+        stored = list(session.scalars(stmt))
+        rows = blinding.blind_audit_rows(
+            session, [service.audit_row_view(r, actor) for r in stored[:limit]], actor
+        )
+        actions = sorted(session.scalars(select(AuditRow.action).distinct()))
+        actors = sorted(session.scalars(select(AuditRow.actor).distinct()))
+    with snapshot(request.app.state.engine) as session:
+        result = service.verify_audit(session)
+    query = {k: v for k, v in (("action", action), ("actor", who)) if v}
+    if limit != PAGE_ROWS:
+        query["limit"] = str(limit)
+    here = f"/web/trials/{trial_id}/audit"
+    older = f"{here}?{urlencode({**query, 'before': rows[-1]['seq']})}" if len(stored) > limit else None
+    newest = (f"{here}?{urlencode(query)}" if query else here) if before is not None else None
+    context.update(
+        rows=rows,
+        actions=actions,
+        actors=actors,
+        action=action,
+        actor=who,
+        older=older,
+        newest=newest,
+        limit=limit if limit != PAGE_ROWS else None,
+        verify={
+            "ok": result.ok,
+            "rows_checked": result.rows_checked,
+            "first_bad_seq": result.first_bad_seq,
+            "problem": result.problem,
+            "head_hash": result.head_hash,
+            "message": str(result),
+        },
+    )
+    return render(request, "oversight_audit.html", context)
