@@ -272,6 +272,7 @@ def _results_view(results: TrialResults) -> dict[str, Any]:
     rates = [
         {
             "endpoint": ep,
+            "label": ep.replace("_", " "),
             "primary": ep == design.primary_endpoint,
             "values": [results.rates[a][ep] for a in arms],
             "difference": results.rates[arms[0]][ep] - results.rates[arms[-1]][ep] if len(arms) > 1 else None,
@@ -304,7 +305,7 @@ def _results_view(results: TrialResults) -> dict[str, Any]:
         "higher_better": ENDPOINTS[design.primary_endpoint],
         "arms": arms,
         "therapies": therapies,
-        "endpoints": endpoints,
+        "endpoints": [ep.replace("_", " ") for ep in endpoints],
         "rates": rates,
         "strata": strata,
         "fit": results.population_fit,
