@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from typing import Any
 
 import jinja2
 
-from immunostrat.analysis import figures
+from immunostrat.analysis import figures, report_figures, tables
 from immunostrat.analysis.plan import AnalysisPlan, load_plan
 from immunostrat.analysis.runner import headline, run_analysis
 from immunostrat.analysis.schema import TrialExport, validate_export
@@ -41,13 +42,17 @@ CHROMIUM_ARGS = [
 
 
 def fmt_p(p: Any) -> str:
-    """JAMA style: P < .001; 3 decimals below .01; else 2 decimals."""
+    """JAMA (AMA Manual of Style 10th ed., 20.9) P values: no leading zero; 2 decimals, 3 below .01;
+    "<.001" below .001 and ">.99" above .99; 3 decimals from .045 to .05, where rounding to 2 would
+    print ".05" for a P under .05."""
     if p is None:
         return "—"
     p = float(p)
+    if p != p:
+        return "—"
     if p < 0.001:
         return "<.001"
-    if p < 0.01:
+    if p < 0.01 or 0.045 <= p < 0.05:
         return f"{p:.3f}".lstrip("0")
     return f"{p:.2f}".lstrip("0") if p < 0.995 else ">.99"
 
@@ -56,6 +61,26 @@ def p_text(p: Any) -> str:
     """'P = .03' or 'P < .001' (never 'P = <.001')."""
     f = fmt_p(p)
     return f"P {f[0]} {f[1:]}" if f[0] in "<>" else f"P = {f}"
+
+
+_INTERNAL = (
+    # "(domain.md A1)", "(0-32, domain.md B4)", "(SAP, domain.md A1)", "(domain.md A1; SAP writes ...)":
+    # where a number came from in this repository's notes, not something a reader can look up
+    (re.compile(r"\(domain\.md(?: section)?(?: [A-Z]\d*)?;\s*"), "("),
+    (re.compile(r"\s*\(domain\.md(?: section)?(?: [A-Z]\d*)?\)"), ""),
+    (re.compile(r",\s*domain\.md(?: section)?(?: [A-Z]\d*)?(?=[),;])"), ""),
+    (re.compile(r"\s*(?:from |see |in )?domain\.md(?: section)?(?: [A-Z]\d*)?"), ""),
+    # "[verify] against the SAP." - a note to ourselves, never a statement to print
+    (re.compile(r"\s*\[verify\][^.<]*\.?"), ""),
+)
+
+
+def clean_text(text: str) -> str:
+    """Drop internal markers from text shown to a reader: references to the repository's notes
+    (``domain.md ...``) and ``[verify]`` flags."""
+    for pattern, repl in _INTERNAL:
+        text = pattern.sub(repl, text)
+    return text
 
 
 def _ci(e: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
@@ -160,20 +185,21 @@ def endpoint_html(e: dict[str, Any], arms: list[str]) -> str:
     if t == "binary":
         head = "".join(f"<th>{html.escape(a)} n/N (%)</th>" for a in arms)
         out.append(
-            f"<table class='endpoint' data-endpoint='{e['id']}'><tr><th>group</th>{head}"
-            "<th>risk difference, points (95% CI)</th>"
-            "<th>odds ratio (95% CI)</th><th>P (Fisher)</th><th>adjusted OR (95% CI)</th></tr>"
+            f"<table class='report endpoint' data-endpoint='{e['id']}'><thead><tr><th>Group</th>{head}"
+            "<th>Risk difference, percentage points (95% CI)</th>"
+            "<th>Odds ratio (95% CI)</th><th>P value (Fisher)</th><th>Adjusted OR (95% CI)</th></tr></thead>"
+            "<tbody>"
         )
         out.append(_binary_table(res, arms))
         for s, r in (e.get("by_stratum") or {}).items():
             out.append(
                 _binary_table(r, arms, s)
                 if r.get("type") == "binary"
-                else f"<tr><td>{html.escape(s)}</td><td colspan=6>{_stratum_note(r)}</td></tr>"
+                else f"<tr><td>{html.escape(s)}</td><td colspan='6'>{_stratum_note(r)}</td></tr>"
             )
         for s, r in (e.get("sensitivity") or {}).items():
-            out.append(_binary_table(r, arms, f"sensitivity: {s}"))
-        out.append("</table>")
+            out.append(_binary_table(r, arms, f"Sensitivity: {s.replace('_', ' ')} population"))
+        out.append("</tbody></table>")
         adj = res.get("estimates", {}).get("logistic_adjusted", {})
         if adj.get("method"):
             out.append(f"<p class='note'>Adjusted OR: {html.escape(str(adj['method']))}.</p>")
@@ -181,9 +207,9 @@ def endpoint_html(e: dict[str, Any], arms: list[str]) -> str:
     elif t == "ordinal":
         levels = res["levels"]
         out.append(
-            "<table class='endpoint'><tr><th>category</th>"
-            + "".join(f"<th>{html.escape(a)}</th>" for a in arms)
-            + "</tr>"
+            "<table class='report endpoint'><thead><tr><th>Category</th>"
+            + "".join(f"<th>{html.escape(a)}, No. (%)</th>" for a in arms)
+            + "</tr></thead><tbody>"
         )
         for lvl in levels:
             row = "".join(
@@ -191,8 +217,8 @@ def endpoint_html(e: dict[str, Any], arms: list[str]) -> str:
                 f"({(res['counts'][a][lvl]['percent'] or 0):.1f}%)</td>"
                 for a in arms
             )
-            out.append(f"<tr><td>{lvl}</td>{row}</tr>")
-        out.append("</table>")
+            out.append(f"<tr><td>{html.escape(str(lvl))}</td>{row}</tr>")
+        out.append("</tbody></table>")
         est = res["estimates"]
         if "ordinal" in est:
             out.append(
@@ -236,8 +262,8 @@ def endpoint_html(e: dict[str, Any], arms: list[str]) -> str:
         )
     elif t == "continuous":
         out.append(
-            "<table class='endpoint'><tr><th>arm</th><th>baseline mean (SD)</th>"
-            "<th>follow-up mean (SD)</th><th>change mean (SD), n</th></tr>"
+            "<table class='report endpoint'><thead><tr><th>Arm</th><th>Baseline, mean (SD)</th>"
+            "<th>Follow-up, mean (SD)</th><th>Change, mean (SD); No.</th></tr></thead><tbody>"
         )
         for a in arms:
             s = res["summary"][a]
@@ -251,9 +277,9 @@ def endpoint_html(e: dict[str, Any], arms: list[str]) -> str:
             out.append(
                 f"<tr><td>{html.escape(a)}</td><td class='num'>{ms(s['baseline'])}</td>"
                 f"<td class='num'>{ms(s['followup'])}</td>"
-                f"<td class='num'>{ms(s['change'])}, n={s['change'].get('n', 0)}</td></tr>"
+                f"<td class='num'>{ms(s['change'])}; {s['change'].get('n', 0)}</td></tr>"
             )
-        out.append("</table>")
+        out.append("</tbody></table>")
         est = res["estimates"]
         for key, name in (
             ("ancova", "ANCOVA difference in change"),
@@ -329,12 +355,12 @@ def _forest_rows(e: dict[str, Any], plan: AnalysisPlan) -> tuple[list[dict[str, 
             return
         key, est = h
         measure = est.get("measure", key)
-        counts = ""
+        counts: list[str] = []
         c = res.get("counts", {})
         if res.get("type") == "binary":
-            counts = "  ".join(
+            counts = [
                 f"{c[a]['events']}/{c[a]['n']}" for a in (plan.design.treated_arm, plan.design.control_arm)
-            )
+            ]
         rows.append(
             {
                 "label": label,
@@ -348,11 +374,11 @@ def _forest_rows(e: dict[str, Any], plan: AnalysisPlan) -> tuple[list[dict[str, 
             }
         )
 
-    add(f"All ({e['population']})", e["result"], overall=True)
+    add(f"All participants ({e['population'].replace('_', ' ')})", e["result"], overall=True)
     for s, r in (e.get("by_stratum") or {}).items():
         add(plan.design.stratum_labels.get(s, s), r)
     for s, r in (e.get("sensitivity") or {}).items():
-        add(f"Sensitivity: {s}", r)
+        add(f"Sensitivity: {s.replace('_', ' ')} population", r)
     return rows, measure
 
 
@@ -374,7 +400,13 @@ def build_figures(results: dict[str, Any], export: TrialExport, plan: AnalysisPl
             {
                 "id": f"fig-forest-{ep_id}",
                 "kind": "forest",
-                "svg": figures.forest_svg(rows, arms, f"{e['label']}: {scope}", e.get("favourable")),
+                "svg": report_figures.forest_svg(
+                    rows,
+                    arms,
+                    f"{e['label']}: {scope}",
+                    e.get("favourable"),
+                    count_header="Events/No." if any(r.get("counts") for r in rows) else "",
+                ),
                 "caption": f"Forest plot, {e['label']} ({measure}), {arms[0]} vs {arms[1]}: {scope}.",
             }
         )
@@ -425,7 +457,9 @@ def render_html(results: dict[str, Any], export: TrialExport, plan: AnalysisPlan
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = env.from_string(template_text)
     consort = results.get("consort")
-    return template.render(
+    flag = results["populations"].get(results["primary_population"], {}).get("flag")
+    ae = tables.adverse_event_rows(export, the_plan)
+    text = template.render(
         plan=the_plan,
         arms=arms,
         data=results["data"],
@@ -436,14 +470,44 @@ def render_html(results: dict[str, Any], export: TrialExport, plan: AnalysisPlan
         endpoints=results["endpoints"],
         multiplicity=results["multiplicity"],
         safety=results.get("safety"),
+        table1_html=tables.table1_html(export, the_plan, flag, number=1),
+        ae_html=tables.adverse_event_html(ae, number=2) if ae else None,
+        clean=clean_text,
         primary_summary=primary_summary(results),
         software=results["software"],
-        consort_svg=figures.consort_svg(consort, arms) if consort else None,
+        consort_svg=report_figures.consort_svg(consort, arms) if consort else None,
         figures=build_figures(results, export, the_plan),
         fmt_t1=fmt_t1,
         fmt_p=fmt_p,
         endpoint_html=lambda e: endpoint_html(e, arms),
+        endpoint_labels={e["id"]: e["label"] for e in results["endpoints"]},
     )
+    return clean_text(text)
+
+
+def pdf_header_footer(results: dict[str, Any]) -> tuple[str, str]:
+    """Chromium's running header and footer for every PDF page: the trial and plan, the
+    unblinded marker (the report compares arms by name), page x of y and the date generated."""
+    plan = results.get("plan") or {}
+    data = results.get("data") or {}
+    trial = data.get("manifest", {}).get("trial_id") or data.get("source") or "trial export"
+    # the short name before the first colon: "ImmunoSep", "SLE UC-MSC secretome"
+    title = html.escape(str(plan.get("title", "")).split(":")[0])
+    style = (
+        "font-family: 'DejaVu Sans', Arial, sans-serif; font-size: 7.5pt; color: #444; width: 100%; "
+        "margin: 0 10mm; display: flex; justify-content: space-between;"
+    )
+    header = (
+        f'<div style="{style}"><span>{title} · {html.escape(str(trial))}</span>'
+        "<span style='font-weight: bold; color: #8a1c1c;'>UNBLINDED: results by arm</span></div>"
+    )
+    footer = (
+        f'<div style="{style}"><span>Analysis plan {html.escape(str(plan.get("id", "")))} '
+        f"v{html.escape(str(plan.get('version', '')))} · generated "
+        f"{html.escape(str(results.get('generated_at', '')))}</span>"
+        "<span>Page <span class='pageNumber'></span> of <span class='totalPages'></span></span></div>"
+    )
+    return header, footer
 
 
 @contextmanager
@@ -475,8 +539,11 @@ def find_chromium() -> str | None:
     return None
 
 
-def html_to_pdf(html_path: str | Path, pdf_path: str | Path) -> Path:
-    """Print an HTML file to PDF (A4) with headless Chromium through Playwright."""
+def html_to_pdf(
+    html_path: str | Path, pdf_path: str | Path, header: str | None = None, footer: str | None = None
+) -> Path:
+    """Print an HTML file to PDF (A4) with headless Chromium through Playwright; ``header`` and
+    ``footer`` (Chromium templates: ``pageNumber``, ``totalPages``) run on every page."""
     from playwright.sync_api import sync_playwright
 
     src = Path(html_path).resolve()
@@ -491,11 +558,20 @@ def html_to_pdf(html_path: str | Path, pdf_path: str | Path) -> Path:
         try:
             page = browser.new_page()
             page.goto(src.as_uri(), wait_until="load")
+            running = header is not None or footer is not None
             page.pdf(
                 path=str(tmp),
                 format="A4",
                 print_background=True,
-                margin={"top": "12mm", "bottom": "12mm", "left": "10mm", "right": "10mm"},
+                display_header_footer=running,
+                header_template=header or "<span></span>",
+                footer_template=footer or "<span></span>",
+                margin={
+                    "top": "16mm" if running else "12mm",
+                    "bottom": "16mm" if running else "12mm",
+                    "left": "10mm",
+                    "right": "10mm",
+                },
             )
         finally:
             browser.close()
@@ -523,7 +599,8 @@ def write_report(
             tmp.write_text(json.dumps(results, indent=2, allow_nan=False), encoding="utf-8")
         written["json"] = str(jp)
     if pdf_path is not None:
-        written["pdf"] = str(html_to_pdf(out, pdf_path))
+        header, footer = pdf_header_footer(results)
+        written["pdf"] = str(html_to_pdf(out, pdf_path, header=header, footer=footer))
     return written
 
 
@@ -533,11 +610,14 @@ def analyze(
     report_path: str | Path | None = None,
     pdf: bool | str | Path = False,
     json_path: str | Path | None = None,
+    analysis_data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Validate the export in ``data_dir``, run the plan, write the report(s); return the results.
 
     ``pdf=True`` writes the PDF beside the report (same name, ``.pdf``); a path writes it there.
-    ``json_path`` writes the machine-readable results. Bad input raises :class:`InputError`.
+    ``json_path`` writes the machine-readable results. ``analysis_data`` is a folder to write the
+    ADaM-like analysis data sets into (:mod:`immunostrat.analysis.report_datasets`). Bad input
+    raises :class:`InputError`.
     """
     plan = load_plan(plan_id)
     export = validate_export(data_dir)
@@ -558,4 +638,10 @@ def analyze(
         with _atomic(jp) as tmp:
             tmp.write_text(json.dumps(results, indent=2, allow_nan=False), encoding="utf-8")
         results["written"] = {"json": str(jp)}
+    if analysis_data is not None:
+        from immunostrat.analysis.report_datasets import write_analysis_data
+
+        written = write_analysis_data(export, plan, analysis_data)
+        results.setdefault("written", {})["analysis_data"] = str(analysis_data)
+        results["written"]["analysis_datasets"] = written
     return results
