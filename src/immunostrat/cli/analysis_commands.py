@@ -27,6 +27,15 @@ def analyze(
         bool, typer.Option("--pdf", help="Also write the report as PDF (headless Chromium).")
     ] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Machine-readable results.")] = None,
+    analysis_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--analysis-data",
+            help="Folder to write the ADaM-like analysis data sets into (adsl, adeff, adrep, adae as "
+            "CSV, and reproduce.R): one record per participant, per participant and endpoint, per "
+            "participant and visit.",
+        ),
+    ] = None,
 ) -> None:
     """Run a pre-specified analysis plan on a trial export: tables, figures, report."""
     from immunostrat.analysis import analyze as run
@@ -43,7 +52,7 @@ def analyze(
         )
     try:
         with console.status(f"analysing {data} with plan {plan}"):
-            results = run(data, plan, report, pdf, json_path)
+            results = run(data, plan, report, pdf, json_path, analysis_data=analysis_data)
     except (InputError, KeyError, FileNotFoundError) as error:
         fail(error)
     table = Table(title=f"{plan}: endpoints ({results.get('primary_population', 'itt')})")
@@ -57,6 +66,8 @@ def analyze(
             console.print(f"wrote {path}")
     if pdf and report is not None:
         console.print(f"wrote {report.with_suffix('.pdf')}")
+    for name, path in (results.get("written", {}).get("analysis_datasets") or {}).items():
+        console.print(f"wrote {path}" + ("" if name.endswith((".R", ".json")) else f" ({name})"))
 
 
 def _chromium_available() -> bool:
@@ -72,6 +83,8 @@ def _chromium_available() -> bool:
 
 
 def _endpoint_cells(result: dict[str, Any]) -> tuple[str, str, str]:
+    from immunostrat.analysis.report import p_text
+
     counts = result.get("counts") or {}
     arms = "; ".join(
         f"{arm} {c['events']}/{c['n']}" + (f" ({c['percent']:.1f}%)" if c.get("percent") is not None else "")
@@ -91,7 +104,7 @@ def _endpoint_cells(result: dict[str, Any]) -> tuple[str, str, str]:
     return (
         arms,
         f"{main['measure']} {main['estimate'] * scale:.2f}{ci}",
-        "-" if p_value is None else f"{p_value:.3g}",
+        "-" if p_value is None else p_text(p_value),
     )
 
 
@@ -138,7 +151,7 @@ def published(
 def _published_rows(item: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """Table rows of one published item: every recomputed number, then its P values (the one the
     paper's test gives, and which tests match the printed P), then what was printed only."""
-    from immunostrat.analysis.report import fmt_p
+    from immunostrat.analysis.report import p_text
 
     rows: list[tuple[str, str, str, str]] = []
     for check in item.get("checks", []):
@@ -161,7 +174,8 @@ def _published_rows(item: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             mark = "yes" if test in matching else "no"
             if test == expected:
                 mark += " (the paper's test)"
-            rows.append((f"P, {test.replace('_', ' ')}", f"{p:.4f} ({fmt_p(p)})", item["p_printed"], mark))
+            ours = f"{p:.4f}".lstrip("0") + f" ({p_text(p)})"
+            rows.append((f"P, {test.replace('_', ' ')}", ours, item["p_printed"], mark))
         rows.append(
             (
                 "test matching the printed P",
