@@ -16,7 +16,7 @@ from immunostrat.api import routes
 from immunostrat.api.app import unit_of_work
 from immunostrat.api.auth import Principal
 from immunostrat.errors import InputError
-from immunostrat.trial import service
+from immunostrat.trial import blinding, service
 from immunostrat.trial.db import read_transaction
 from immunostrat.trial.models import Trial, User
 from immunostrat.trial.passwords import MIN_PASSWORD_CHARS, hash_password
@@ -51,7 +51,8 @@ def _users_context(request: Request, principal: Principal) -> dict[str, Any]:
     with unit_of_work(request, principal) as (session, actor):
         users = [service.user_view(u) for u in session.scalars(select(User).order_by(User.id))]
         trials = [
-            service.trial_view(session, t, actor) for t in session.scalars(select(Trial).order_by(Trial.id))
+            blinding.blind_trial_view(service.trial_view(session, t, actor), actor)
+            for t in session.scalars(select(Trial).order_by(Trial.id))
         ]
         me = actor.user_id
     sites = {s["id"]: f"{t['code']} {s['code']}" for t in trials for s in t["sites"]}
@@ -163,7 +164,8 @@ async def update_user(request: Request, user_id: int) -> Response:
 
 def _lock_context(request: Request, principal: Principal, trial_id: int) -> dict[str, Any]:
     with unit_of_work(request, principal) as (session, actor):
-        view = service.trial_view(session, service.trial_by_id(session, trial_id), actor)
+        trial = service.trial_by_id(session, trial_id)
+        view = blinding.blind_trial_view(service.trial_view(session, trial, actor), actor)
     return {
         "user": user_of(request, principal),
         "trial": view,

@@ -26,7 +26,7 @@ from immunostrat.api import data_routes, routes
 from immunostrat.api.app import unit_of_work
 from immunostrat.api.auth import Principal
 from immunostrat.errors import InputError
-from immunostrat.trial import forms, service
+from immunostrat.trial import blinding, forms, service
 from immunostrat.trial.definition import SERIOUSNESS_CRITERIA
 from immunostrat.trial.export_access import UNBLINDED_EXPORTERS, check_export, unblinded_refusal
 from immunostrat.trial.export_files import EXPORT_FORMATS, write_trial_export
@@ -72,7 +72,7 @@ FORMAT_LABELS = {
 def _trial_context(request: Request, principal: Principal, trial_id: int) -> dict[str, Any]:
     with unit_of_work(request, principal) as (session, actor):
         trial = service.trial_by_id(session, trial_id)
-        view = service.trial_view(session, trial, actor)
+        view = blinding.blind_trial_view(service.trial_view(session, trial, actor), actor)
         view["has_forms"] = forms.has_forms(trial)
         view["unblinded_refusal"] = unblinded_refusal(trial, actor.role)
     return {"user": user_of(request, principal), "trial": view, "nav": trial_nav(principal, trial_id)}
@@ -201,6 +201,16 @@ async def analysis_download(request: Request, trial_id: int, kind: str) -> Respo
 
 # ------------------------------------------------------------------------------------- adverse events
 
+MESSAGES = {
+    (
+        "meddra_code",
+        "string_pattern_mismatch",
+    ): "a MedDRA code is 8 digits (lowest level term or preferred term)",
+    ("day", "int_parsing"): "the study day of onset as a whole number (day 1 is the day of randomization)",
+    ("day", "int_type"): "the study day of onset is required",
+    ("serious", "bool_type"): "say whether the event is serious",
+}
+"""Plainer words for the schema's messages on this form (the rule stays in :class:`AdverseEventIn`)."""
 AE_FIELDS = ("participant", "day", "term", "meddra_code", "ctcae_grade", "serious", "seriousness")
 
 
@@ -225,7 +235,7 @@ def _duration(delta: timedelta) -> str:
 def _ae_context(request: Request, principal: Principal, trial_id: int) -> dict[str, Any]:
     with unit_of_work(request, principal) as (session, actor):
         trial = service.trial_by_id(session, trial_id)
-        view = service.trial_view(session, trial, actor)
+        view = blinding.blind_trial_view(service.trial_view(session, trial, actor), actor)
         rows = service.list_adverse_events(session, actor, trial_id)
         participants = []
         if actor.role in INVESTIGATOR:
@@ -302,8 +312,9 @@ async def record_adverse_event(request: Request, trial_id: int) -> Response:
         event = AdverseEventIn.model_validate(body)
     except ValidationError as exc:
         for e in exc.errors():
-            message = str(e["msg"]).removeprefix("Value error, ")
-            errors.setdefault(_error_key(tuple(e["loc"])), message)
+            key = _error_key(tuple(e["loc"]))
+            message = MESSAGES.get((key, e["type"])) or str(e["msg"]).removeprefix("Value error, ")
+            errors.setdefault(key, message)
     if errors or event is None or participant_id is None:
         return render(request, "records_adverse_events.html", context, status=422)
 
