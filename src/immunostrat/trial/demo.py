@@ -191,7 +191,7 @@ def _patients(rng: random.Random, count: int, days: int, now: datetime) -> list[
             infection_site=infection_site,
             severity=severity,
             # most recover, some stay put, a few get worse
-            course=rng.choices([-0.45, -0.3, 0.0, 0.3], weights=[40, 35, 15, 10])[0],
+            course=rng.choices([-0.3, -0.2, 0.0, 0.25], weights=[40, 35, 15, 10])[0],
             ferritin=_ferritin(rng, endotype),
             hla_dr=_hla_dr(rng, endotype),
             crp=round(rng.uniform(60, 340)),
