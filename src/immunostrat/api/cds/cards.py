@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import yaml
@@ -195,7 +196,7 @@ def endotype_cards(
         card["links"] = [
             {
                 "label": "Patient's immune state in immunostrat",
-                "url": patient_page_url.format(patient_id=patient_id),
+                "url": patient_page_url.format(patient_id=quote(patient_id, safe="")),
                 "type": "absolute",
             }
         ]
