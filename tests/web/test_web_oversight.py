@@ -11,15 +11,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, Page, expect
-from webworld import ARMS, BLINDED_ROLES, WebServer, screenshots, sign_in
+from sqlalchemy import select
+from webworld import ARMS, BLINDED_ROLES, SLE_VISIT, WebServer, screenshots, sign_in
 
-from immunostrat.trial import ops
+from immunostrat.trial import forms, ops, service
+from immunostrat.trial.db import get_engine, transaction
+from immunostrat.trial.models import User
+from immunostrat.trial.schemas import FormIn
 
 pytestmark = pytest.mark.browser  # Playwright drives the system Chromium
 
@@ -34,6 +39,7 @@ class Oversight:
     arms: dict[int, str]
     """Participant id -> arm, from the pharmacist's randomization list."""
     withdrawn: int
+    completed: int
     eligible_waiting: int
     by_site: dict[str, int]
 
@@ -79,12 +85,26 @@ def oversight(web: WebServer) -> Iterator[Oversight]:
             assert r.status_code == 201, r.text
         r = inv.post(f"/trials/{tid}/participants/{randomized[0]}/withdraw", json={"reason": "moved away"})
         assert r.status_code in (200, 204), r.text
+    # one participant completes: both forms of the last visit (day 43) saved, through the trial
+    # function the API calls, on the day the visit falls due (the service refuses future dates)
+    finished = randomized[1]
+    with transaction(get_engine(web.db_url)) as session:
+        user = session.scalars(select(User).where(User.username == web.user("investigator"))).one()
+        actor = service.actor_for(user)
+        values = {
+            k: {"true": True, "false": False}.get(v) if v in ("true", "false") else float(v)
+            for k, v in SLE_VISIT.items()
+        }
+        due = date.today() + timedelta(days=43)
+        for form, body in (("sle_visit", values), ("completion", {"last_contact_day": 43})):
+            data = FormIn.model_validate({"visit_date": due.isoformat(), "values": body})
+            forms.save_form(session, actor, tid, finished, "day43", form, data, today=due)
     with _client(web, "pharmacist") as ph:
         listed = ph.get(f"/trials/{tid}/randomization-list")
         assert listed.status_code == 200, listed.text
         pseudonyms = {p["pseudonym"]: p["participant_id"] for p in eligible}
         arms = {pseudonyms[row["participant"]]: row["arm"] for row in listed.json()}
-    yield Oversight(tid, arms, randomized[0], 1, {"S01": 4, "S02": 2})
+    yield Oversight(tid, arms, randomized[0], finished, 1, {"S01": 4, "S02": 2})
 
 
 def _pages(o: Oversight) -> dict[str, tuple[str, ...]]:
@@ -122,6 +142,9 @@ def test_pharmacist_sees_the_consort_flow_by_arm(
             withdrawn = int(oversight.arms[oversight.withdrawn] == arm)
             expect(cells.locator("td").nth(0)).to_have_text(str(allocated))
             expect(cells.locator("td").nth(1)).to_have_text(str(withdrawn))
+            expect(cells.locator("td").nth(2)).to_have_text(
+                str(int(oversight.arms[oversight.completed] == arm))
+            )
             expect(cells.locator("td").nth(3)).to_have_text(str(allocated))  # analysed: nothing removed
         expect(rows.nth(len(ARMS)).locator("td").nth(1)).to_have_text("1")
         screenshots(page, "oversight-consort-pharmacist")
@@ -139,6 +162,7 @@ def test_investigator_sees_counts_only_and_the_flow_refreshes(
         expect(page.locator("#n-randomized")).to_have_text("6")
         expect(page.locator("#n-allocated")).to_have_text("6")
         expect(page.locator("#n-withdrawn")).to_have_text("1")
+        expect(page.locator("#n-completed")).to_have_text("1")
         expect(page.locator("#n-not-randomized")).to_have_text(str(oversight.eligible_waiting))
         expect(page.locator("#exclusions tbody tr")).to_have_count(2)
         assert page.locator("#consort-arms").count() == 0

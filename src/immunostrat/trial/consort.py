@@ -12,8 +12,8 @@ Definitions (stated on the page):
 - *not eligible*: the latest decision says not eligible, counted by its exclusion reason;
 - *randomized / allocated*: an allocation exists;
 - *withdrawn*: randomized and later withdrawn;
-- *completed*: randomized, not withdrawn, and the last visit of the schedule saved (trials with
-  forms) or the outcome recorded (trials without);
+- *completed*: randomized, not withdrawn, and every form of the schedule's last visit saved (trials
+  with forms) or the outcome recorded (trials without);
 - *analysed*: randomized and the data not removed at withdrawal (intention to treat).
 """
 
@@ -37,20 +37,25 @@ NO_REASON = "no reason recorded"
 
 
 def _completed(session: Session, trial: Trial, ids: list[int]) -> set[int]:
-    """Participants (of ``ids``) with the last scheduled visit saved, or their outcome recorded."""
+    """Participants (of ``ids``) with every form of the last scheduled visit saved, or (trials
+    without forms) their outcome recorded."""
     if not ids:
         return set()
     if forms.has_forms(trial):
         schedule = forms.trial_definition(trial).schedule()
         if not schedule:
             return set()
-        last = schedule[-1].id
-        stmt = select(FormRecord.participant_id).where(
-            FormRecord.participant_id.in_(ids), FormRecord.visit_id == last
+        last = schedule[-1]
+        saved = session.execute(
+            select(FormRecord.participant_id, FormRecord.form_id).where(
+                FormRecord.participant_id.in_(ids), FormRecord.visit_id == last.id
+            )
         )
-    else:
-        stmt = select(Outcome.participant_id).where(Outcome.participant_id.in_(ids))
-    return set(session.scalars(stmt))
+        forms_of: dict[int, set[str]] = {}
+        for pid, form_id in saved:
+            forms_of.setdefault(pid, set()).add(form_id)
+        return {pid for pid, done in forms_of.items() if done >= set(last.forms)}
+    return set(session.scalars(select(Outcome.participant_id).where(Outcome.participant_id.in_(ids))))
 
 
 def _allocations(session: Session, trial: Trial, ids: list[int]) -> dict[int, Allocation]:
