@@ -10,14 +10,15 @@ the same redaction as ``GET /audit``; nothing else here reads an arm.
 
 from __future__ import annotations
 
-import io
-import re
 from datetime import date
-from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
+import matplotlib.dates as mdates
 from fastapi import Request
+from matplotlib import rcParams
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sqlalchemy import select
 from starlette.responses import Response
 
@@ -37,6 +38,7 @@ from immunostrat.web.core import (
     trial_nav,
     user_of,
 )
+from immunostrat.web.svgplot import svg_markup
 
 router = page_router()
 
@@ -73,99 +75,44 @@ def enrolment_page(request: Request, trial_id: int) -> Response:
         context = _trial_context(request, principal, session, actor, trial_id)
         counts = consort.enrolment(session, actor, trial_id)
     context["counts"] = counts
-    context["site_svg"] = cumulative_svg(counts["dates"], counts["by_site"], "site", "enrol-site-")
+    context["site_svg"] = cumulative_svg(counts["dates"], counts["by_site"], "site", "enrol-site")
     context["stratum_svg"] = cumulative_svg(
         counts["dates"], counts["by_stratum"], "stratum", "enrol-stratum-"
     )
     return render(request, "oversight_enrolment.html", context)
 
 
-_STYLE = re.compile(r' style="([^"]*)"')
-_ID = re.compile(r'\bid="([^"]+)"')
-_FONT = re.compile(r"^(?:(italic|oblique)\s+)?(?:(bold|normal|\d{3})\s+)?([\d.]+px)\s+(.+)$")
-
-
-def _presentation(style: str) -> str:
-    """A ``style`` attribute's declarations as SVG presentation attributes (the page's CSP allows
-    styles from the app's stylesheet only, so inline ``style`` would be dropped)."""
-    attrs = []
-    for declaration in style.split(";"):
-        if ":" not in declaration:
-            continue
-        name, value = (part.strip() for part in declaration.split(":", 1))
-        if name == "font":
-            m = _FONT.match(value)
-            if m is None:
-                continue
-            style_, weight, size, family = m.groups()
-            attrs += [f'font-size="{size}"', f'font-family="{escape(family.replace(chr(39), ""))}"']
-            attrs += [f'font-style="{style_}"'] if style_ else []
-            attrs += [f'font-weight="{weight}"'] if weight else []
-        else:
-            attrs.append(f'{name}="{escape(value)}"')
-    return " " + " ".join(attrs) if attrs else ""
-
-
-def _inline_svg(svg: str, prefix: str, titles: dict[str, str], label: str) -> str:
-    """Matplotlib's SVG made fit to sit in a page: styles as attributes, ids prefixed (two plots on a
-    page must not share clip paths), hover ``<title>`` added to each element named in ``titles``,
-    and an accessible name on the root."""
-    svg = svg[svg.index("<svg") :]
-    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
-    svg = re.sub(r"<style[^>]*>.*?</style>", "", svg, flags=re.S)
-    svg = _STYLE.sub(lambda m: _presentation(m.group(1)), svg)
-    svg = _ID.sub(lambda m: f'id="{prefix}{m.group(1)}"', svg)
-    svg = svg.replace("url(#", f"url(#{prefix}").replace('xlink:href="#', f'xlink:href="#{prefix}')
-    for gid, title in titles.items():
-        svg = svg.replace(
-            f'<g id="{prefix}{gid}">', f'<g id="{prefix}{gid}"><title>{escape(title)}</title>', 1
-        )
-    return svg.replace(
-        "<svg ",
-        f'<svg role="img" aria-label="{escape(label)}" stroke-linejoin="round" stroke-linecap="butt" ',
-        1,
-    )
-
-
 def cumulative_svg(dates: list[str], series: dict[str, list[int]], what: str, prefix: str) -> str | None:
     """Cumulative randomized by ``what`` (site or stratum) over the days with randomizations, one
-    line per series; each point's hover text says the series, the day and the count."""
+    line per series; each point's hover text says the series, the day and the count. A Figure of
+    its own, not pyplot's global state: pages render in a pool of threads."""
     if not dates or not series:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
     days = [date.fromisoformat(d) for d in dates]
     xs = [float(x) for x in mdates.date2num(days)]
-    rc: Any = {"svg.fonttype": "none", "font.family": "DejaVu Sans", "font.size": 9, "svg.hashsalt": prefix}
     titles: dict[str, str] = {}
-    with plt.rc_context(rc):
-        fig, ax = plt.subplots(figsize=(7.5, 3.4))
-        for i, (name, counts) in enumerate(series.items()):
-            # from nought the day before the first randomization, so that every line shows its rise
-            (line,) = ax.step([xs[0] - 1, *xs], [0, *counts], where="post", label=name, linewidth=1.8)
-            for j, (x, day, n) in enumerate(zip(xs, days, counts, strict=True)):
-                (point,) = ax.plot([x], [n], marker="o", markersize=5, color=line.get_color(), linestyle="")
-                gid = f"pt{i}-{j}"
-                point.set_gid(gid)
-                titles[gid] = f"{what} {name}, {day.isoformat()}: {n} randomized"
-        ax.set_ylabel("randomized (cumulative)")
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))  # whole days, never hours
-        ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
-        ax.set_xlim(xs[0] - 1, xs[-1] + 1)
-        ax.set_ylim(bottom=0)
-        ax.legend(title=what, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
-        ax.spines[["top", "right"]].set_visible(False)
-        fig.autofmt_xdate()
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
-        plt.close(fig)
-    return _inline_svg(buf.getvalue(), prefix, titles, f"Participants randomized over time by {what}")
+    fig = Figure(figsize=(6.5, 3.2), layout="constrained")
+    ax = fig.subplots()
+    colors = [c["color"] for c in rcParams["axes.prop_cycle"]]
+    for i, (name, counts) in enumerate(series.items()):
+        color = colors[i % len(colors)]
+        # from nought the day before the first randomization, so that every line shows its rise
+        ax.step([xs[0] - 1, *xs], [0, *counts], where="post", label=name, linewidth=1.8, color=color)
+        for j, (x, day, n) in enumerate(zip(xs, days, counts, strict=True)):
+            (point,) = ax.plot([x], [n], marker="o", markersize=5, color=color, linestyle="")
+            gid = f"pt{i}-{j}"
+            point.set_gid(gid)
+            titles[gid] = f"{what} {name}, {day.isoformat()}: {n} randomized"
+    ax.set_ylabel("randomized (cumulative)")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))  # whole days, never hours
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.set_xlim(xs[0] - 1, xs[-1] + 1)
+    ax.set_ylim(bottom=0)
+    ax.legend(title=what, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    return svg_markup(fig, prefix=prefix, label=f"Participants randomized over time by {what}", titles=titles)
 
 
 # ------------------------------------------------------------------------------------- CONSORT
