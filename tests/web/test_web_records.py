@@ -220,8 +220,13 @@ def test_admin_locks_and_statistician_exports_unblinded_and_reads_the_report(
         with open(info.value.path(), encoding="utf-8") as f:
             html = f.read()
         assert "<html" in html.lower() and "MEX-SLEDAI" in html
-        r = page.request.get(f"{base}/analysis/report.pdf")
-        assert r.status == 200 and r.body().startswith(b"%PDF"), r.status
+        with page.expect_download() as info:
+            page.get_by_role("link", name="Full report (PDF, A4)").click()
+        with open(info.value.path(), "rb") as f:
+            assert f.read(5) == b"%PDF-"
+        # a run the page did not make (or another user's) is not served: a new analysis is
+        r = page.request.get(f"{base}/analysis/report.html?run=not-a-run")
+        assert r.status == 200 and "MEX-SLEDAI" in r.text()
     finally:
         context.close()
     assert problems == [], "\n".join(problems)

@@ -11,8 +11,12 @@ statistician, after the lock).
 from __future__ import annotations
 
 import io
+import secrets
 import tempfile
+import time
 import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -148,40 +152,88 @@ def _analysis(
     return code, analyze(folder, plan, tmp / "report.html", pdf=tmp / "report.pdf" if pdf else False)
 
 
+@dataclass
+class ReportRun:
+    """One analysis run the page showed, kept briefly so that its HTML and PDF downloads are the
+    same report without a second export and analysis (same user, same trial, a few minutes)."""
+
+    username: str
+    trial_id: int
+    code: str
+    html: bytes
+    made: float
+
+
+REPORT_RUNS_KEPT = 8
+REPORT_RUN_SECONDS = 15 * 60
+
+
+def _runs(request: Request) -> OrderedDict[str, ReportRun]:
+    runs: OrderedDict[str, ReportRun] | None = getattr(request.app.state, "web_report_runs", None)
+    if runs is None:
+        runs = request.app.state.web_report_runs = OrderedDict()
+    return runs
+
+
+def _kept_run(request: Request, principal: Principal, trial_id: int, token: str) -> ReportRun | None:
+    run = _runs(request).get(token)
+    fresh = run is not None and time.monotonic() - run.made < REPORT_RUN_SECONDS
+    if run is None or not fresh or run.username != principal.username or run.trial_id != trial_id:
+        return None
+    return run
+
+
 @router.get("/trials/{trial_id}/analysis")
 async def analysis_page(request: Request, trial_id: int) -> Response:
     principal = signed_in(request, REPORT_READERS)
     context = await run_in_threadpool(_trial_context, request, principal, trial_id)
-    context.update(results=None, problem=None, summary=None)
+    context.update(results=None, problem=None, summary=None, run=None)
     if context["trial"]["unblinded_refusal"] is None:
 
-        def work() -> dict[str, Any]:
+        def work() -> tuple[str, dict[str, Any], bytes]:
             with tempfile.TemporaryDirectory() as tmp:
-                return _analysis(request, principal, trial_id, Path(tmp), pdf=False)[1]
+                code, results = _analysis(request, principal, trial_id, Path(tmp), pdf=False)
+                return code, results, (Path(tmp) / "report.html").read_bytes()
 
         try:
-            results = await run_in_threadpool(work)
+            code, results, html = await run_in_threadpool(work)
         except InputError as exc:
             context["problem"] = f"The analysis cannot run on this trial's data: {exc}"
+        except PageError as exc:
+            context["problem"] = exc.message
         else:
             from immunostrat.analysis.report import primary_summary
 
-            context["results"] = results
-            context["summary"] = primary_summary(results)
+            token = secrets.token_urlsafe(16)
+            runs = _runs(request)
+            runs[token] = ReportRun(principal.username, trial_id, code, html, time.monotonic())
+            while len(runs) > REPORT_RUNS_KEPT:
+                runs.popitem(last=False)
+            context.update(results=results, summary=primary_summary(results), run=token)
     return render(request, "records_analysis.html", context)
 
 
 @router.get("/trials/{trial_id}/analysis/report.{kind}")
-async def analysis_download(request: Request, trial_id: int, kind: str) -> Response:
-    """The analysis package's own report: the self-contained HTML file or its PDF (Chromium)."""
+async def analysis_download(request: Request, trial_id: int, kind: str, run: str = "") -> Response:
+    """The analysis package's own report: the self-contained HTML file or its PDF (Chromium); the
+    page's run when ``run`` names it (kept a few minutes), else a new export and analysis."""
     principal = signed_in(request, REPORT_READERS)
     if kind not in ("html", "pdf"):
         raise PageError(404, "no such report")
+    kept = _kept_run(request, principal, trial_id, run) if run else None
 
     def work() -> tuple[str, bytes]:
+        from immunostrat.analysis.report import html_to_pdf
+
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            code, _ = _analysis(request, principal, trial_id, folder, pdf=kind == "pdf")
+            if kept is None:
+                code, _ = _analysis(request, principal, trial_id, folder, pdf=kind == "pdf")
+            else:
+                code = kept.code
+                (folder / "report.html").write_bytes(kept.html)
+                if kind == "pdf":
+                    html_to_pdf(folder / "report.html", folder / "report.pdf")
             return code, (folder / f"report.{kind}").read_bytes()
 
     try:
