@@ -160,6 +160,21 @@ def _cells(page: Page, selector: str) -> list[list[str]]:
     return [[c.strip() for c in rows.nth(i).locator("td").all_inner_texts()] for i in range(rows.count())]
 
 
+def _title_at(page: Page, selector: str) -> str:
+    """The hover title the browser shows at the centre of the first element matching ``selector``."""
+    target = page.locator(selector).first
+    target.scroll_into_view_if_needed()
+    box = target.bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    script = """([x, y]) => {
+        const hit = document.elementFromPoint(x, y);
+        const owner = hit && hit.closest("g[pointer-events]");
+        return owner ? owner.querySelector(":scope > title").textContent : "";
+    }"""
+    return str(page.evaluate(script, [x, y]))
+
+
 # ------------------------------------------------------------------ the numbers, read independently
 
 
@@ -228,6 +243,8 @@ def test_researcher_reads_the_demo_cohort(browser: Browser, server: CohortServer
         for (endotype, day), (count, value) in expected.items():
             row = table[(endotype, f"day {day + 1}")]
             assert row[2] == str(count) and row[3] == f"{value:.1f}"
+        # hovering a point reaches its title (the element under the pointer is in the titled group)
+        assert _title_at(page, "#trajectory-plot svg g[id$='-pt-1-0'] use").startswith("unknown, day 1:")
         # the plot drew in colour under the CSP (presentation attributes, no style attribute)
         assert plot.locator("[style]").count() == 0
         assert plot.locator('[fill="#5f6b7a"]').count() > 0
@@ -272,6 +289,7 @@ def test_researcher_reads_the_demo_cohort(browser: Browser, server: CohortServer
             t.startswith(f"hour {peak['hour']} (") and f"SOFA {peak['sofa_total']} (" in t for t in hover
         )
         assert page.locator("#hours tbody tr").count() == hourly.height
+        assert re.match(r"hour \d+ \(", _title_at(page, "#stay-plot svg g[id$='-axes_1']"))
         expect(page.locator("#stay-facts")).to_contain_text("yes, onset " + stamp)
         screenshots(page, "cohort-stay")
         page.goto(f"/web/cohorts/{NAME}/stays?q=zzz")
