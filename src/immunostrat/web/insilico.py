@@ -28,6 +28,7 @@ from immunostrat.simulation.runs import (
     run_trials,
 )
 from immunostrat.web.core import PageError, add_main_page, page_router, posted, render, signed_in, user_of
+from immunostrat.web.svgplot import svg_markup
 
 router = page_router()
 
@@ -81,6 +82,8 @@ class Run:
     total: int = 0
     finished: float | None = None
     result: TrialResults | None = None
+    svg: str = ""
+    """The per-trial differences as inline SVG, drawn once when the run ends."""
     error: str | None = None
     cancel: bool = False
 
@@ -132,6 +135,7 @@ class RunBoard:
                 population_size=s["population_size"],
                 progress=run.progress,
             )
+            run.svg = differences_svg(run.result)
         except Cancelled:
             run.error = "cancelled"
         except Exception as exc:  # shown on the run's page; the thread must not die silently
@@ -261,6 +265,7 @@ def _run_view(run: Run) -> dict[str, Any]:
     }
     if run.result is not None:
         view["result"] = _results_view(run.result)
+        view["svg"] = run.svg
     return view
 
 
@@ -311,6 +316,64 @@ def _results_view(results: TrialResults) -> dict[str, Any]:
         "fit": results.population_fit,
         "finite": math.isfinite(est.se),
     }
+
+
+def differences_svg(results: TrialResults) -> str:
+    """A histogram of the trials' treatment-minus-placebo rate on the primary endpoint, the trials that
+    count as power stacked apart from the others; hovering a bar gives its range and counts."""
+    import numpy as np
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import MaxNLocator
+
+    per = results.per_trial
+    diff = 100 * (np.asarray(per["rate_treatment"], float) - np.asarray(per["rate_placebo"], float))
+    won = np.asarray(per["significant_benefit"], bool)
+    bins = min(40, max(8, math.ceil(math.sqrt(diff.size))))
+    width = max(1.0, math.ceil((float(diff.max()) - float(diff.min())) / bins))
+    first = math.floor(float(diff.min()) / width) * width  # zero falls on an edge
+    edges = first + width * np.arange(math.floor((float(diff.max()) - first) / width) + 2)
+    counts_won, _ = np.histogram(diff[won], edges)
+    counts_other, _ = np.histogram(diff[~won], edges)
+    won_colour, other_colour = "#1d6b2f", "#8a94a3"
+    fig = Figure(figsize=(8, 3.6))
+    ax = fig.add_subplot()
+    titles: dict[str, str] = {}
+    for i, left in enumerate(edges[:-1]):
+        total = int(counts_won[i] + counts_other[i])
+        if total == 0:
+            continue
+        gid = f"bin-{i}"
+        ax.bar([left], [counts_other[i]], width=width, align="edge", color=other_colour, edgecolor="#ffffff")
+        ax.bar(
+            [left], [counts_won[i]], width=width, align="edge", bottom=[counts_other[i]],
+            color=won_colour, edgecolor="#ffffff",
+        )  # fmt: skip
+        ax.bar([left], [total], width=width, align="edge", color="none", gid=gid)
+        titles[gid] = (
+            f"difference {left:+.0f} to {left + width:+.0f} points: {total} trial{'s' * (total != 1)}, "
+            f"{int(counts_won[i])} with a significant benefit"
+        )
+    ax.axvline(0, color="#1b1f24", linewidth=1)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    handles = [
+        Patch(color=won_colour, label="significant benefit (counts as power)"),
+        Patch(color=other_colour, label="other trials"),
+    ]
+    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2, fontsize=9, frameon=False)
+    endpoint = results.design.primary_endpoint.replace("_", " ")
+    ax.set_xlabel(f"treatment minus placebo, {endpoint} (percentage points)")
+    ax.set_ylabel("trials")
+    ax.grid(True, axis="y", color="#d9dde3", linewidth=0.6)
+    ax.set_axisbelow(True)
+    fig.tight_layout()
+    return svg_markup(
+        fig,
+        prefix="insilico-diff",
+        label=f"Histogram of the {results.trials} trials' treatment minus placebo difference in {endpoint}; "
+        "the power and rates are in the text and tables",
+        titles=titles,
+    )
 
 
 def _eligible(design: Any) -> list[tuple[int, str]]:
