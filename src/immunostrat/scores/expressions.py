@@ -6,10 +6,11 @@ PySpark frames (cohorts), so each score is written once (design.md section 2).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import narwhals.stable.v2 as nw
+import polars as pl
 
 _OPS = {
     "<": lambda e, t: e < t,
@@ -73,3 +74,28 @@ def missing_report(prefix: str, missing: Mapping[str, nw.Expr]) -> list[nw.Expr]
         ignore_nulls=True,
     )
     return [count.alias(f"{prefix}_missing"), names.alias(f"{prefix}_missing_components")]
+
+
+_POLARS_EXPRESSIONS: dict[Hashable, list[pl.Expr]] = {}
+
+
+def with_score_columns(frame: Any, key: Hashable, build: Callable[[], Sequence[nw.Expr]]) -> Any:
+    """``frame.with_columns(*build())`` as the native frame. ``key`` names what ``build`` returns
+    (the score and its options): the expressions depend on the definition alone, never on the data.
+
+    For polars frames (the bedside, a form save, a screening: often one row) narwhals' translation
+    of the expressions into polars costs ~10x the scoring itself, so the translated polars
+    expressions are kept per ``key``; they are made once by narwhals itself (the first call runs the
+    narwhals path, which also validates them). Other engines take the narwhals path every time."""
+    native = frame.to_native()
+    if isinstance(native, pl.DataFrame | pl.LazyFrame):
+        cached = _POLARS_EXPRESSIONS.get(key)
+        if cached is not None:
+            return native.with_columns(cached)
+        exprs = list(build())
+        out = frame.with_columns(*exprs).to_native()
+        namespace = frame.__narwhals_namespace__()
+        # narwhals' own translation (the polars backend keeps the native expression on `.native`)
+        _POLARS_EXPRESSIONS[key] = [e._to_compliant_expr(namespace).native for e in exprs]  # type: ignore[attr-defined]
+        return out
+    return frame.with_columns(*build()).to_native()

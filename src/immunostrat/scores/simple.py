@@ -12,7 +12,14 @@ from typing import Any, TypeVar
 import narwhals.stable.v2 as nw
 
 from immunostrat.scores.definitions import load_definition
-from immunostrat.scores.expressions import as_narwhals, band_points, compare, ensure_columns, missing_report
+from immunostrat.scores.expressions import (
+    as_narwhals,
+    band_points,
+    compare,
+    ensure_columns,
+    missing_report,
+    with_score_columns,
+)
 
 FrameT = TypeVar("FrameT")
 
@@ -160,20 +167,25 @@ def _item_score(frame: FrameT, name: str, prefix: str, parameters: Mapping[str, 
         compiled[item] = [t for t in candidates if t is not None]
     inputs = [c for terms in compiled.values() for _, cols in terms for c in cols]
     nw_frame = ensure_columns(as_narwhals(frame), inputs)
-    points: dict[str, nw.Expr] = {}
-    missing: dict[str, nw.Expr] = {}
-    for item, terms in compiled.items():
-        present = nw.any_horizontal(*[e.fill_null(False) for e, _ in terms], ignore_nulls=True)
-        points[item] = nw.when(present).then(nw.lit(int(items[item]["points"]))).otherwise(nw.lit(0))
-        missing[item] = nw.all_horizontal(
-            *[nw.col(c).is_null() for _, cols in terms for c in cols], ignore_nulls=False
-        )
-    total = nw.sum_horizontal(*points.values()).cast(nw.Int64())
-    return nw_frame.with_columns(
-        *[p.cast(nw.Int64()).alias(f"{prefix}_{n}") for n, p in points.items()],
-        total.alias(f"{prefix}_total"),
-        *missing_report(prefix, missing),
-    ).to_native()
+
+    def build() -> list[nw.Expr]:
+        points: dict[str, nw.Expr] = {}
+        missing: dict[str, nw.Expr] = {}
+        for item, terms in compiled.items():
+            present = nw.any_horizontal(*[e.fill_null(False) for e, _ in terms], ignore_nulls=True)
+            points[item] = nw.when(present).then(nw.lit(int(items[item]["points"]))).otherwise(nw.lit(0))
+            missing[item] = nw.all_horizontal(
+                *[nw.col(c).is_null() for _, cols in terms for c in cols], ignore_nulls=False
+            )
+        total = nw.sum_horizontal(*points.values()).cast(nw.Int64())
+        return [
+            *[p.cast(nw.Int64()).alias(f"{prefix}_{n}") for n, p in points.items()],
+            total.alias(f"{prefix}_total"),
+            *missing_report(prefix, missing),
+        ]
+
+    key = (name, prefix, tuple(sorted(parameters.items())))
+    return with_score_columns(nw_frame, key, build)
 
 
 def mex_sledai(frame: FrameT) -> FrameT:

@@ -21,13 +21,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from functools import reduce
+from functools import cache, reduce
 from typing import Any, TypeVar
 
 import narwhals.stable.v2 as nw
 
 from immunostrat.scores.definitions import load_definition
-from immunostrat.scores.expressions import as_narwhals, band_points, compare, ensure_columns, missing_report
+from immunostrat.scores.expressions import (
+    as_narwhals,
+    band_points,
+    compare,
+    ensure_columns,
+    missing_report,
+    with_score_columns,
+)
 
 FrameT = TypeVar("FrameT")
 
@@ -221,6 +228,17 @@ def _component(comp: Mapping[str, Any], col: Resolve) -> nw.Expr:
 
 def sofa_expressions(variant: str = "sofa", options: Mapping[str, str] | None = None) -> list[nw.Expr]:
     """The SOFA output columns of ``variant`` (with ``options``) as narwhals expressions."""
+    return list(_compiled_expressions(variant, tuple(sorted((options or {}).items()))))
+
+
+@cache
+def _compiled_expressions(variant: str, options: tuple[tuple[str, str], ...]) -> tuple[nw.Expr, ...]:
+    """Built once per definition and options: the band table is data that does not change while the
+    process runs, and building the expressions costs more than scoring a few rows with them."""
+    return tuple(_build_expressions(variant, dict(options) or None))
+
+
+def _build_expressions(variant: str, options: Mapping[str, str] | None) -> list[nw.Expr]:
     spec = sofa_definition(variant, options)
     env: dict[str, nw.Expr] = {}
 
@@ -272,4 +290,5 @@ def sofa(frame: FrameT, variant: str = "sofa", options: Mapping[str, str] | None
     ``sofa_missing`` and named in ``sofa_missing_components``; ``sofa_variant`` records the definition.
     """
     nw_frame = ensure_columns(as_narwhals(frame), sofa_inputs(variant, options))
-    return nw_frame.with_columns(*sofa_expressions(variant, options)).to_native()
+    key = ("sofa", variant, tuple(sorted((options or {}).items())))
+    return with_score_columns(nw_frame, key, lambda: sofa_expressions(variant, options))
