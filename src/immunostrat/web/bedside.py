@@ -161,8 +161,9 @@ def _administrations(
             out.notes.append(f"{source} ({name}): not a study drug of {protocol.id}, not shown")
             continue
         period = res.get("effectivePeriod")
-        start = _utc(res.get("effectiveDateTime") or (period or {}).get("start"))
-        end = _utc((period or {}).get("end")) if isinstance(period, Mapping) else None
+        period = period if isinstance(period, Mapping) else {}
+        start = _utc(res.get("effectiveDateTime") or period.get("start"))
+        end = _utc(period.get("end")) if period.get("end") else None
         if start is None:
             out.notes.append(f"{source} ({name}): no time, not shown")
             continue
@@ -430,6 +431,7 @@ def fetch_patient(base: str, token: str | None, patient_id: str) -> tuple[dict[s
                     if required:
                         raise PageError(502, str(exc.detail)) from None
                     notes.append(f"{kind} not read: {exc.detail}")
+                    url = None
                     break
                 pages.append(page)
                 links = page.get("link") if isinstance(page, Mapping) else None
