@@ -11,12 +11,14 @@ a second.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,16 @@ MAX_RELATIVE_HOURS = 24 * 366 * 10  # ten years of a stay: larger numbers are no
 # Patient-table plausible ranges: physiological limits that catch typing and unit mistakes.
 PATIENT_RANGES = {"age": (0.0, 120.0), "weight_kg": (0.5, 400.0), "height_cm": (20.0, 260.0)}
 _SEX = {"m": "M", "male": "M", "man": "M", "f": "F", "female": "F", "woman": "F"}
+# Observation value rules and texts (both paths of canonicalize read these).
+BOOLEAN_WORDS = {"true": "1", "yes": "1", "false": "0", "no": "0"}  # binary concepts' words, lower case
+COMMA_NUMBER = r"[+-]?\d+,\d+"
+COMMA_MESSAGE = "value has a comma (decimal comma or thousands separator: never guessed)"
+NOT_A_NUMBER = "value is not a number"
+NUMBER_EXPECTED = "a number (decimal point '.', no thousands separator)"
+FINITE_EXPECTED = "a finite number"
+NEEDS_WEIGHT = "{concept} in {unit} needs the patient's weight"
+WEIGHT_EXPECTED = "weight_kg for this patient in the patient table, or a rate per kg"
+OUTSIDE = "{concept} = {value} is outside the plausible range"
 
 
 @dataclass
@@ -239,14 +251,18 @@ def parse_times(text: pl.Series, date_format: str | None = None) -> pl.Series:
     # Non-ISO text is nulled before parsing, so that polars never infers its format from it.
     stripped = pl.col("t").str.strip_chars()
     iso_only = pl.when(stripped.str.contains(ISO_8601_PATTERN)).then(stripped)
-    text, fast = (
+    parsed = _to_utc(iso_only)
+    text, fast, missing = (
         pl.DataFrame({"t": text})
         .lazy()
-        .select(iso_only.alias("text"), _to_utc(iso_only).alias("t"))
+        .select(
+            iso_only.alias("text"),
+            parsed.alias("t"),
+            (parsed.is_null() & iso_only.is_not_null() & (iso_only.str.strip_chars() != "")).alias("missing"),
+        )
         .collect()
         .get_columns()
     )
-    missing = fast.is_null() & text.is_not_null() & (text.str.strip_chars() != "")
     if missing.any():
         values = fast.to_list()
         texts = text.to_list()
@@ -300,7 +316,20 @@ def read_patients(path: str | Path, *, date_format: str | None = None) -> pl.Dat
 def validate_patients(
     raw: pl.DataFrame, source: str = "patients", *, date_format: str | None = None
 ) -> pl.DataFrame:
-    """Validate a patient table given as text columns; raises InputError on the first bad row."""
+    """Validate a patient table given as text columns; raises InputError on the first bad row.
+
+    A table of up to ``SMALL_ROWS`` text rows is checked row by row (:func:`_validate_patients_rows`)."""
+    if (
+        raw.height <= SMALL_ROWS
+        and "patient_id" in raw.columns
+        and "source_row" not in raw.columns
+        and all(dtype == pl.String for dtype in raw.dtypes)
+    ):
+        try:
+            columns = {name: raw[name].to_list() for name in raw.columns}
+            return _validate_patients_rows(columns, raw.height, source, date_format)
+        except _UseColumns:
+            pass
     frame = raw.with_row_index("source_row", offset=1).with_columns(pl.col("source_row").cast(pl.Int64))
     for name in ("age", "sex", "weight_kg", "height_cm", "admission_time"):
         if name not in frame.columns:
@@ -408,6 +437,26 @@ def canonicalize(
     ``date_format`` (strftime): every time must match it (no ISO, no hours since admission).
     ``site_codes``: the concept column may also hold a site code; its unit fills an empty unit cell.
     """
+    if raw.height <= SMALL_ROWS:
+        try:
+            columns: dict[str, list[Any]] | None = {c: _texts(raw, c) for c in OBSERVATION_COLUMNS}
+            given = None if source_rows is None else source_rows.cast(pl.Int64).to_list()
+        except pl.exceptions.PolarsError:
+            columns = None
+        try:
+            if columns is None:
+                raise _UseColumns
+            return _canonicalize_rows(
+                columns,
+                given,
+                source=source,
+                patients=patients,
+                lenient=lenient,
+                date_format=date_format,
+                site_codes=site_codes,
+            )
+        except _UseColumns:
+            pass
     concepts = load_concepts()
     patients = patients if patients is not None else empty_patients()
     frame = raw.select([pl.col(c).cast(pl.String) for c in OBSERVATION_COLUMNS])
@@ -461,21 +510,17 @@ def canonicalize(
     )
     # Value: numeric text. Binary concepts also take true/false/yes/no.
     value_text = pl.col("value").str.to_lowercase()
-    boolean = value_text.replace_strict(
-        {"true": "1", "yes": "1", "false": "0", "no": "0"}, default=value_text
-    )
+    boolean = value_text.replace_strict(BOOLEAN_WORDS, default=value_text)
     frame = frame.with_columns(boolean.cast(pl.Float64, strict=False).alias("_number"))
-    comma = pl.col("value").str.contains(r"^[+-]?\d+,\d+$").fill_null(False)
+    comma = pl.col("value").str.contains(f"^{COMMA_NUMBER}$").fill_null(False)
     errors.append(
         _error_rows(
             frame,
             known & pl.col("_number").is_null(),
             "value",
             pl.col("value"),
-            pl.when(comma)
-            .then(pl.lit("value has a comma (decimal comma or thousands separator: never guessed)"))
-            .otherwise(pl.lit("value is not a number")),
-            "a number (decimal point '.', no thousands separator)",
+            pl.when(comma).then(pl.lit(COMMA_MESSAGE)).otherwise(pl.lit(NOT_A_NUMBER)),
+            NUMBER_EXPECTED,
         )
     )
     errors.append(
@@ -484,8 +529,8 @@ def canonicalize(
             known & pl.col("_number").is_nan(),
             "value",
             pl.col("value"),
-            "value is not a number",
-            "a finite number",
+            NOT_A_NUMBER,
+            FINITE_EXPECTED,
         )
     )
     # Units: one conversion per distinct (concept, unit) pair.
@@ -512,8 +557,12 @@ def canonicalize(
             needs_weight & pl.col("weight_kg").is_null(),
             "unit",
             pl.col("unit"),
-            pl.format("{} in {} needs the patient's weight", pl.col("concept"), pl.col("unit")),
-            "weight_kg for this patient in the patient table, or a rate per kg",
+            pl.format(
+                NEEDS_WEIGHT.replace("{concept}", "{}").replace("{unit}", "{}"),
+                pl.col("concept"),
+                pl.col("unit"),
+            ),
+            WEIGHT_EXPECTED,
         )
     )
     converted = pl.col("_number") * pl.col("_scale") + pl.col("_offset")
@@ -554,7 +603,11 @@ def canonicalize(
             outside,
             "value",
             pl.col("value"),
-            pl.format("{} = {} is outside the plausible range", pl.col("concept"), pl.col("_canonical")),
+            pl.format(
+                OUTSIDE.replace("{concept}", "{}").replace("{value}", "{}"),
+                pl.col("concept"),
+                pl.col("_canonical"),
+            ),
             pl.col("_range_text"),
         )
     )
@@ -692,6 +745,17 @@ def read_observations(
     return ObservationSet(frame, patient_frame, rejected, anchor, notes)
 
 
+def _patient_records(patients: Iterable[Mapping[str, Any]], source: str) -> pl.DataFrame:
+    """Patient records (any values, written as text) validated as a patient table."""
+    prow = [{k: (None if v is None else str(v)) for k, v in p.items()} for p in patients]
+    columns = sorted({k for p in prow for k in p} | {"patient_id"})
+    if len(prow) <= SMALL_ROWS and "source_row" not in columns:
+        table = {c: [p.get(c) for p in prow] for c in columns}
+        with contextlib.suppress(_UseColumns):
+            return _validate_patients_rows(table, len(prow), source, None)
+    return validate_patients(pl.DataFrame(prow, schema={c: pl.String for c in columns}), source)
+
+
 def observations_from_records(
     records: Iterable[Mapping[str, Any]],
     patients: Iterable[Mapping[str, Any]] | pl.DataFrame | None = None,
@@ -706,16 +770,28 @@ def observations_from_records(
     ``source_rows``: where each record came from (e.g. a FHIR file's line or entry), for the errors.
     """
     rows = [{c: (None if r.get(c) is None else str(r.get(c))) for c in OBSERVATION_COLUMNS} for r in records]
-    raw = pl.DataFrame(rows, schema={c: pl.String for c in OBSERVATION_COLUMNS})
     if patients is None:
         patient_frame = empty_patients()
     elif isinstance(patients, pl.DataFrame):
         patient_frame = patients
     else:
-        prow = [{k: (None if v is None else str(v)) for k, v in p.items()} for p in patients]
-        columns = sorted({k for p in prow for k in p} | {"patient_id"})
-        patient_frame = validate_patients(pl.DataFrame(prow, schema={c: pl.String for c in columns}), source)
+        patient_frame = _patient_records(patients, source)
     rows_given = None if source_rows is None else pl.Series("source_row", list(source_rows), dtype=pl.Int64)
+    if len(rows) <= SMALL_ROWS:
+        try:
+            frame, rejected, anchor = _canonicalize_rows(
+                {c: [r[c] for r in rows] for c in OBSERVATION_COLUMNS},
+                None if rows_given is None else rows_given.to_list(),
+                source=source,
+                patients=patient_frame,
+                lenient=lenient,
+                date_format=None,
+                site_codes=site_codes,
+            )
+            return ObservationSet(frame, patient_frame, rejected, anchor)
+        except _UseColumns:
+            pass
+    raw = pl.DataFrame(rows, schema={c: pl.String for c in OBSERVATION_COLUMNS})
     frame, rejected, anchor = canonicalize(
         raw,
         source=source,
@@ -725,3 +801,379 @@ def observations_from_records(
         site_codes=site_codes,
     )
     return ObservationSet(frame, patient_frame, rejected, anchor)
+
+
+# ------------------------------------------------------------------ small inputs, row by row
+
+SMALL_ROWS = 256
+"""Inputs of up to this many rows (a bedside request, a screening form) are validated row by row in
+Python: the same dictionary, conversions, ranges, unit-slip floors, time parsing and error texts as
+the column path, without polars' fixed cost per query (a 3-row request paid for about 90 of them).
+``tests/concepts/test_concepts_small_path.py`` holds both paths to the same frame and the same errors."""
+MISSING_PATIENT = "missing patient_id"
+PATIENT_EXPECTED = "a patient identifier"
+UNKNOWN_CONCEPT = "unknown concept"
+# What polars' ``str.strip_chars()`` strips (Rust's ``char::is_whitespace``); Python's ``str.strip()``
+# would also strip U+001C to U+001F.
+_WHITESPACE = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
+_COMMA = re.compile(COMMA_NUMBER)
+
+
+# The everyday ISO 8601 forms (extended, minutes or seconds, up to 6 decimals, Z or +hh:mm or none),
+# read by datetime itself: polars reads each of them to the same instant, from any position in the
+# column, and so does parse_times' fallback. Anything else goes through parse_times.
+_EVERYDAY_ISO = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,6}))?)?"
+    r"(Z|([+-])([0-9]{2}):([0-9]{2}))?"
+)
+
+
+def _everyday_time(text: str) -> datetime | None:
+    """``text`` in UTC when it is an everyday ISO 8601 time; None for anything else (not an error)."""
+    match = _EVERYDAY_ISO.fullmatch(text)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, zone, sign, zone_h, zone_m = match.groups()
+    if zone is not None and zone != "Z" and (int(zone_h) > 23 or int(zone_m) > 59):
+        return None
+    try:
+        when = datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second or 0),
+            int((fraction or "0").ljust(6, "0")),
+            tzinfo=UTC,
+        )
+        if zone is not None and zone != "Z":
+            offset = timedelta(hours=int(zone_h), minutes=int(zone_m))
+            when = when - offset if sign == "+" else when + offset
+    except (ValueError, OverflowError):
+        return None
+    return when
+
+
+class _UseColumns(Exception):
+    """Input the row path leaves to the column path (unusual types, a patient listed twice in a
+    given patient frame, a time past the calendar's end, a weight of zero): that path decides it."""
+
+
+def _strip(text: str | None) -> str | None:
+    return None if text is None else text.strip(_WHITESPACE)
+
+
+def _numbers(texts: Sequence[str | None]) -> list[float | None]:
+    """Text to numbers exactly as the column path casts them (one native polars cast, no query)."""
+    return pl.Series(values=list(texts), dtype=pl.String).cast(pl.Float64, strict=False).to_list()
+
+
+def _number_text(value: float) -> str:
+    """A number as polars writes it into a text (``pl.format``): 1e-7, 1e+20, 5000.0."""
+    return str(pl.Series(values=[value], dtype=pl.Float64).cast(pl.String)[0])
+
+
+def _round(value: float, decimals: int = DECIMALS) -> float:
+    """polars' ``round(decimals)`` on one number: half to even, sign kept, too large left as is."""
+    if not math.isfinite(value):
+        return value
+    scale = 10.0**decimals
+    scaled = value * scale
+    if not math.isfinite(scaled):
+        return value
+    return math.copysign(float(round(scaled)), scaled) / scale
+
+
+def _greater(a: float, b: float) -> bool:
+    """``a > b`` as polars compares floats: NaN above every number."""
+    if math.isnan(a):
+        return not math.isnan(b)
+    return not math.isnan(b) and a > b
+
+
+def _texts(frame: pl.DataFrame, name: str) -> list[Any]:
+    return frame.get_column(name).cast(pl.String).to_list()
+
+
+def _patient_facts(
+    patients: pl.DataFrame | None,
+) -> tuple[dict[str, float | None], dict[str, datetime | None]]:
+    """Weight and admission time by patient id, as the column path joins them."""
+    if patients is None:
+        return {}, {}
+    schema = patients.schema
+    if any(
+        schema.get(name) != PATIENT_SCHEMA[name] for name in ("patient_id", "weight_kg", "admission_time")
+    ):
+        raise _UseColumns
+    try:
+        ids = patients["patient_id"].to_list()
+        weights = patients["weight_kg"].to_list()
+        admissions = patients["admission_time"].to_list()
+    except (ValueError, OverflowError, pl.exceptions.PolarsError) as exc:
+        raise _UseColumns from exc
+    present = [pid for pid in ids if pid is not None]
+    if len(set(present)) != len(present):
+        raise _UseColumns
+    weight_of = {pid: w for pid, w in zip(ids, weights, strict=True) if pid is not None}
+    admission_of = {pid: a for pid, a in zip(ids, admissions, strict=True) if pid is not None}
+    return weight_of, admission_of
+
+
+def _validate_patients_rows(
+    columns: Mapping[str, Sequence[str | None]], n: int, source: str, date_format: str | None
+) -> pl.DataFrame:
+    """:func:`validate_patients` row by row, for a small table of text columns (``patient_id`` among
+    them, ``n`` rows)."""
+
+    def column(name: str) -> list[str | None]:
+        return list(columns[name]) if name in columns else [None] * n
+
+    ids = column("patient_id")
+    seen: set[str | None] = set()
+    for i, pid in enumerate(ids):
+        if pid in seen:
+            raise InputError(
+                "patient listed twice",
+                file=source,
+                row=i + 1,
+                field="patient_id",
+                value=pid,
+                expected="one row per patient",
+            )
+        seen.add(pid)
+    out: dict[str, list[Any]] = {"patient_id": ids}
+    for name, (low, high) in PATIENT_RANGES.items():
+        texts = [_strip(v) for v in column(name)]
+        numbers = _numbers(texts)
+        for i, (text, number) in enumerate(zip(texts, numbers, strict=True)):
+            if number is None:
+                bad = text is not None and text != ""
+            else:
+                bad = _greater(low, number) or _greater(number, high)
+            if bad:
+                raise InputError(
+                    f"{name} is not a number in the plausible range",
+                    file=source,
+                    row=i + 1,
+                    field=name,
+                    value=text,
+                    expected=f"a number from {low:g} to {high:g}",
+                )
+        out[name] = numbers
+    sexes: list[str | None] = []
+    for i, entered in enumerate(column("sex")):
+        text = _strip(entered)
+        folded = None if text is None else text.lower()
+        sex = None if folded is None else _SEX.get(folded)
+        if sex is None and folded:
+            raise InputError(
+                "unknown sex",
+                file=source,
+                row=i + 1,
+                field="sex",
+                value=entered,
+                expected="F or M (female/male)",
+            )
+        sexes.append(sex)
+    out["sex"] = sexes
+    adm_text = column("admission_time")
+    if date_format is not None or any(_strip(v) for v in adm_text):
+        try:
+            admission = parse_times(pl.Series(values=adm_text, dtype=pl.String), date_format).to_list()
+        except (ValueError, OverflowError) as exc:
+            raise _UseColumns from exc
+    else:
+        admission = [None] * n
+    for i, (text, when) in enumerate(zip(adm_text, admission, strict=True)):
+        if when is None and _strip(text):
+            message, expected = time_error_text(text, date_format)
+            raise InputError(
+                message.replace("time", "admission_time", 1)
+                if date_format
+                else "admission_time is not an ISO 8601 time",
+                file=source,
+                row=i + 1,
+                field="admission_time",
+                value=text,
+                expected=expected
+                if date_format
+                else "e.g. 2024-03-01T08:00:00Z, or --date-format naming the format",
+            )
+    out["admission_time"] = admission
+    schema = {name: PATIENT_SCHEMA[name] for name in out}
+    return pl.DataFrame(list(zip(*out.values(), strict=True)), schema=schema, orient="row")
+
+
+def _canonicalize_rows(
+    columns: Mapping[str, Sequence[str | None]],
+    source_rows: Sequence[int | None] | None,
+    *,
+    source: str,
+    patients: pl.DataFrame | None,
+    lenient: bool,
+    date_format: str | None,
+    site_codes: SiteCodes | None,
+) -> tuple[pl.DataFrame, list[InputError], str]:
+    """:func:`canonicalize` row by row, for a small input given as text columns: per row the first
+    error in the column path's order (patient, concept, value, NaN, unit, weight, range, unit-slip
+    floor, time)."""
+    concepts = load_concepts()
+    pids = [_strip(v) for v in columns["patient_id"]]
+    names = [_strip(v) for v in columns["concept"]]
+    units = [("" if v is None else v).strip(_WHITESPACE) for v in columns["unit"]]
+    values = [_strip(v) for v in columns["value"]]
+    times = [_strip(v) for v in columns["time"]]
+    n = len(pids)
+    if source_rows is None:
+        rows = list(range(1, n + 1))
+    elif len(source_rows) != n or any(r is None for r in source_rows):
+        raise _UseColumns
+    else:
+        rows = [int(r) for r in source_rows if r is not None]
+    weight_of, admission_of = _patient_facts(patients)
+
+    resolved: dict[str, tuple[str | None, str | None]] = {}
+    for text in names:
+        if text is not None and text not in resolved:
+            site = site_codes.lookup(text) if site_codes is not None else None
+            concept_id = site.concept if site is not None else concepts.resolve(text)
+            resolved[text] = (concept_id, site.unit if site is not None else None)
+    lowered = [None if v is None else v.lower() for v in values]
+    numbers = _numbers([None if v is None else BOOLEAN_WORDS.get(v, v) for v in lowered])
+    hours = _numbers(times)
+    valid_hours = [
+        date_format is None and h is not None and math.isfinite(h) and abs(h) <= MAX_RELATIVE_HOURS
+        for h in hours
+    ]
+    absolute: list[datetime | None] = [None] * n
+    if date_format is None:
+        for i, text in enumerate(times):
+            if not valid_hours[i] and text is not None:
+                absolute[i] = _everyday_time(text)
+    if date_format is not None or any(
+        not valid and text is not None and when is None
+        for valid, text, when in zip(valid_hours, times, absolute, strict=True)
+    ):
+        try:
+            absolute = parse_times(pl.Series(values=times, dtype=pl.String), date_format).to_list()
+        except (ValueError, OverflowError) as exc:
+            raise _UseColumns from exc
+    conversions: dict[tuple[str, str], Any] = {}
+
+    def conversion(concept_id: str, unit: str) -> Any:
+        key = (concept_id, unit)
+        if key not in conversions:
+            try:
+                conversions[key] = conversion_for(concept_id, unit)
+            except UnitError as exc:
+                conversions[key] = exc
+        return conversions[key]
+
+    with_adm = without_adm = False
+    first: dict[int, tuple[int, int, str, Any, str, str]] = {}  # source row -> (check, record, error)
+    kept: list[tuple[str, datetime, str, float, str, int]] = []
+    for i in range(n):
+        pid, text, value, unit = pids[i], names[i], values[i], units[i]
+        concept_id, site_unit = resolved[text] if text is not None else (None, None)
+        if site_unit is not None and unit == "":
+            unit = site_unit
+        admission = admission_of.get(pid) if pid is not None else None
+        if valid_hours[i]:
+            if admission is None:
+                without_adm = True
+            else:
+                with_adm = True
+            anchor = admission if admission is not None else DEFAULT_EPOCH
+            try:
+                when = anchor + timedelta(microseconds=round(hours[i] * 3_600_000_000))  # type: ignore[operator]
+            except OverflowError as exc:
+                raise _UseColumns from exc
+        else:
+            when = absolute[i]
+        number = numbers[i]
+        error: tuple[int, str, Any, str, str] | None = None
+        if not pid:
+            error = (0, "patient_id", pid, MISSING_PATIENT, PATIENT_EXPECTED)
+        canonical: float | None = None
+        outside = False
+        if concept_id is None:
+            if error is None:
+                hint = concepts.unknown_expected(text if text is not None else "")
+                error = (1, "concept", text, UNKNOWN_CONCEPT, hint)
+        else:
+            concept = concepts[concept_id]
+            if error is None and number is None:
+                comma = value is not None and _COMMA.fullmatch(value) is not None
+                error = (2, "value", value, COMMA_MESSAGE if comma else NOT_A_NUMBER, NUMBER_EXPECTED)
+            if error is None and number is not None and math.isnan(number):
+                error = (3, "value", value, NOT_A_NUMBER, FINITE_EXPECTED)
+            conv = conversion(concept_id, unit)
+            if isinstance(conv, UnitError):
+                if error is None:
+                    error = (4, "unit", unit, str(conv), conv.expected)
+            else:
+                weight = weight_of.get(pid) if pid is not None else None
+                if conv.per_weight_kg and weight is None:
+                    if error is None:
+                        error = (
+                            5,
+                            "unit",
+                            unit,
+                            NEEDS_WEIGHT.format(concept=concept_id, unit=unit),
+                            WEIGHT_EXPECTED,
+                        )
+                elif number is not None:
+                    converted = number * conv.scale + conv.offset
+                    if conv.per_weight_kg:
+                        if weight == 0:
+                            raise _UseColumns
+                        converted = converted / weight
+                    canonical = _round(converted)
+            if canonical is not None:
+                low, high = concept.plausible
+                outside = _greater(low, canonical) or _greater(canonical, high)
+                if outside and error is None:
+                    message = OUTSIDE.format(concept=concept_id, value=_number_text(canonical))
+                    error = (6, "value", value, message, concept.range_text())
+                floor = concept.unit_slip_floor
+                if error is None and not outside and floor is not None and _greater(floor.below, canonical):
+                    message, expected = concept.unit_slip_text(float(_number_text(canonical)))
+                    error = (7, "value", value, message, expected)
+        if error is None and when is None:
+            message, expected = time_error_text(times[i], date_format)
+            error = (8, "time", times[i], message, expected)
+        row = rows[i]
+        if error is not None:
+            check, *found = error
+            if row not in first or (check, i) < first[row][:2]:
+                first[row] = (check, i, *found)
+        else:
+            assert concept_id is not None and canonical is not None and pid is not None and when is not None
+            kept.append((pid, when, concept_id, canonical, concepts[concept_id].canonical_unit, row))
+    anchor_used = "absolute"
+    if with_adm or without_adm:
+        anchor_used = "hours since admission_time" if with_adm else ""
+        if without_adm:
+            anchor_used = (anchor_used + "; " if anchor_used else "") + (
+                f"hours since {DEFAULT_EPOCH.isoformat()} (no admission_time)"
+            )
+    rejected = [
+        InputError(message, file=source, row=row, field=field_name, value=value, expected=expected)
+        for row in sorted(first)
+        for _, _, field_name, value, message, expected in [first[row]]
+    ]
+    if rejected and not lenient:
+        raise rejected[0]
+    good = sorted((r for r in kept if r[5] not in first), key=lambda r: (r[0], r[1], r[2], r[5]))
+    out = pl.DataFrame(
+        [(pid, when, concept, value, unit, source, row) for pid, when, concept, value, unit, row in good],
+        schema=CANONICAL_SCHEMA,
+        orient="row",
+    )
+    return out, rejected, anchor_used

@@ -8,7 +8,7 @@ passes to the next. No rule met -> ``unknown``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -32,12 +32,17 @@ from immunostrat.scores.expressions import as_narwhals, compare
 FrameT = TypeVar("FrameT")
 
 
-def _history(observations: pl.DataFrame, concept: str, at: datetime | None) -> list[tuple[datetime, float]]:
-    rows = observations.filter(pl.col("concept") == concept)
-    if at is not None:
-        rows = rows.filter(pl.col("time") <= at)
-    rows = rows.sort("time", descending=True)
-    return list(zip(rows["time"].to_list(), rows["value"].to_list(), strict=True))
+Sample = tuple[str, datetime, float]
+"""One measurement of a patient: concept, time, value (canonical unit)."""
+SMALL_FRAME = 256
+"""Up to this many rows, a patient's samples are picked from the frame in Python (no polars query)."""
+
+
+def _history(samples: Sequence[Sample], concept: str, at: datetime | None) -> list[tuple[datetime, float]]:
+    """The concept's samples up to ``at``, latest first (samples at the same time in their given order)."""
+    rows = [(t, v) for c, t, v in samples if c == concept and (at is None or (t is not None and t <= at))]
+    # descending time with missing times first, as polars sorts; sorted() keeps ties in their order
+    return sorted(rows, key=lambda r: (r[0] is None, datetime.min if r[0] is None else r[0]), reverse=True)
 
 
 def _evaluate(
@@ -189,10 +194,28 @@ def classify_patient(
         if len(ids) != 1:
             raise ValueError("give patient_id when the observations hold several patients")
         pid = str(ids[0])
-    own = observations.filter(pl.col("patient_id") == pid)
-    latest = own["time"].max() if own.height else None
-    decision_time: datetime | None = at or (latest if isinstance(latest, datetime) else None)
-    histories = {c: _history(own, c, decision_time) for c in protocol.requires}
+    if observations.height <= SMALL_FRAME and observations.schema["patient_id"] == pl.String():
+        columns = [observations[c].to_list() for c in ("patient_id", "concept", "time", "value")]
+        samples: list[Sample] = [(c, t, v) for p, c, t, v in zip(*columns, strict=True) if p == pid]
+    else:
+        samples = observations.filter(pl.col("patient_id") == pid).select("concept", "time", "value").rows()
+    return classify_samples(protocol, samples, patient, patient_id=pid, at=at)
+
+
+def classify_samples(
+    protocol: Protocol,
+    samples: Sequence[Sample],
+    patient: Mapping[str, Any] | None = None,
+    *,
+    patient_id: str,
+    at: datetime | None = None,
+) -> Classification:
+    """Classify one patient from their samples (concept, time, value in the canonical unit, times
+    aware); ``at``: the decision time (default: the latest sample)."""
+    pid = patient_id
+    latest = max((t for _, t, _ in samples if t is not None), default=None)
+    decision_time: datetime | None = at or latest
+    histories = {c: _history(samples, c, decision_time) for c in protocol.requires}
     reasons: list[Reason] = []
     endotype, fired = "unknown", None
     for rule in protocol.rules:
@@ -223,7 +246,7 @@ def classify_patient(
             continue
         break  # undecided: an earlier rule might still apply, so no later rule may win
     regimen = protocol.therapies[endotype]
-    creatinine_history = _history(own, "creatinine", decision_time)
+    creatinine_history = _history(samples, "creatinine", decision_time)
     creatinine = creatinine_history[0][1] if creatinine_history else None
     dose, warnings = _dose(regimen, patient, creatinine)
     if endotype in protocol.cautions:

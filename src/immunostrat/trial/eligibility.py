@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
 
 from immunostrat.errors import InputError
-from immunostrat.protocols import PROTOCOL_FILES, Protocol, classify_patient, load_protocol
+from immunostrat.protocols import PROTOCOL_FILES, Protocol, load_protocol
+from immunostrat.protocols.engine import classify_samples
 from immunostrat.scores import SOFA_COMPONENTS, load_definition, score_windows, windows_at
 from immunostrat.scores.sofa import sofa_component_max
 
@@ -179,10 +180,20 @@ def classify(
     observations: Sequence[CanonicalObservation],
     at: datetime | None = None,
 ) -> Classification:
-    """The single call into the protocol engine (``immunostrat.protocols.classify_patient``)."""
+    """The single call into the protocol engine (``classify_samples``, what ``classify_patient`` runs
+    on a frame: a handful of observations needs no frame)."""
     protocol = load(protocol_id)
     pid = str(patient.get("patient_id") or "patient")
-    result = classify_patient(protocol, observation_frame(pid, observations), patient, patient_id=pid, at=at)
+    # the samples as the canonical frame holds them: UTC times (naive ones taken as UTC), float values
+    samples = [
+        (
+            o.concept,
+            o.time.replace(tzinfo=UTC) if o.time.tzinfo is None else o.time.astimezone(UTC),
+            float(o.value),
+        )
+        for o in observations
+    ]
+    result = classify_samples(protocol, samples, patient, patient_id=pid, at=at)
     return Classification(
         protocol_id=result.protocol_id,
         protocol_version=result.protocol_version,
