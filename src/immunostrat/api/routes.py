@@ -21,11 +21,12 @@ from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import Field
 from sqlalchemy import select
 
-from immunostrat.api.app import unit_of_work
+from immunostrat.api.app import one_at_a_time, unit_of_work
 from immunostrat.api.auth import ALL_ROLES, Principal, _unauthorized, confirm, issue_token, require
 from immunostrat.trial import blinding, service
 from immunostrat.trial.anchor import snapshot
 from immunostrat.trial.db import read_transaction
+from immunostrat.trial.export_access import check_export
 from immunostrat.trial.export_files import write_trial_export
 from immunostrat.trial.models import AuditRow, Trial, User
 from immunostrat.trial.passwords import hash_password
@@ -247,7 +248,7 @@ def randomize(
 ) -> dict[str, Any]:
     """Allocate the next unused slot of the participant's stratum. Send an ``Idempotency-Key``
     header: a retry with the same key returns the same allocation. Blinded roles get a kit number."""
-    with unit_of_work(request, principal) as (session, actor):
+    with one_at_a_time(request, "randomize"), unit_of_work(request, principal) as (session, actor):
         result = service.randomize(session, actor, trial_id, participant_id, idempotency_key)
         response.status_code = 200 if result.replayed else 201
         return service.allocation_public(result, actor)
@@ -389,11 +390,7 @@ def export(
     only, after the database lock."""
     with unit_of_work(request, principal) as (session, actor):
         trial = service.trial_by_id(session, trial_id)
-        if not blinded:
-            if actor.role != "statistician":
-                raise service.Forbidden("the unblinded export is for the statistician only", field="blinded")
-            if trial.status != "locked":
-                raise service.Conflict("the unblinded export needs the database lock first", field="blinded")
+        check_export(trial, actor, blinded)
         with tempfile.TemporaryDirectory() as tmp:
             folder = write_trial_export(session, actor, trial.id, blinded, format, FilePath(tmp) / "export")
             buffer = io.BytesIO()

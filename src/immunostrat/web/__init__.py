@@ -3,11 +3,11 @@ the API app; pages call the same trial functions as the API and hold no rules of
 
 from fastapi import APIRouter
 
-from immunostrat.web import bedside, pages
+from immunostrat.web import admin, bedside, cohorts, insilico, oversight, pages, records
 
 router = APIRouter()
-for _area in (pages.router, bedside.router):
-    router.include_router(_area)
+for _area in (pages, bedside, oversight, records, admin, cohorts, insilico):
+    router.include_router(_area.router)
 router.include_router(pages.fallback)  # last: any other /web address is a page
 
 __all__ = ["router"]
