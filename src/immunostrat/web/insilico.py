@@ -27,7 +27,16 @@ from immunostrat.simulation.runs import (
     power_estimate,
     run_trials,
 )
-from immunostrat.web.core import PageError, add_main_page, page_router, posted, render, signed_in, user_of
+from immunostrat.web.core import (
+    PageError,
+    add_main_page,
+    logger,
+    page_router,
+    posted,
+    render,
+    signed_in,
+    user_of,
+)
 from immunostrat.web.svgplot import svg_markup
 
 router = page_router()
@@ -135,11 +144,16 @@ class RunBoard:
                 population_size=s["population_size"],
                 progress=run.progress,
             )
-            run.svg = differences_svg(run.result)
         except Cancelled:
             run.error = "cancelled"
         except Exception as exc:  # shown on the run's page; the thread must not die silently
+            logger.exception("in-silico run %s failed", run.id[:6])
             run.error = f"the simulation failed: {exc}"
+        else:
+            try:
+                run.svg = differences_svg(run.result)
+            except Exception:  # the numbers stand without their figure
+                logger.exception("in-silico run %s: no figure", run.id[:6])
         finally:
             run.finished = time.time()
 
