@@ -311,7 +311,7 @@ def validated_patients(records: list[dict[str, str | None]] | None) -> pl.DataFr
 
 
 RECORDS = st.lists(observation(), min_size=0, max_size=8)
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS

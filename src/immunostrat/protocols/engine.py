@@ -194,7 +194,7 @@ def classify_patient(
         if len(ids) != 1:
             raise ValueError("give patient_id when the observations hold several patients")
         pid = str(ids[0])
-    if observations.height <= SMALL_FRAME and observations.schema["patient_id"] == pl.String():
+    if observations.height <= SMALL_FRAME and observations.schema.get("patient_id") == pl.String():
         columns = [observations[c].to_list() for c in ("patient_id", "concept", "time", "value")]
         samples: list[Sample] = [(c, t, v) for p, c, t, v in zip(*columns, strict=True) if p == pid]
     else:
