@@ -266,7 +266,10 @@ def test_researcher_reads_the_demo_cohort(browser: Browser, server: CohortServer
 
         page.get_by_role("link", name="hours").click()
         page.wait_for_url("**bin=hour**")
-        assert page.locator("#trajectory-plot svg title").count() > 168
+        columns = page.locator("#trajectory-plot svg title").all_text_contents()
+        assert len(columns) == 168 and columns[0].startswith("mals, hour 0: ")  # one per hour
+        assert "; unknown, hour 0: " in columns[0]
+        assert _title_at(page, "#trajectory-plot svg g[id$='-col-100'] path").startswith("mals, hour 100:")
 
         # find the MALS stay by typing part of its id (htmx swaps the results in), open its timeline
         page.goto(f"/web/cohorts/{NAME}")

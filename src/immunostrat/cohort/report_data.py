@@ -148,9 +148,11 @@ def sofa_trajectories(
         .select("stay_id", "hour", "sofa_total")
         .filter((pl.col("hour") >= 0) & (pl.col("hour") < hours) & pl.col("sofa_total").is_not_null())
         .with_columns((pl.col("hour") // width).alias("bin"))
-        .group_by("stay_id", "bin")
-        .agg(pl.col("sofa_total").max().alias("value"))
     )
+    if width == 1:  # the grid has one row per stay and hour already
+        per_stay = per_stay.rename({"sofa_total": "value"})
+    else:
+        per_stay = per_stay.group_by("stay_id", "bin").agg(pl.col("sofa_total").max().alias("value"))
     table = (
         per_stay.join(stays, on="stay_id", how="left")
         .with_columns(pl.col("first_endotype").fill_null("unknown"))

@@ -102,8 +102,14 @@ def _bin_label(bin: str, value: int) -> str:
     return f"day {value + 1}" if bin == "day" else f"hour {value}"
 
 
+def _point_title(p: TrajectoryPoint, bin: str) -> str:
+    ci = f", 95% CI {p.ci[0]:.1f} to {p.ci[1]:.1f}" if p.ci else ", no CI (one stay)"
+    return f"{p.endotype}, {_bin_label(bin, p.bin)}: mean SOFA {p.mean:.1f}{ci}, n = {p.n} stays"
+
+
 def trajectory_svg(points: list[TrajectoryPoint], bin: str) -> str:
-    """Mean SOFA by bin and first known endotype, the 95% CI as a band, a hover title on each point."""
+    """Mean SOFA by bin and first known endotype, the 95% CI as a band; a hover title on each
+    day's point, or on each hour's column (all endotypes of that hour)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 4.2))
@@ -126,25 +132,27 @@ def trajectory_svg(points: list[TrajectoryPoint], bin: str) -> str:
                 alpha=0.18,
                 linewidth=0,
             )
-        for p in mine:
-            gid = f"pt-{i}-{p.bin}"
-            ax.plot(
-                [x_of(p.bin)],
-                [p.mean],
-                marker="o",
-                markersize=6 if bin == "day" else 3,
-                color=colour,
-                linestyle="none",
-                gid=gid,
-            )
-            ci = f", 95% CI {p.ci[0]:.1f} to {p.ci[1]:.1f}" if p.ci else ", no CI (one stay)"
-            titles[gid] = f"{name}, {_bin_label(bin, p.bin)}: mean SOFA {p.mean:.1f}{ci}, n = {p.n} stays"
+        if bin == "day":  # a point per day, each with its own title
+            for p in mine:
+                gid = f"pt-{i}-{p.bin}"
+                ax.plot(
+                    [x_of(p.bin)], [p.mean], marker="o", markersize=6, color=colour, linestyle="none", gid=gid
+                )
+                titles[gid] = _point_title(p, bin)
+    if bin != "day" and points:  # hours: one column per hour (all endotypes in its title), one artist
+        bins = sorted({p.bin for p in points})
+        top = max((p.ci[1] if p.ci else p.mean) for p in points) * 1.05 + 0.5
+        columns = ax.bar([x_of(b) for b in bins], [top] * len(bins), width=1.0, bottom=0, color="none")
+        for b, column in zip(bins, columns, strict=True):
+            column.set_gid(f"col-{b}")
+            titles[f"col-{b}"] = "; ".join(_point_title(p, bin) for p in points if p.bin == b)
     ax.set_xlabel("day since ICU admission" if bin == "day" else "hour since ICU admission")
     ax.set_ylabel("SOFA total (mean, 95% CI)")
     ax.set_ylim(bottom=0)
     if bin == "day":
         ax.set_xticks(range(1, 8))
     ax.grid(True, color="#d9dde3", linewidth=0.6)
+    ax.set_axisbelow(True)  # grid lines under the hover columns
     if names:
         ax.legend(
             title="first known endotype",
@@ -191,9 +199,10 @@ def timeline_svg(tl: StayTimeline) -> str:
     ax.stairs(totals, edges, color="#1b1f24", linewidth=1.4, label="total")
     ymax = max([*totals, 4.0]) + 1
     titles: dict[str, str] = {}
-    for r in tl.hours:
+    columns = ax.bar([h + 0.5 for h in hours], [ymax] * len(hours), width=1.0, bottom=0, color="none")
+    for r, column in zip(tl.hours, columns, strict=True):
         gid = f"h-{r['hour']}"
-        ax.bar([r["hour"] + 0.5], [ymax], width=1.0, bottom=0, color="none", gid=gid)
+        column.set_gid(gid)
         missing = _missing(r)
         parts = ", ".join(f"{c} {'missing' if c in missing else r.get(f'sofa_{c}')}" for c in SOFA_COMPONENTS)
         titles[gid] = (
@@ -230,6 +239,7 @@ def timeline_svg(tl: StayTimeline) -> str:
     ax.set_ylabel("SOFA (trailing 24 h)")
     ax.tick_params(labelbottom=False)
     ax.grid(True, axis="y", color="#d9dde3", linewidth=0.6)
+    ax.set_axisbelow(True)
     ax.legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncol=5, fontsize=8, frameon=False)
     band.set_yticks([0.5], ["endotype"], fontsize=8)
     band.set_ylim(0, 1)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from matplotlib.figure import Figure
 
 _STYLE = re.compile(r' style="([^"]*)"')
-_ID = re.compile(r' id="([^"]+)"')
+_REFERENCE = re.compile(r'( id="|href="#|url\(#)')
 _SAFE = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -43,17 +43,17 @@ def svg_markup(fig: Figure, *, prefix: str, label: str, titles: Mapping[str, str
     svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.S)
     svg = re.sub(r"<style[^>]*>.*?</style>\s*", "", svg, flags=re.S)
     svg = _STYLE.sub(_attributes, svg)
-    for name in set(_ID.findall(svg)):
-        new = f"{prefix}-{name}"
-        svg = svg.replace(f' id="{name}"', f' id="{new}"')
-        svg = svg.replace(f"url(#{name})", f"url(#{new})")
-        svg = svg.replace(f'href="#{name}"', f'href="#{new}"')
-    for gid, text in (titles or {}).items():
-        svg = svg.replace(
-            f'<g id="{prefix}-{gid}">',
-            f'<g id="{prefix}-{gid}" pointer-events="all"><title>{html.escape(text)}</title>',
-            1,
-        )
+    # one pass each: every id and every reference to one gets the prefix
+    svg = _REFERENCE.sub(lambda m: f"{m.group(1)}{prefix}-", svg)
+    hover = dict(titles or {})
+
+    def titled(match: re.Match[str]) -> str:
+        text = hover.get(match.group(1))
+        if text is None:
+            return match.group(0)
+        return f'<g id="{prefix}-{match.group(1)}" pointer-events="all"><title>{html.escape(text)}</title>'
+
+    svg = re.sub(rf'<g id="{re.escape(prefix)}-([^"]+)">', titled, svg)
     head, rest = svg.split(">", 1)
     head = re.sub(r' (width|height)="[^"]*"', "", head)
     head += (
