@@ -184,7 +184,7 @@ def render(tl: Timeline, labels: Mapping[str, str] = LABELS) -> str:
     panels += [c for c in PANEL_CONCEPTS if any(p.concept == c for p in tl.points)]
     if not panels:
         return ""
-    titles: list[tuple[str, str]] = []
+    titles: list[tuple[str, str | list[str]]] = []
     height = 1.0 + 1.75 * len(panels)
     fig = Figure(figsize=(8.0, height))
     fig.subplots_adjust(left=0.11, right=0.85, top=1 - 0.35 / height, bottom=0.55 / height, hspace=0.28)
@@ -238,15 +238,26 @@ def render(tl: Timeline, labels: Mapping[str, str] = LABELS) -> str:
     return _csp_safe(buf.getvalue(), titles)
 
 
-def _draw_concept(ax: Any, tl: Timeline, concept: str, label: str, titles: list[tuple[str, str]]) -> None:
+def _draw_concept(
+    ax: Any, tl: Timeline, concept: str, label: str, titles: list[tuple[str, str | list[str]]]
+) -> None:
     pts = [p for p in tl.points if p.concept == concept]
     color = COLORS.get(concept, "#333333")
-    ax.plot([p.time for p in pts], [p.value for p in pts], color=color, linewidth=1.2)
-    for k, p in enumerate(pts):
-        gid = f"tl-{concept}-{k}"
-        ax.plot([p.time], [p.value], marker="o", markersize=5, color=color, linestyle="none", gid=gid)
+    gid = f"tl-{concept}"  # one line with markers; each marker gets its own title (see _csp_safe)
+    ax.plot(
+        [p.time for p in pts],
+        [p.value for p in pts],
+        color=color,
+        linewidth=1.2,
+        marker="o",
+        markersize=5,
+        gid=gid,
+    )
+    texts = []
+    for p in pts:
         given = f" (entered {p.entered})" if p.entered else ""
-        titles.append((gid, f"{label}: {p.value:.4g} {p.unit}{given} at {when(p.time)}; source: {p.source}"))
+        texts.append(f"{label}: {p.value:.4g} {p.unit}{given} at {when(p.time)}; source: {p.source}")
+    titles.append((gid, texts))
     unit = pts[0].unit if pts else ""
     ax.set_ylabel(f"{label}\n({unit})", fontsize=8)
     for k, th in enumerate(t for t in tl.thresholds if t["concept"] == concept):
@@ -267,7 +278,7 @@ def _draw_concept(ax: Any, tl: Timeline, concept: str, label: str, titles: list[
         ax.set_ylim(0, max(values) * 1.15 or 1)
 
 
-def _draw_sofa(ax: Any, tl: Timeline, titles: list[tuple[str, str]]) -> None:
+def _draw_sofa(ax: Any, tl: Timeline, titles: list[tuple[str, str | list[str]]]) -> None:
     times = [s["time"] for s in tl.sofa]
     for i, c in enumerate(SOFA_COMPONENTS):
         ys = [s["components"][c] for s in tl.sofa]
@@ -283,24 +294,31 @@ def _draw_sofa(ax: Any, tl: Timeline, titles: list[tuple[str, str]]) -> None:
             label=c,
         )
     totals = [s["total"] for s in tl.sofa]
-    ax.plot(times, totals, color=COLORS["sofa_total"], linewidth=1.6, label="total")
-    for k, s in enumerate(tl.sofa):
-        gid = f"tl-sofa-{k}"
-        ax.plot([s["time"]], [s["total"]], marker="s", markersize=5, color=COLORS["sofa_total"], gid=gid)
+    ax.plot(
+        times,
+        totals,
+        color=COLORS["sofa_total"],
+        linewidth=1.6,
+        marker="s",
+        markersize=5,
+        label="total",
+        gid="tl-sofa",
+    )
+    texts = []
+    for s in tl.sofa:
         parts = ", ".join(f"{c} {v}" for c, v in s["components"].items() if v is not None)
         missing = f"; not measured: {', '.join(s['missing'])}" if s["missing"] else ""
-        titles.append(
-            (
-                gid,
-                f"SOFA total {s['total']} points at {when(s['time'])} (worst values in the "
-                f"{SOFA_WINDOW_HOURS:g} h before: {parts}{missing}); source: {', '.join(s['sources'])}",
-            )
+        texts.append(
+            f"SOFA total {s['total']} points at {when(s['time'])} (worst values in the "
+            f"{SOFA_WINDOW_HOURS:g} h before: {parts}{missing}); source: {', '.join(s['sources'])}"
         )
+    titles.append(("tl-sofa", texts))
     ax.set_ylabel("SOFA\n(points)", fontsize=8)
     ax.set_ylim(-0.5, max(4.5, max(t or 0 for t in totals) + 1.5))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.02), frameon=False, handlelength=1.2)
 
 
+_USE = re.compile(r"<use [^>]*/>")
 _STYLE_ELEMENT = re.compile(r"<style[^>]*>.*?</style>", re.S)
 _STYLE_ATTR = re.compile(r'style="([^"]*)"')
 _FONT = re.compile(
@@ -329,9 +347,17 @@ def _attributes(style: str) -> str:
     return " ".join(out)
 
 
-def _csp_safe(svg: str, titles: Sequence[tuple[str, str]]) -> str:
-    """matplotlib's SVG without inline style (presentation attributes instead), sized by its
-    container, with a ``<title>`` in each marked group (the hover text)."""
+def _titled(body: str, texts: Sequence[str]) -> str:
+    """Each marker (``<use>``, in data order) wrapped in a group with its own title."""
+    it = iter(texts)
+    return _USE.sub(
+        lambda m: f'<g class="point"><title>{html.escape(next(it))}</title>{m.group(0)}</g>', body
+    )
+
+
+def _csp_safe(svg: str, titles: Sequence[tuple[str, str | list[str]]]) -> str:
+    """matplotlib's SVG without inline style (presentation attributes instead), with a ``<title>``
+    in each marked group (the hover text): one for the group, or one per marker of a line."""
     svg = svg[svg.index("<svg") :]
     svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
     svg = _STYLE_ELEMENT.sub("", svg)
@@ -342,5 +368,21 @@ def _csp_safe(svg: str, titles: Sequence[tuple[str, str]]) -> str:
         1,
     )
     for gid, text in titles:
-        svg = svg.replace(f'<g id="{gid}">', f'<g id="{gid}"><title>{html.escape(text)}</title>', 1)
+        tag = f'<g id="{gid}">'
+        start = svg.find(tag)
+        if start < 0:
+            continue
+        if isinstance(text, str):
+            svg = svg[:start] + f"{tag}<title>{html.escape(text)}</title>" + svg[start + len(tag) :]
+            continue
+        body_start = start + len(tag)
+        end = svg.find('<g id="', body_start)
+        end = len(svg) if end < 0 else end
+        body = svg[body_start:end]
+        markers = _USE.findall(body)
+        if len(markers) != len(text):  # markers dropped (outside the figure): one title for the line
+            svg = svg[:start] + f"{tag}<title>{html.escape('; '.join(text))}</title>" + svg[body_start:]
+            continue
+        body = _titled(body, text)
+        svg = svg[:body_start] + body + svg[end:]
     return svg
