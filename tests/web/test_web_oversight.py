@@ -114,6 +114,7 @@ def _pages(o: Oversight) -> dict[str, tuple[str, ...]]:
         f"{base}/consort": TRIAL_ROLES,
         f"{base}/consort/flow": TRIAL_ROLES,
         f"{base}/audit": ("monitor", "admin"),
+        f"{base}/audit/verify": ("monitor", "admin"),
     }
 
 
@@ -222,6 +223,7 @@ def test_monitor_audit_viewer_verifies_and_filters(
         newest = mon.get("/audit", params={"after": verified["rows_checked"] - 1}).json()
         assert verified["ok"] is True
         expect(page.locator("#head-hash")).to_have_text(verified["head_hash"])
+        expect(page.locator("#verify-pending")).to_have_count(0)
         first = page.locator("#audit-rows tbody tr").first
         expect(first.locator("td").nth(0)).to_have_text(str(newest[-1]["seq"]))
         expect(first.locator("code.hash")).to_have_text(newest[-1]["hash"])
@@ -285,7 +287,7 @@ def test_blinded_crawl_finds_no_arm(
             for details in page.locator("details").all():
                 details.locator("summary").click()
             assert not [arm for arm in ARMS if arm in page.inner_text("main")]
-        assert seen == (4 if role in ("monitor", "admin") else 3 if role in TRIAL_ROLES else 0)
+        assert seen == (5 if role in ("monitor", "admin") else 3 if role in TRIAL_ROLES else 0)
     finally:
         context.close()
 
@@ -313,6 +315,7 @@ def test_oversight_pages_pass_axe(browser: Browser, web: WebServer, oversight: O
         try:
             for path in paths:
                 page.goto(path)
+                page.wait_for_load_state("networkidle")  # the audit page's verification comes after
                 for width, height in ((1280, 800), (390, 844)):
                     page.set_viewport_size({"width": width, "height": height})
                     found = axe.run(page, options=AXE_OPTIONS).response["violations"]
