@@ -184,7 +184,8 @@ def lock_trial(
 ) -> dict[str, Any]:
     """Database lock: data entry stops and the unblinded export becomes available."""
     with unit_of_work(request, principal) as (session, actor):
-        return service.trial_view(session, service.lock_trial(session, actor, trial_id))
+        view = service.trial_view(session, service.lock_trial(session, actor, trial_id), actor)
+        return blinding.blind_trial_view(view, actor)
 
 
 # ------------------------------------------------------------------------------------------ participants
