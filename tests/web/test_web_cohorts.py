@@ -7,6 +7,7 @@ both sizes; screenshots."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -36,6 +37,7 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 MIMIC = SHARED / "mimic-iv-demo-2.2"
 MEDS = SHARED / "mimic-iv-demo-meds" / "mimic_iv_demo_meds_events.parquet"
 NAME = "mimic-iv-demo"
+NO_FOLLOW_UP = "no-follow-up"
 MALS_STAY = "30932571"
 """The demo's one stay with ferritin above 4,420 ng/mL: Sepsis-3 and MALS (README, cohort engine)."""
 ROLES = ("researcher", "investigator", "clinician", "modeller")
@@ -77,6 +79,11 @@ def cohorts_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     args += ["--output", str(root / NAME), "--adults", "--first-stay", "--min-stay-hours", "4"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    # a build whose source records no death or discharge (as PhysioNet 2019): mortality unknown
+    shutil.copytree(root / NAME, root / NO_FOLLOW_UP)
+    summary = json.loads((root / NO_FOLLOW_UP / "summary.json").read_text())
+    summary.update(mortality_28d_known=False, mortality_28d_by_endotype={})
+    (root / NO_FOLLOW_UP / "summary.json").write_text(json.dumps(summary))
     (root / "notes").mkdir()  # no summary.json: not listed
     shutil.copytree(root / NAME, root / ".hidden-copy")  # the builder's temporary folders start with "."
     return root
@@ -213,7 +220,7 @@ def test_researcher_reads_the_demo_cohort(browser: Browser, server: CohortServer
         page.get_by_role("navigation", name="Main").get_by_role("link", name="Cohorts").click()
         page.wait_for_url("**/web/cohorts")
         rows = _cells(page, "#cohorts")
-        assert [r[0] for r in rows] == [NAME]  # neither "notes" (no summary.json) nor the hidden copy
+        assert [r[0] for r in rows] == [NAME, NO_FOLLOW_UP]  # neither "notes" (no summary.json) nor ".hidden"
         assert rows[0][1] == "mimic-iv" and rows[0][3] == str(stays.height)
         assert rows[0][4] == str(int(stays["sepsis3"].sum()))
         screenshots(page, "cohort-list")
@@ -303,6 +310,18 @@ def test_researcher_reads_the_demo_cohort(browser: Browser, server: CohortServer
     finally:
         context.close()
     assert csp == []
+
+
+def test_mortality_not_in_the_source_is_said(browser: Browser, server: CohortServer) -> None:
+    context, page = sign_in(browser, server, "researcher")
+    try:
+        page.goto(f"/web/cohorts/{NO_FOLLOW_UP}")
+        expect(page.locator("#mortality-absent")).to_contain_text("not in this build's source")
+        assert page.locator("#mortality").count() == 0
+        page.goto(f"/web/cohorts/{NO_FOLLOW_UP}/stays/{MALS_STAY}")
+        expect(page.locator("#stay-facts")).to_contain_text("not in the source")
+    finally:
+        context.close()
 
 
 @pytest.mark.parametrize("role", ["investigator", "clinician", "modeller"])
