@@ -1,7 +1,8 @@
 """REST endpoints for trials defined as data: templates and definitions (forms and visits, from
 which pages render their forms), form capture with history, re-screening and the screening log,
 data queries, visit signatures, the visit report and the expedited report of serious adverse
-events. Thin: parse, check the role, call one function of the trial package.
+events, and the oversight counts (CONSORT flow, enrolment over time). Thin: parse, check the role,
+call one function of the trial package.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import dataclasses
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, Field
 
 from immunostrat.api.app import unit_of_work
 from immunostrat.api.auth import Principal, require
-from immunostrat.trial import blinding, datamanagement, forms, ops, service
+from immunostrat.trial import blinding, consort, datamanagement, forms, ops, service
 from immunostrat.trial.schemas import (
     MAX_ID,
     TRIAL_ROLES,
@@ -261,3 +263,76 @@ def report_adverse_event(
     with unit_of_work(request, principal) as (session, actor):
         row = service.report_adverse_event(session, actor, trial_id, ae_id, body.reported_at, body.reference)
         return service.adverse_event_view(row)
+
+
+# ------------------------------------------------------------------------------ oversight counts
+
+
+class ExclusionCount(BaseModel):
+    reason: str = Field(description="the exclusion reason of the latest decision ('no reason recorded')")
+    count: int
+
+
+class ArmCounts(BaseModel):
+    arm: str
+    allocated: int
+    withdrawn: int
+    completed: int
+    analysed: int
+
+
+class ConsortFlow(BaseModel):
+    """The CONSORT flow of the participants the caller may list (a site-bound investigator: their
+    site). ``arms`` (per-arm counts, in the trial's order) is present for unblinded roles only."""
+
+    trial: str = Field(description="the trial's code")
+    screened: int = Field(description="every participant registered at screening (re-screenings once)")
+    not_eligible: int
+    exclusions: list[ExclusionCount] = Field(description="not eligible, by reason, most frequent first")
+    undecided: int = Field(description="screened without an eligibility decision either way")
+    eligible: int
+    eligible_not_randomized: int
+    randomized: int = Field(description="an allocation exists")
+    withdrawn: int = Field(description="randomized and later withdrawn")
+    completed: int = Field(description="randomized, not withdrawn, the last scheduled visit complete")
+    analysed: int = Field(description="randomized and the data not removed at withdrawal (ITT)")
+    arms: list[ArmCounts] | None = Field(
+        default=None, description="the split by arm: unblinded roles only (absent for the others)"
+    )
+
+
+class Enrolment(BaseModel):
+    """Participants randomized over time (those the caller may list), cumulative: one count per date
+    in ``dates`` for each series."""
+
+    trial: str = Field(description="the trial's code")
+    dates: list[str] = Field(description="the days (ISO dates, UTC) with at least one randomization")
+    by_site: dict[str, list[int]] = Field(description="site code -> cumulative randomized per date")
+    by_stratum: dict[str, list[int]] = Field(
+        description="'site / stratum' (an endotype, a choice of the strata field, or 'all') -> cumulative"
+    )
+    total: int = Field(description="randomized")
+
+
+@router.get(
+    "/trials/{trial_id}/consort",
+    tags=["trials"],
+    response_model=ConsortFlow,
+    response_model_exclude_none=True,
+)
+def consort_flow(
+    request: Request, trial_id: TrialId, principal: Annotated[Principal, Depends(ANY)]
+) -> dict[str, Any]:
+    """The live CONSORT flow (what the CONSORT page shows): screened, not eligible by reason,
+    eligible, randomized, withdrawn, completed, analysed; split by arm for the pharmacist only."""
+    with unit_of_work(request, principal) as (session, actor):
+        return consort.consort(session, actor, trial_id)
+
+
+@router.get("/trials/{trial_id}/enrolment", tags=["trials"], response_model=Enrolment)
+def enrolment(
+    request: Request, trial_id: TrialId, principal: Annotated[Principal, Depends(ANY)]
+) -> dict[str, Any]:
+    """Enrolment over time by site and by stratum, cumulative (what the enrolment page plots)."""
+    with unit_of_work(request, principal) as (session, actor):
+        return consort.enrolment(session, actor, trial_id)
