@@ -267,3 +267,13 @@ def test_bedside_with_timeline_is_accessible(browser: Browser, web: WebServer) -
     finally:
         context.close()
     assert not problems, "\n".join(problems)
+
+
+def test_patient_page_without_a_fhir_server_says_so(browser: Browser, web: WebServer) -> None:
+    context, page = sign_in(browser, web, "modeller")
+    try:
+        response = page.goto("/web/bedside/patients/p-1")
+        assert response is not None and response.status == 503
+        expect(page.locator("main")).to_contain_text("IMMUNOSTRAT_FHIR_BASE_URL")
+    finally:
+        context.close()

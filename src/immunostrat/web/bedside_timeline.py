@@ -186,8 +186,8 @@ def render(tl: Timeline, labels: Mapping[str, str] = LABELS) -> str:
         return ""
     titles: list[tuple[str, str | list[str]]] = []
     height = 1.0 + 1.75 * len(panels)
-    fig = Figure(figsize=(8.0, height))
-    fig.subplots_adjust(left=0.11, right=0.85, top=1 - 0.35 / height, bottom=0.55 / height, hspace=0.28)
+    fig = Figure(figsize=(9.5, height))
+    fig.subplots_adjust(left=0.09, right=0.87, top=1 - 0.35 / height, bottom=0.55 / height, hspace=0.28)
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for n, (ax, panel) in enumerate(zip(axes, panels, strict=True)):
         ax.grid(True, color="#dddddd", linewidth=0.6)
