@@ -165,6 +165,10 @@ def test_clinician_classifies_in_mixed_units_and_opens_the_timeline(browser: Bro
         assert [e.split()[1] for e in endotypes] == ["mals", "immunoparalysis"], endotypes
         svg = page.locator("#timeline svg").evaluate("e => e.outerHTML")
         assert "style=" not in svg and "<style" not in svg  # CSP: style-src 'self'
+        caption = page.locator("#timeline-caption")
+        expect(caption).to_contain_text(
+            f"Ferritin {cut['ferritin']:,g} ng/mL, mHLA-DR {cut['mhla_dr']:,g} AB/C"
+        )
         table = page.locator("#timeline-table")
         expect(table).to_contain_text("pasted line 7")
         page.locator("#timeline svg").scroll_into_view_if_needed()

@@ -81,8 +81,9 @@ def protocol_thresholds(protocol: Protocol, concept: str) -> list[dict[str, Any]
     for rule in protocol.rules:
         for c in rule.all:
             if c.concept == concept:
+                label = LABELS.get(concept, concept)
                 entry = out.setdefault(
-                    c.threshold, {"concept": concept, "value": c.threshold, "unit": c.unit}
+                    c.threshold, {"concept": concept, "label": label, "value": c.threshold, "unit": c.unit}
                 )
                 entry.setdefault("rules", []).append(f"{rule.endotype} if {c.op} {c.threshold:g}")
     for entry in out.values():
