@@ -448,6 +448,11 @@ def first_command(walker: Walker) -> None:
                 assert home.status_code == 200 and username in home.text, (role, home.text[:500])
                 if role in roles:  # the demo trial is there for every trial role
                     assert "immunosep-demo" in home.text, (role, home.text[:2000])
+        with httpx.Client(base_url=url.group(1), timeout=120) as client:  # the researcher's demo cohort
+            username, password = users["researcher"]
+            assert client.post("sign-in", data={"username": username, "password": password}).status_code == 303
+            cohort = client.get("cohorts/bundled-demo")
+            assert cohort.status_code == 200 and "<svg" in cohort.text, cohort.text[:2000]
         assert (walker.repo / "demo-output" / "classify.csv").exists()
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]

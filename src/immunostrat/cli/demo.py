@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from datetime import timedelta
 from importlib import resources
@@ -109,17 +110,31 @@ def _free_port(host: str, port: int) -> int:
             return int(sock.getsockname()[1])
 
 
+def _build_demo_cohort(folder: Path) -> None:
+    """``cohort build --source long`` over the bundled cohort (the researcher's cohort pages)."""
+    from immunostrat.cohort import build_cohort
+    from immunostrat.sources import load_source
+
+    observations, _ = demo_paths()
+    build_cohort(load_source("long", observations.parent), protocol_id="immunosep-2025", output_dir=folder)
+
+
 def serve_demo(output_dir: Path, console: Console, *, host: str = "127.0.0.1", port: int = 8000) -> None:
     """The web application over a fresh demo trial in ``output_dir/demo-trial.db`` (recreated on
     each run: its passwords are generated now and printed once), serving until interrupted."""
     from immunostrat.api.app import prepare_demo
     from immunostrat.api.app import serve as run_server
+    from immunostrat.web.cohorts import COHORTS_DIR_ENV
 
     db_file = output_dir / "demo-trial.db"
     for stale in output_dir.glob("demo-trial.db*"):
         stale.unlink()
     with console.status("creating the demo trial"):
         info = prepare_demo(f"sqlite:///{db_file.resolve()}")
+    cohorts = output_dir / "cohorts"
+    with console.status("building the demo cohort for the cohort pages"):
+        _build_demo_cohort(cohorts / "bundled-demo")
+    os.environ.setdefault(COHORTS_DIR_ENV, str(cohorts.resolve()))
     chosen = _free_port(host, port)
     url = f"http://{host}:{chosen}/web/"
     console.print(
