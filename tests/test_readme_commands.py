@@ -450,7 +450,8 @@ def first_command(walker: Walker) -> None:
                     assert "immunosep-demo" in home.text, (role, home.text[:2000])
         with httpx.Client(base_url=url.group(1), timeout=120) as client:  # the researcher's demo cohort
             username, password = users["researcher"]
-            assert client.post("sign-in", data={"username": username, "password": password}).status_code == 303
+            signed = client.post("sign-in", data={"username": username, "password": password})
+            assert signed.status_code == 303, signed.text[:500]
             cohort = client.get("cohorts/bundled-demo")
             assert cohort.status_code == 200 and "<svg" in cohort.text, cohort.text[:2000]
         assert (walker.repo / "demo-output" / "classify.csv").exists()
