@@ -141,7 +141,24 @@ def test_card_link_opens_the_patients_timeline(
     browser: Browser, fhir_web: WebServer, fhir_server: FhirServer
 ) -> None:
     pid = f"bed-{uuid.uuid4().hex[:8]}"
-    fhir_server.load(_patient_resources(pid))
+    resources = _patient_resources(pid)
+    with fhir_server.client() as client:
+        statement = client.get("metadata").json()
+    kinds = {r.get("type") for rest in statement.get("rest", []) for r in rest.get("resource", [])}
+    administrations = "MedicationAdministration" in kinds  # the test server stores them once it lists them
+    if administrations:
+        resources.append(
+            {
+                "resourceType": "MedicationAdministration",
+                "id": f"{pid}-ma",
+                "status": "completed",
+                "subject": {"reference": f"Patient/{pid}"},
+                "medicationCodeableConcept": {"text": "Interferon gamma-1b"},
+                "effectiveDateTime": _ago(7),
+                "dosage": {"dose": {"value": 100, "unit": "ug"}},
+            }
+        )
+    fhir_server.load(resources)
     token = httpx.post(
         f"{fhir_web.base_url}/token",
         data={"username": "clinician-web", "password": fhir_web.passwords["clinician"]},
@@ -185,6 +202,11 @@ def test_card_link_opens_the_patients_timeline(
         assert any(f"mhla_dr {cut['mhla_dr']:g} AB/C" in t for t in titles if "threshold" in t), titles
         assert [t.split()[1] for t in titles if t.startswith("endotype ")] == ["mals", "immunoparalysis"]
         assert any(t.startswith("SOFA total") for t in titles)
+        if administrations:
+            drug = next(t for t in titles if t.startswith("Interferon gamma-1b 100 ug"))
+            assert f"FHIR MedicationAdministration/{pid}-ma" in drug
+        else:  # said on the page, the rest still shown
+            expect(page.locator("#bedside-notes")).to_contain_text("MedicationAdministration not read")
         assert any(t.startswith("Lactate: 2.109 mmol/L (entered 19 mg/dL)") for t in titles), titles
         axe = Axe()
         problems = []
