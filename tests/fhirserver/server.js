@@ -32,7 +32,12 @@ function parseArgs(argv) {
 
 // ---------------------------------------------------------------- storage
 
-const stores = { Patient: new Map(), Observation: new Map(), MedicationRequest: new Map() };
+const stores = {
+  Patient: new Map(),
+  Observation: new Map(),
+  MedicationRequest: new Map(),
+  MedicationAdministration: new Map(),
+};
 let nextId = 1;
 
 function outcome(status, code, text) {
@@ -87,6 +92,7 @@ const SUPPORTED = {
   Patient: [...COMMON],
   Observation: [...COMMON, 'patient', 'subject', 'code', 'date', 'status'],
   MedicationRequest: [...COMMON, 'patient', 'subject', 'code', 'status', 'authoredon'],
+  MedicationAdministration: [...COMMON, 'patient', 'subject', 'code', 'status'],
 };
 
 function listOf(value) {

@@ -193,7 +193,7 @@ def _body_measurement(
     return column, round(value, 3)
 
 
-def _collect(
+def collect_patient(
     items: list[tuple[int | None, Mapping[str, Any]]],
     patient_id: str | None,
     *,
@@ -319,7 +319,7 @@ def read_fhir(
     Observation; age is taken today (the bedside).
     """
     items: list[tuple[int | None, Mapping[str, Any]]] = [(None, r) for r in resources(obj, field_name)]
-    return _collect(items, patient_id, field_name=field_name, site_codes=site_codes, file=None)
+    return collect_patient(items, patient_id, field_name=field_name, site_codes=site_codes, file=None)
 
 
 # ---------------------------------------------------------------- files of many patients
@@ -445,7 +445,7 @@ def read_fhir_file(
     for pid, group in groups.items():
         # Subjects were resolved above, so the reader sees this patient's own id on every resource.
         relabelled = [(row, _with_subject(res, pid)) for row, res in group]
-        data = _collect(relabelled, pid, field_name="file", site_codes=site_codes, file=name)
+        data = collect_patient(relabelled, pid, field_name="file", site_codes=site_codes, file=name)
         records.extend(data.records)
         rows.extend(r or 0 for r in data.record_rows)
         ignored.extend(data.ignored)

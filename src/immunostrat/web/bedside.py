@@ -34,7 +34,7 @@ from immunostrat.concepts import load_concepts
 from immunostrat.concepts.observations import detect_delimiter
 from immunostrat.errors import InputError
 from immunostrat.protocols import Protocol
-from immunostrat.sources.fhir_patient import _collect, resources
+from immunostrat.sources.fhir_patient import collect_patient, resources
 from immunostrat.trial import eligibility
 from immunostrat.web import bedside_timeline
 from immunostrat.web.core import (
@@ -183,7 +183,7 @@ def _administrations(
 def gather_bundle(obj: Any, out: Gathered, protocol: Protocol, patient_id: str | None = None) -> None:
     """A FHIR Bundle (or resources) read by the API's FHIR reader; each record keeps its resource."""
     items: list[tuple[int | None, Mapping[str, Any]]] = list(enumerate(resources(obj, "bundle"), start=1))
-    data = _collect(items, patient_id, field_name="bundle", site_codes=None, file=None)
+    data = collect_patient(items, patient_id, field_name="bundle", site_codes=None, file=None)
     by_row = {row: res for row, res in items}
     for record, row in zip(data.records, data.record_rows, strict=True):
         res = by_row.get(row, {})
@@ -412,7 +412,7 @@ def fetch_patient(base: str, token: str | None, patient_id: str) -> tuple[dict[s
     data: dict[str, Any] = {}
     with httpx.Client(timeout=fhir_fetch.FETCH_TIMEOUT_S, headers=headers, follow_redirects=False) as client:
         try:
-            data["patient"] = fhir_fetch._get(client, f"{base}/Patient/{pid}")
+            data["patient"] = fhir_fetch.get_json(client, f"{base}/Patient/{pid}")
         except HTTPException as exc:
             if "answered 404" in str(exc.detail) or "answered 410" in str(exc.detail):
                 raise PageError(404, f"patient {patient_id} is not on the FHIR server {base}") from None
@@ -426,7 +426,7 @@ def fetch_patient(base: str, token: str | None, patient_id: str) -> tuple[dict[s
             pages: list[Any] = []
             while url and len(pages) < FHIR_MAX_PAGES:
                 try:
-                    page = fhir_fetch._get(client, url)
+                    page = fhir_fetch.get_json(client, url)
                 except HTTPException as exc:
                     if required:
                         raise PageError(502, str(exc.detail)) from None

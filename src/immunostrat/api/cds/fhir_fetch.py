@@ -22,7 +22,7 @@ def precondition_failed(message: str) -> HTTPException:
     return HTTPException(status_code=412, detail=message)
 
 
-def _get(client: httpx.Client, url: str) -> Any:
+def get_json(client: httpx.Client, url: str) -> Any:
     with client.stream("GET", url, headers={"Accept": "application/fhir+json"}) as r:
         if r.status_code != 200:
             raise precondition_failed(f"the FHIR server answered {r.status_code} for {url}")
@@ -64,7 +64,8 @@ def complete_prefetch(
     try:
         with httpx.Client(timeout=FETCH_TIMEOUT_S, headers=headers, follow_redirects=False) as client:
             for key in missing:
-                have[key] = _get(client, f"{base}/{fill_template(prefetch_templates()[key], dict(context))}")
+                query = fill_template(prefetch_templates()[key], dict(context))
+                have[key] = get_json(client, f"{base}/{query}")
     except httpx.HTTPError as exc:
         raise precondition_failed(
             f"the FHIR server {base} could not be reached: {type(exc).__name__}"
