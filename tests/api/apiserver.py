@@ -89,6 +89,7 @@ def launch_server(db_url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]
     """Start uvicorn on a fresh loopback port (the socket is bound here and handed over)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # uvicorn --fd leaves Nagle on otherwise
     sock.bind(("127.0.0.1", 0))
     sock.listen(256)
     port = sock.getsockname()[1]

@@ -45,6 +45,7 @@ def fhir_web(tmp_path_factory: pytest.TempPathFactory, fhir_server: FhirServer) 
     passwords = {"clinician": secrets.token_urlsafe(16)}
     ops.create_user(db_url, "clinician-web", passwords["clinician"], "clinician")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # uvicorn --fd leaves Nagle on otherwise
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]

@@ -98,6 +98,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, cohorts_root: Path) -> Iter
     for role in ROLES:
         ops.create_user(db_url, f"{role}-cohort", passwords[role], role)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # uvicorn --fd leaves Nagle on otherwise
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]
