@@ -281,14 +281,14 @@ def bedside_series(now: datetime) -> tuple[str, list[dict[str, Any]]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="4 requests per session and pair, 8 participants"
+        "--quick", action="store_true", help="3 requests per session and pair, 8 participants"
     )
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--participants", type=int, default=20)
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.participants = 4, 8
+        args.requests, args.participants = 3, 8
     started = time.monotonic()
     folder = Path(tempfile.mkdtemp(prefix="immunostrat-web-bench-"))
     db_url = f"sqlite:///{folder / 'web.db'}"
@@ -391,20 +391,25 @@ def main() -> None:
             Pair("cohort", "researcher", [get(f"/web/cohorts/{COHORT}")], []),
             Pair("in-silico", "modeller", [get("/web/insilico")], []),
         ]
+        ready = time.monotonic()
         results = asyncio.run(measure(base, password, pairs, args.sessions, args.requests))
     finally:
         proc.terminate()
         proc.wait(timeout=15)
-    report(results, args.sessions, args.requests, time.monotonic() - started)
+    report(results, args.sessions, args.requests, ready - started, time.monotonic() - started)
 
 
 def report(
-    results: list[tuple[Pair, list[float], list[float]]], sessions: int, requests: int, wall: float
+    results: list[tuple[Pair, list[float], list[float]]],
+    sessions: int,
+    requests: int,
+    setup: float,
+    wall: float,
 ) -> None:
     cores = os.cpu_count()
     print(f"{sessions} concurrent sessions, {requests} requests each per side, {cores} cores, "
-          f"load average {os.getloadavg()[0]:.1f}, {wall:.0f} s in all; latency at the client on "
-          "loopback, ms")  # fmt: skip
+          f"load average {os.getloadavg()[0]:.1f}, {wall:.0f} s in all ({setup:.0f} s set-up); "
+          "latency at the client on loopback, ms")  # fmt: skip
     print(
         f"{'pair':<15} {'role':<12} {'page p50':>9} {'page p95':>9} {'API p50':>8} {'API p95':>8} "
         f"{'p95 ratio':>9}"
