@@ -114,9 +114,9 @@ class Service:
             IMMUNOSTRAT_TOKEN_KEY=self.key,
             IMMUNOSTRAT_BCRYPT_ROUNDS="4",
         )
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "immunostrat.api.app:app_from_env"]
+        # the product's own launcher (`immunostrat serve --workers`), which turns Nagle's algorithm off
+        cmd = [str(Path(sys.executable).parent / "immunostrat"), "serve", "--db", self.db_url]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(self.workers)]
-        cmd += ["--log-level", "warning", "--no-access-log", "--backlog", "1024"]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True

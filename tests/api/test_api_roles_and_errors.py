@@ -63,6 +63,8 @@ MATRIX: dict[tuple[str, str], set[str]] = {
     ("POST", P + "/visits/{visit}/signature"): {"investigator"},
     ("GET", "/trials/{trial_id}/visit-report"): CLINICAL,
     ("POST", "/trials/{trial_id}/adverse-events/{ae_id}/report"): {"investigator"},
+    ("GET", "/trials/{trial_id}/consort"): TRIAL,
+    ("GET", "/trials/{trial_id}/enrolment"): TRIAL,
 }
 IDS = {"participant_id": 999999, "user_id": 999999, "record_id": 999999, "query_id": 999999, "ae_id": 999999}
 NAMES = {"visit": "day1", "form": "daily", "name": "immunosep"}

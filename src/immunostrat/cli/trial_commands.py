@@ -29,8 +29,11 @@ def serve(
     demo: Annotated[bool, typer.Option("--demo", help="Create a demo ImmunoSep-style trial first.")] = False,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Worker processes (several: a server database, PostgreSQL).")
+    ] = 1,
 ) -> None:
-    """Run the trial service (REST API, CDS Hooks) with uvicorn."""
+    """Run the trial service (REST API, CDS Hooks, the web pages) with uvicorn."""
     from immunostrat.api.app import prepare_demo
     from immunostrat.api.app import serve as run_server
     from immunostrat.trial import TrialError
@@ -52,7 +55,7 @@ def serve(
         if db is None:
             raise InputError("no database", field="--db", expected="a database URL, or --demo")
         out.print(f"serving on http://{host}:{port} (OpenAPI at /openapi.json, CDS Hooks at /cds-services)")
-        run_server(db, host=host, port=port)
+        run_server(db, host=host, port=port, workers=workers)
     except InputError as error:
         fail(error)
     except TrialError as error:

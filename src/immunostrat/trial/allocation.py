@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from immunostrat.errors import InputError
 from immunostrat.trial import audit, randomization
@@ -96,11 +97,42 @@ def _result(session: Session, alloc: Allocation, p: Participant, replayed: bool)
 
 def _lock_trial(session: Session, trial_id: int) -> Trial:
     """Row lock on the trial (FOR NO KEY UPDATE: screenings may still insert rows that reference it)."""
-    stmt = select(Trial).where(Trial.id == trial_id).with_for_update(key_share=True)
+    # populate_existing: the trial read before the lock is refreshed (a lock meanwhile is seen)
+    stmt = (
+        select(Trial)
+        .where(Trial.id == trial_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
     trial = session.scalars(stmt).one_or_none()
     if trial is None:
         raise NotFound(f"trial {trial_id} not found", field="trial_id")
     return trial
+
+
+def _prior_allocation(
+    session: Session, trial_id: int, participant_id: int, idempotency_key: str | None
+) -> Allocation | None:
+    """The allocation this request would repeat or collide with: the participant's own, or the one
+    made with the same idempotency key (one statement)."""
+    match = Allocation.participant_id == participant_id
+    if idempotency_key is not None:
+        match = match | (Allocation.idempotency_key == idempotency_key)
+    rows = session.scalars(select(Allocation).where(Allocation.trial_id == trial_id, match)).all()
+    keyed = [a for a in rows if idempotency_key is not None and a.idempotency_key == idempotency_key]
+    return keyed[0] if keyed else (rows[0] if rows else None)
+
+
+def _replay_or_conflict(
+    session: Session, prior: Allocation, p: Participant, participant_id: int, idempotency_key: str | None
+) -> AllocationResult:
+    """A retry with the same key for the same participant gets the same allocation back; the key
+    reused for another participant, or a second randomization of the same one, is a conflict."""
+    if idempotency_key is not None and prior.idempotency_key == idempotency_key:
+        if prior.participant_id != participant_id:
+            raise Conflict("idempotency key already used for another participant", field="Idempotency-Key")
+        return _result(session, prior, p, replayed=True)
+    raise Conflict(f"participant {p.pseudonym} is already randomized", field="participant_id")
 
 
 def randomize(
@@ -115,25 +147,17 @@ def randomize(
     A retried request with the same idempotency key returns the same allocation (``replayed``);
     the same key for another participant is a conflict."""
     check_idempotency_key(idempotency_key)
-    trial = _lock_trial(session, trial_id)  # serialises allocations within the trial
-    if idempotency_key is not None:
-        prior = session.scalars(
-            select(Allocation).where(
-                Allocation.trial_id == trial.id, Allocation.idempotency_key == idempotency_key
-            )
-        ).one_or_none()
-        if prior is not None:
-            if prior.participant_id != participant_id:
-                raise Conflict(
-                    "idempotency key already used for another participant", field="Idempotency-Key"
-                )
-            p = participant_by_id(session, trial, participant_id, actor)
-            return _result(session, prior, p, replayed=True)
+    # What no concurrent request can change is read before the trial's lock, so that the lock (which
+    # orders every allocation of the trial) is held for the allocation alone. A participant's decision
+    # changes only by re-screening, which takes a participant found not eligible; a randomization or
+    # withdrawal of this participant in the meantime is caught under the lock below.
+    trial = trial_by_id(session, trial_id)
+    prior = _prior_allocation(session, trial.id, participant_id, idempotency_key)
+    if prior is not None:  # a replay is answered even after the lock, as before
+        p = participant_by_id(session, trial, prior.participant_id, actor)
+        return _replay_or_conflict(session, prior, p, participant_id, idempotency_key)
     require_open(trial)
     p = participant_by_id(session, trial, participant_id, actor)
-    existing = session.scalars(select(Allocation).where(Allocation.participant_id == p.id)).one_or_none()
-    if existing is not None:
-        raise Conflict(f"participant {p.pseudonym} is already randomized", field="participant_id")
     if p.status != "eligible":
         raise Conflict(f"participant {p.pseudonym} is {p.status}, not eligible", field="participant_id")
     decision = latest_decision(session, p.id)
@@ -143,6 +167,23 @@ def randomize(
         raise Conflict(
             f"endotype {decision.endotype} is not randomized in this trial", field="participant_id"
         )
+    site_code = p.site.code
+
+    trial = _lock_trial(session, trial_id)  # serialises allocations within the trial
+    require_open(trial)
+    prior = _prior_allocation(session, trial.id, participant_id, idempotency_key)
+    if prior is not None:  # committed by another request while this one waited for the lock
+        return _replay_or_conflict(session, prior, p, participant_id, idempotency_key)
+    claimed = session.execute(
+        update(Participant)
+        .where(Participant.id == p.id, Participant.status == "eligible")
+        .values(status="randomized")
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(p, ["status"])
+        raise Conflict(f"participant {p.pseudonym} is {p.status}, not eligible", field="participant_id")
+    set_committed_value(p, "status", "randomized")
     sequence = int(session.scalar(select(func.count()).where(Allocation.trial_id == trial.id)) or 0) + 1
     details: dict[str, Any] = {}
     stratum_id: int | None
@@ -163,7 +204,7 @@ def randomize(
         ).one_or_none()
         if kit is None:
             raise Conflict(
-                f"randomization list exhausted for stratum {p.site.code}/{stratum.endotype}",
+                f"randomization list exhausted for stratum {site_code}/{stratum.endotype}",
                 field="participant_id",
             )
         if kit.used:  # cannot happen while next_seq is only advanced here; refuse rather than reuse
@@ -214,7 +255,6 @@ def randomize(
         allocated_at=utcnow(),
     )
     session.add(alloc)
-    p.status = "randomized"
     session.flush()
     audit.append(
         session,
