@@ -151,6 +151,7 @@ WALK: dict[str, list[Call]] = {
             "immunostrat serve --db sqlite:///{tmp}/trial.db --host 127.0.0.1 --port {port}",
             server=True,
         ),
+        Call("immunostrat serve --db sqlite:///{tmp}/trial.db --port {port} --workers 2", server=True),
     ],
     "immunostrat trial user": [
         Call(
