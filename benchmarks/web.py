@@ -44,6 +44,7 @@ import asyncio
 import os
 import re
 import secrets
+import shutil
 import socket
 import statistics
 import subprocess
@@ -407,6 +408,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=15)
     report(results, args.sessions, args.requests, ready - started, time.monotonic() - started)
+    shutil.rmtree(folder, ignore_errors=True)  # kept (with server.log) only when the run fails
 
 
 def report(
