@@ -389,7 +389,14 @@ def serve(
 
         os.environ["IMMUNOSTRAT_DB_URL"] = db_url
         config = uvicorn.Config(
-            "immunostrat.api.app:app_from_env", factory=True, host=host, port=port, workers=workers
+            "immunostrat.api.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            # a worker imports the scientific stack and migrates before it answers: uvicorn's 5 s
+            # killed and restarted workers that were merely slow to start on a busy machine
+            timeout_worker_healthcheck=60,
         )
         sock = config.bind_socket()
         # The workers' connections come from this socket; uvicorn's workers leave Nagle's algorithm
