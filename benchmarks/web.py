@@ -2,10 +2,11 @@
 
     python benchmarks/web.py [--quick] [--sessions 20] [--requests 10] [--participants 20]
 
-1. A fresh SQLite file, the SLE secretome template, one user per role used, uvicorn (one worker) on a
-   loopback port; ``--participants`` screened, randomized and with a saved day-0 form through the API,
-   one more screened and found not eligible, and an adverse event for every other participant; the
-   bundled demo cohort built into a cohorts directory (``IMMUNOSTRAT_COHORTS_DIR``).
+1. A fresh SQLite file, the SLE secretome template, one user per role used, ``immunostrat serve`` (the
+   product's launcher: uvicorn, one worker) on a loopback port; ``--participants`` screened,
+   randomized and with a saved day-0 form through the API, one more screened and found not
+   eligible, and an adverse event for every other participant; the bundled demo cohort built into
+   a cohorts directory (``IMMUNOSTRAT_COHORTS_DIR``).
 2. ``--sessions`` concurrent sessions per role (asyncio clients), each signed in twice: a page session
    (cookie, through the sign-in page) and an API token. For each pair (page, API call), every session
    of the pair's role sends ``--requests`` page requests, then as many API requests, in rounds that
@@ -62,6 +63,9 @@ from immunostrat.trial import ops
 
 ROLE = "investigator"
 """The role that seeds the trial and signs in for most pairs."""
+NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+"""The clients send without Nagle's delay, as browsers do (a request written in two parts, headers
+then form or JSON, would otherwise wait for the server's delayed ACK, ~40 ms on Linux)."""
 ROLES = ("investigator", "monitor", "admin", "researcher", "modeller")
 """One user each (username = role)."""
 COHORT = "bundled-demo"
@@ -115,30 +119,21 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def start_server(db_url: str, folder: Path, cohorts: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """uvicorn started (its app imports for seconds: the caller builds the cohort meanwhile, then
-    :func:`wait_ready`)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    # uvicorn takes a socket by --fd as AF_UNIX, so asyncio leaves Nagle on for its connections and a
-    # response written in two parts waits for the client's delayed ACK (~40 ms on Linux); the
-    # connections accepted inherit the listening socket's TCP_NODELAY
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(512)
-    port = sock.getsockname()[1]
+    """The product's own launcher (``immunostrat serve``, one worker) on a free loopback port; its app
+    imports for seconds: the caller builds the cohort meanwhile, then :func:`wait_ready`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     env = dict(
         os.environ,
-        IMMUNOSTRAT_DB_URL=db_url,
         IMMUNOSTRAT_BCRYPT_ROUNDS="4",
         IMMUNOSTRAT_TOKEN_KEY=secrets.token_urlsafe(48),
         IMMUNOSTRAT_COHORTS_DIR=str(cohorts),
     )
-    cmd = [
-        sys.executable, "-m", "uvicorn", "--factory", "immunostrat.api.app:app_from_env",
-        "--fd", str(sock.fileno()), "--log-level", "warning", "--no-access-log", "--backlog", "512",
-    ]  # fmt: skip
+    cmd = [str(Path(sys.executable).parent / "immunostrat"), "serve", "--db", db_url]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
     log = (folder / "server.log").open("wb")
-    proc = subprocess.Popen(cmd, env=env, pass_fds=(sock.fileno(),), stdout=log, stderr=subprocess.STDOUT)
-    sock.close()
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -205,7 +200,9 @@ def seed(base: str, password: str, trial_id: int, n: int) -> list[int]:
 
 async def session(base: str, role: str, password: str) -> Session:
     """A page client (signed in through the sign-in page) with its CSRF token, and an API client."""
-    page = httpx.AsyncClient(base_url=base, timeout=120)
+    page = httpx.AsyncClient(
+        base_url=base, timeout=120, transport=httpx.AsyncHTTPTransport(socket_options=NODELAY)
+    )
     r = await page.post("/web/sign-in", data={"username": role, "password": password})
     assert r.status_code == 303, r.text
     home = await page.get("/web/")
@@ -213,7 +210,10 @@ async def session(base: str, role: str, password: str) -> Session:
     assert match is not None, home.text[:500]
     r = await page.post("/token", data={"username": role, "password": password})
     api = httpx.AsyncClient(
-        base_url=base, timeout=120, headers={"Authorization": f"Bearer {r.json()['access_token']}"}
+        base_url=base,
+        timeout=120,
+        headers={"Authorization": f"Bearer {r.json()['access_token']}"},
+        transport=httpx.AsyncHTTPTransport(socket_options=NODELAY),
     )
     return page, api, match.group(1)
 
