@@ -11,6 +11,7 @@ the same redaction as ``GET /audit``; nothing else here reads an arm.
 from __future__ import annotations
 
 from datetime import date
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlencode
 
@@ -84,8 +85,19 @@ def enrolment_page(request: Request, trial_id: int) -> Response:
 
 def cumulative_svg(dates: list[str], series: dict[str, list[int]], what: str, prefix: str) -> str | None:
     """Cumulative randomized by ``what`` (site or stratum) over the days with randomizations, one
-    line per series; each point's hover text says the series, the day and the count. A Figure of
-    its own, not pyplot's global state: pages render in a pool of threads."""
+    line per series; each point's hover text says the series, the day and the count. Drawn once per
+    set of counts (they change only when someone is randomized): the figure is kept, keyed by the
+    counts themselves, so every reader of the same counts gets the same markup without a redraw."""
+    key = tuple((name, tuple(counts)) for name, counts in series.items())
+    return _cumulative_svg(tuple(dates), key, what, prefix)
+
+
+@lru_cache(maxsize=64)
+def _cumulative_svg(
+    dates: tuple[str, ...], series: tuple[tuple[str, tuple[int, ...]], ...], what: str, prefix: str
+) -> str | None:
+    """The drawing (a Figure of its own, not pyplot's global state: pages render in a pool of
+    threads)."""
     if not dates or not series:
         return None
     days = [date.fromisoformat(d) for d in dates]
@@ -94,7 +106,7 @@ def cumulative_svg(dates: list[str], series: dict[str, list[int]], what: str, pr
     fig = Figure(figsize=(6.5, 3.2), layout="constrained")
     ax = fig.subplots()
     colors = [c["color"] for c in rcParams["axes.prop_cycle"]]
-    for i, (name, counts) in enumerate(series.items()):
+    for i, (name, counts) in enumerate(series):
         color = colors[i % len(colors)]
         # from nought the day before the first randomization, so that every line shows its rise
         ax.step([xs[0] - 1, *xs], [0, *counts], where="post", label=name, linewidth=1.8, color=color)
