@@ -171,7 +171,7 @@ def test_listings() -> None:
 def test_installed_entry_point_runs_the_demo(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("immunostrat")
     result = subprocess.run(
-        [str(exe), "demo", "--output-dir", str(tmp_path)],
+        [str(exe), "demo", "--output-dir", str(tmp_path), "--no-serve"],
         capture_output=True,
         text=True,
         timeout=300,
