@@ -54,7 +54,7 @@ def ensure_env(lock: str) -> None:
 
 
 def demo(args: list[str]) -> None:
-    """The main job, then the web application on the demo trial until Ctrl-C (``--no-serve``: the job only)."""
+    """The main job, then the web application on the demo trial until Ctrl-C (``--no-serve``: job only)."""
     ensure_env("requirements.lock")
     try:
         _run(BIN / "immunostrat", "demo", *args)

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,7 +17,7 @@ import httpx
 import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, expect
-from webworld import WebServer, screenshots, sign_in
+from webworld import WebServer, running_app, screenshots, sign_in
 
 from fhir_server import FhirServer
 from immunostrat.concepts import load_concepts
@@ -44,52 +40,14 @@ def fhir_web(tmp_path_factory: pytest.TempPathFactory, fhir_server: FhirServer) 
     ops.open_db(db_url)
     passwords = {"clinician": secrets.token_urlsafe(16)}
     ops.create_user(db_url, "clinician-web", passwords["clinician"], "clinician")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # uvicorn --fd leaves Nagle on otherwise
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    env = dict(
-        os.environ,
-        IMMUNOSTRAT_DB_URL=db_url,
-        IMMUNOSTRAT_BCRYPT_ROUNDS="4",
-        IMMUNOSTRAT_TOKEN_KEY=secrets.token_urlsafe(48),
-        IMMUNOSTRAT_FHIR_BASE_URL=fhir_server.base_url,
-        IMMUNOSTRAT_FHIR_TOKEN=fhir_server.token,
-    )
-    env.pop("IMMUNOSTRAT_PATIENT_PAGE_URL", None)
-    env.pop("IMMUNOSTRAT_PUBLIC_URL", None)
-    cmd = [
-        sys.executable, "-m", "uvicorn", "--factory", "immunostrat.api.app:app_from_env",
-        "--fd", str(sock.fileno()), "--log-level", "warning", "--no-access-log",
-    ]  # fmt: skip
-    log = folder / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, pass_fds=(sock.fileno(),), stdout=out, stderr=subprocess.STDOUT)
-    sock.close()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.1)
+    settings = {
+        "IMMUNOSTRAT_DB_URL": db_url,
+        "IMMUNOSTRAT_FHIR_BASE_URL": fhir_server.base_url,
+        "IMMUNOSTRAT_FHIR_TOKEN": fhir_server.token,
+    }
+    drop = ("IMMUNOSTRAT_PATIENT_PAGE_URL", "IMMUNOSTRAT_PUBLIC_URL")
+    with running_app(settings, folder / "server.log", drop) as base:
         yield WebServer(base, db_url, passwords, 0, 0)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        errors = [line for line in log.read_text(errors="replace").splitlines() if "Traceback" in line]
-        assert not errors, log.read_text()[-5000:]
 
 
 def _ago(hours: float) -> str:

@@ -13,21 +13,16 @@ import os
 import re
 import secrets
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import polars as pl
 import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, BrowserContext, Page, expect
-from webworld import screenshots
+from webworld import running_app, screenshots
 
 from immunostrat.trial import ops
 
@@ -42,18 +37,6 @@ MALS_STAY = "30932571"
 """The demo's one stay with ferritin above 4,420 ng/mL: Sepsis-3 and MALS (README, cohort engine)."""
 ROLES = ("researcher", "investigator", "clinician", "modeller")
 AXE_OPTIONS = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}}
-
-
-def cohort_app() -> Any:
-    """The app as ``immunostrat serve`` builds it; the cohort pages are put before the /web
-    fallback only where ``immunostrat.web`` does not include them yet."""
-    from immunostrat.api.app import app_from_env
-    from immunostrat.web import cohorts
-
-    app = app_from_env()
-    if not any(getattr(r, "path", "") == "/web/cohorts" for r in app.router.routes):
-        app.router.routes[:0] = cohorts.router.routes
-    return app
 
 
 @dataclass
@@ -97,50 +80,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, cohorts_root: Path) -> Iter
     passwords = {role: secrets.token_urlsafe(16) for role in ROLES}
     for role in ROLES:
         ops.create_user(db_url, f"{role}-cohort", passwords[role], role)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # uvicorn --fd leaves Nagle on otherwise
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    env = dict(
-        os.environ,
-        IMMUNOSTRAT_DB_URL=db_url,
-        IMMUNOSTRAT_BCRYPT_ROUNDS="4",
-        IMMUNOSTRAT_TOKEN_KEY=secrets.token_urlsafe(48),
-        IMMUNOSTRAT_COHORTS_DIR=str(cohorts_root),
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-    )
-    cmd = [
-        sys.executable, "-m", "uvicorn", "--factory", "test_web_cohorts:cohort_app",
-        "--fd", str(sock.fileno()), "--log-level", "warning", "--no-access-log",
-    ]  # fmt: skip
-    log = folder / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, pass_fds=(sock.fileno(),), stdout=out, stderr=subprocess.STDOUT)
-    sock.close()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {log.read_text()[-3000:]}")
-            time.sleep(0.1)
+    settings = {"IMMUNOSTRAT_DB_URL": db_url, "IMMUNOSTRAT_COHORTS_DIR": str(cohorts_root)}
+    with running_app(settings, folder / "server.log") as base:
         yield CohortServer(base, cohorts_root / NAME, cohorts_root, passwords)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        errors = [line for line in log.read_text(errors="replace").splitlines() if "Traceback" in line]
-        assert not errors, log.read_text()[-5000:]
 
 
 def sign_in(browser: Browser, server: CohortServer, role: str, **options: Any) -> tuple[BrowserContext, Page]:

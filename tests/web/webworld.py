@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -140,23 +141,34 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
     passwords["throttle"] = secrets.token_urlsafe(16)  # a user of its own for the throttling test
     ops.create_user(db_url, "throttle-web", passwords["throttle"], "monitor")
 
+    env = {
+        "IMMUNOSTRAT_DB_URL": db_url,
+        "IMMUNOSTRAT_LOGIN_LIMIT_USER": f"{USER_LIMIT} per 15 minutes",
+    }
+    with running_app(env, folder / "server.log") as base:
+        pid = _seed(base, passwords, setup.trial_id)
+        yield WebServer(base, db_url, passwords, setup.trial_id, pid)
+
+
+@contextmanager
+def running_app(settings: dict[str, str], log: Path, drop: tuple[str, ...] = ()) -> Iterator[str]:
+    """The app (``immunostrat.api.app:app_from_env``) under uvicorn on a free loopback port with
+    ``settings`` over the environment (``drop``: settings removed); yields its base URL and, at the
+    end, stops it and fails on any traceback in its log."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # uvicorn --fd leaves Nagle on otherwise
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]
     env = dict(
-        os.environ,
-        IMMUNOSTRAT_DB_URL=db_url,
-        IMMUNOSTRAT_BCRYPT_ROUNDS="4",
-        IMMUNOSTRAT_TOKEN_KEY=secrets.token_urlsafe(48),
-        IMMUNOSTRAT_LOGIN_LIMIT_USER=f"{USER_LIMIT} per 15 minutes",
+        os.environ, IMMUNOSTRAT_BCRYPT_ROUNDS="4", IMMUNOSTRAT_TOKEN_KEY=secrets.token_urlsafe(48), **settings
     )
+    for name in drop:
+        env.pop(name, None)
     cmd = [
         sys.executable, "-m", "uvicorn", "--factory", "immunostrat.api.app:app_from_env",
         "--fd", str(sock.fileno()), "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
-    log = folder / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, pass_fds=(sock.fileno(),), stdout=out, stderr=subprocess.STDOUT)
     sock.close()
@@ -174,8 +186,7 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start: {log.read_text()[-3000:]}")
             time.sleep(0.1)
-        pid = _seed(base, passwords, setup.trial_id)
-        yield WebServer(base, db_url, passwords, setup.trial_id, pid)
+        yield base
     finally:
         proc.terminate()
         try:
