@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from immunostrat import __version__
 from immunostrat.api.auth import Principal, TokenKeys, TokenSource, confirm, load_token_keys
 from immunostrat.api.docs import install_offline_docs
+from immunostrat.api.openapi_errors import install_error_responses
 from immunostrat.api.throttle import SIGN_IN_PATHS, LoginLimits, LoginThrottle, SignInCounts
 from immunostrat.errors import InputError
 from immunostrat.trial import service
@@ -318,6 +319,7 @@ def create_app(
     app.include_router(cds_router)
     app.include_router(web_router)  # the pages under /web (outside the OpenAPI document)
     _document_throttling(app)
+    install_error_responses(app)  # every error status and body in the OpenAPI document; 405 Allow
     return app
 
 
