@@ -323,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-examples", type=int, default=None, help="test cases per operation and phase")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--phases", default="examples,coverage,fuzzing", help="schemathesis phases (comma-separated)"
+    )
     parser.add_argument("--output", type=Path, default=Path("fuzz-report"))
     args = parser.parse_args(argv)
     roles = [r.strip() for r in args.roles.split(",") if r.strip()]
@@ -344,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                     max_time=args.max_time,
                     workers=args.workers,
                     seed=args.seed,
+                    phases=args.phases,
                 )
                 runs.append(run)
                 n_fail = sum(int(f.get("count") or 1) for f in run.failures)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,9 @@ CI_CHECKS = (
 (a schema-valid request refused with 422 by a domain rule the schema cannot say: an unknown site or
 template, a visit the schedule lacks) and ``negative_data_rejection`` (pydantic's lax mode takes a
 number for a date-time: ``aware_at``, ``outcomeTimestamp``, ...)."""
-BUDGET_SECONDS = 100.0
-"""All roles together (the fuzzing itself; the server's start comes on top)."""
+MAX_EXAMPLES = 20
+"""Test cases per operation and phase (examples, fuzzing): about 900 per role, 25-40 s per role on
+two busy cores; ``scripts/fuzz.py`` runs every role with the coverage phase for longer."""
 
 
 def _fuzz_module() -> Any:
@@ -58,28 +58,25 @@ def fuzz_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_fuzzing_finds_no_server_error_and_no_schema_violation(fuzz_service: Any, tmp_path: Path) -> None:
-    started = time.monotonic()
     runs = [
         fuzz.fuzz_role(
             fuzz_service,
             role,
             tmp_path,
             checks=CI_CHECKS,
-            max_examples=4,
+            max_examples=MAX_EXAMPLES,
             phases="examples,fuzzing",
             workers=2,
             seed=20,
-            timeout=BUDGET_SECONDS,
+            timeout=150,
         )
         for role in FUZZ_ROLES
     ]
-    seconds = time.monotonic() - started
     found = fuzz.problems(runs)
     assert found == [], "\n".join(found)
     for run in runs:
         assert run.report.get("complete"), f"{run.role}: the run did not finish: {run.output[-2000:]}"
         assert run.generated > 100, f"{run.role}: only {run.generated} test cases"
-    assert seconds < BUDGET_SECONDS * 1.5
     log = fuzz_service.log.read_text(encoding="utf-8") if fuzz_service.log else ""
     assert "Traceback" not in log, log[-3000:]
 
