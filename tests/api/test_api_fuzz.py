@@ -145,3 +145,17 @@ def test_method_not_allowed_names_every_method_of_the_path(fuzz_service: Any) ->
 
 def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_number_is_not_a_feedback_time(fuzz_service: Any) -> None:
+    """Found by fuzzing: ``outcomeTimestamp: 0`` was read as 1970-01-01 and recorded."""
+    base = fuzz_service.base_url
+    entry = {"card": "c1", "outcome": "accepted", "outcomeTimestamp": 0}
+    url = f"{base}/cds-services/immunostrat-endotype/feedback"
+    headers = _auth(fuzz_service.tokens["clinician"])
+    r = httpx.post(url, json={"feedback": [entry]}, headers=headers, timeout=30)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "feedback[0].outcomeTimestamp"
+    entry["outcomeTimestamp"] = "2026-01-02T03:04:05Z"
+    r = httpx.post(url, json={"feedback": [entry]}, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from immunostrat.api.auth import Principal, confirm
 from immunostrat.api.cds.discovery import SERVICE_ID
@@ -16,6 +16,13 @@ from immunostrat.trial.audit import Actor, append
 from immunostrat.trial.db import transaction
 
 router = APIRouter(tags=["cds-hooks"])
+
+
+def _instant_text(value: Any) -> Any:
+    """A FHIR instant is text: a number is not read as seconds since 1970 (pydantic's lax mode)."""
+    if not isinstance(value, str | datetime):
+        raise ValueError("an ISO 8601 date-time string is expected")
+    return value
 
 
 class Coding(BaseModel):
@@ -42,7 +49,7 @@ class Feedback(BaseModel):
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: list[AcceptedSuggestion] = Field(default_factory=list)
     overrideReason: OverrideReason | None = None
-    outcomeTimestamp: datetime
+    outcomeTimestamp: Annotated[datetime, BeforeValidator(_instant_text)]
 
     @model_validator(mode="after")
     def _consistent(self) -> Feedback:
