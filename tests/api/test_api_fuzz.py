@@ -159,3 +159,14 @@ def test_a_number_is_not_a_feedback_time(fuzz_service: Any) -> None:
     entry["outcomeTimestamp"] = "2026-01-02T03:04:05Z"
     r = httpx.post(url, json={"feedback": [entry]}, headers=headers, timeout=30)
     assert r.status_code == 200, r.text
+
+
+def test_the_export_is_documented_as_the_zip_it_is(fuzz_service: Any) -> None:
+    """Found by fuzzing: the export answered application/zip where the document said JSON."""
+    base = fuzz_service.base_url
+    doc = httpx.get(f"{base}/openapi.json", timeout=30).json()
+    documented = doc["paths"]["/trials/{trial_id}/export"]["get"]["responses"]["200"]["content"]
+    assert list(documented) == ["application/zip"]
+    r = httpx.get(f"{base}/trials/1/export", headers=_auth(fuzz_service.tokens["admin"]), timeout=30)
+    assert r.status_code == 403  # the exporters are the statistician and the monitor
+    assert r.headers["content-type"].startswith("application/json")

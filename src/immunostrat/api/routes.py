@@ -377,7 +377,17 @@ def unblindings(
         return service.unblinding_events(session, trial_id)
 
 
-@router.get("/trials/{trial_id}/export", tags=["export"])
+@router.get(
+    "/trials/{trial_id}/export",
+    tags=["export"],
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the export, a zip archive (Content-Disposition names the file)",
+            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
 def export(
     request: Request,
     trial_id: TrialId,
