@@ -50,6 +50,19 @@ CHECKS = (
 """The checks every response is held to: no 5xx; the status code, content type, headers and body as
 the document lists them; a request the document allows is not refused and one it forbids is not
 accepted; a method the path does not have answers 405 with a correct ``Allow`` header."""
+HELD_CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+    "unsupported_method",
+    "allow_header_conformance",
+)
+"""The checks held at zero failures (CI: ``tests/api/test_api_fuzz.py``). Still open: a schema-valid
+request refused with 422 by a domain rule the schema does not state (``positive_data_acceptance``:
+NUL or control characters, an unknown site, concept or template, inconsistent outcome days), and a
+number or boolean taken for another type by pydantic's lax mode (``negative_data_rejection``)."""
 ROLES = (
     "investigator",
     "pharmacist",
@@ -291,14 +304,14 @@ def problems(runs: Sequence[RoleRun]) -> list[str]:
     return lines
 
 
-def summary_markdown(runs: Sequence[RoleRun], command: str) -> str:
+def summary_markdown(runs: Sequence[RoleRun], command: str, checks: Sequence[str] = CHECKS) -> str:
     total = sum(r.generated for r in runs)
     lines = [
         "# API fuzzing (schemathesis)",
         "",
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, `{command}`",
         "",
-        f"Checks: {', '.join(CHECKS)}.",
+        f"Checks: {', '.join(checks)}.",
         "",
         "| role | test cases | failures | errors | seconds |",
         "|---|---:|---:|---:|---:|",
@@ -327,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
+        "--checks", default="all", help="'all' (CHECKS), 'held' (HELD_CHECKS) or a comma-separated list"
+    )
+    parser.add_argument(
         "--phases", default="examples,coverage,fuzzing", help="schemathesis phases (comma-separated)"
     )
     parser.add_argument("--output", type=Path, default=Path("fuzz-report"))
@@ -336,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown role {unknown[0]!r}; expected one of {', '.join(ROLES)}")
     roles.sort(key=lambda r: r == "admin")  # admin last
+    named = {"all": CHECKS, "held": HELD_CHECKS}
+    checks = named.get(args.checks) or tuple(c.strip() for c in args.checks.split(",") if c.strip())
     args.output.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="immunostrat-fuzz-"))
     runs: list[RoleRun] = []
@@ -351,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                     workers=args.workers,
                     seed=args.seed,
                     phases=args.phases,
+                    checks=checks,
                 )
                 runs.append(run)
                 n_fail = sum(int(f.get("count") or 1) for f in run.failures)
@@ -362,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     command = "python scripts/fuzz.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = summary_markdown(runs, command.strip())
+    text = summary_markdown(runs, command.strip(), checks)
     (args.output / "summary.md").write_text(text, encoding="utf-8")
     summary = {
         "roles": {
