@@ -470,6 +470,12 @@ def test_duplicate_keys_and_non_finite_numbers_are_refused(server: Server) -> No
             body = b'{"last_contact_day": 28, "ferritin_day15_ng_ml": ' + number + b"}"
             r = c.put(f"/trials/{tid}/participants/{pid}/outcome", content=body, headers=headers)
             assert r.status_code == 422, (number, r.text)
+        # finite but beyond the concept's plausible range (fuzzing stored 1.147e308, which crashed the
+        # Stata export)
+        for field, value in (("hla_dr_day15_abc", 1.147e308), ("ferritin_day15_ng_ml", 600000.0)):
+            body_json = {"last_contact_day": 28, field: value}
+            r = c.put(f"/trials/{tid}/participants/{pid}/outcome", json=body_json)
+            assert r.status_code == 422 and field in r.text, (field, r.text)
         r = c.post(f"/trials/{tid}/participants", json=_screening(exclusions={"neutropenai": True}))
         assert r.status_code == 422 and r.json()["field"] == "exclusions", r.text
         assert "neutropenia" in r.json()["detail"]

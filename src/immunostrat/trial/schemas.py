@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from immunostrat.concepts import load_concepts
 from immunostrat.errors import InputError
 from immunostrat.trial.definition import (
     SCREENING_VISIT,
@@ -322,13 +323,23 @@ class AssessmentIn(_Model):
     )
 
 
+_PLAUSIBLE = {c: load_concepts()[c].plausible for c in ("ferritin", "mhla_dr")}
+"""The concept dictionary's plausible ranges (canonical units ng/mL and AB/C, the fields' units): a
+day-15 value outside them is refused, as on every other entry path (a value of 1e308 was stored and
+later crashed the Stata export)."""
+
+
 class OutcomeIn(_Model):
     death_day: int | None = Field(default=None, ge=1, le=400)
     last_contact_day: int = Field(ge=1, le=400)
     discharge_day: int | None = Field(default=None, ge=1, le=400)
     infection_status_day15: Literal["resolution", "intermediate", "failure", "superinfection"] | None = None
-    ferritin_day15_ng_ml: float | None = Field(default=None, ge=0)
-    hla_dr_day15_abc: float | None = Field(default=None, ge=0)
+    ferritin_day15_ng_ml: float | None = Field(
+        default=None, ge=_PLAUSIBLE["ferritin"][0], le=_PLAUSIBLE["ferritin"][1]
+    )
+    hla_dr_day15_abc: float | None = Field(
+        default=None, ge=_PLAUSIBLE["mhla_dr"][0], le=_PLAUSIBLE["mhla_dr"][1]
+    )
 
     @model_validator(mode="after")
     def _death_before_last_contact(self) -> OutcomeIn:
