@@ -21,8 +21,10 @@ removed at the end. Per backend:
 - **roles**: every operation of the OpenAPI document as each role and without a token, against
   the README's role matrix.
 
-Not run here: fuzzing with schemathesis (not a dependency of the project yet) and the bedside
-``/classify`` rate (``benchmarks/``). The report says so.
+Then, once: **fuzzing** (``scripts/fuzz.py`` with the checks CI holds, every role and no token, on
+SQLite) and, without ``--quick``, the **attack scenarios** (``tests/api/test_api_attacks.py`` and the
+blinding tests, real uvicorn on both databases), each test a row of the report. Not run here: the
+bedside ``/classify`` rate and the throughput target (``benchmarks/``). The report says so.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import sys
 import tempfile
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -599,6 +602,80 @@ def _commit() -> str:
         return "unknown (not a git checkout)"
 
 
+ATTACK_TESTS = (
+    "tests/api/test_api_attacks.py",
+    "tests/api/test_api_blinded_definition.py",
+    "tests/api/test_api_oversight_counts.py",
+)
+"""The attack scenarios (blinding leaks, crashes, abuse paths, bad input with nothing written), each a
+test on SQLite and PostgreSQL: their outcomes become rows of the report."""
+
+
+def attacks(folder: Path) -> list[Finding]:
+    """Run the attack scenarios' tests (real uvicorn, both databases) and report each one."""
+    junit = folder / "attacks.xml"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={junit}",
+        *ATTACK_TESTS,
+    ]
+    subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if not junit.exists():
+        return [Finding("both", "attack scenarios", " ".join(ATTACK_TESTS), "the tests did not run", False)]
+    findings = []
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        name = case.get("name", "")
+        base, _, param = name.partition("[")
+        kind = param.rstrip("]") or "both"
+        failed = case.find("failure") is not None or case.find("error") is not None
+        skipped = case.find("skipped") is not None
+        module = (case.get("classname") or "").rsplit(".", 1)[-1]
+        guarantee = base.removeprefix("test_").replace("_", " ")
+        measured = (
+            "failed"
+            if failed
+            else ("skipped" if skipped else f"passed in {float(case.get('time', 0)):.1f} s")
+        )
+        findings.append(Finding(kind, guarantee, f"`{module}.py`", measured, not failed and not skipped))
+    return findings
+
+
+def fuzzing(folder: Path, max_time: float) -> list[Finding]:
+    """schemathesis over every operation as every role and without a token (``scripts/fuzz.py`` with
+    the checks held in CI), on SQLite."""
+    out = folder / "fuzz"
+    cmd = [sys.executable, str(ROOT / "scripts" / "fuzz.py"), "--checks", "held", "--max-time", str(max_time)]
+    cmd += ["--output", str(out)]
+    done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, check=False)
+    summary_file = out / "summary.json"
+    if not summary_file.exists():
+        tail = (done.stdout + done.stderr)[-300:]
+        return [
+            Finding("sqlite", "fuzzing", "`scripts/fuzz.py --checks held`", f"did not run: {tail}", False)
+        ]
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    by_check = {k: int(v) for k, v in summary["by_check"].items()}
+    failures = sum(by_check.values())
+    roles = ", ".join(summary["roles"])
+    measured = f"{summary['test_cases']} generated requests ({roles}); " + (
+        ", ".join(f"{k}: {v}" for k, v in by_check.items() if v) or "0 failures on every check"
+    )
+    method = (
+        "schemathesis over every operation of the OpenAPI document as each role and no token: no 5xx; "
+        "status codes, content types, headers and bodies as documented; 405 with a correct Allow"
+    )
+    return [
+        Finding(
+            "sqlite", "responses match the OpenAPI document under fuzzing", method, measured, failures == 0
+        )
+    ]
+
+
 def write_report(path: Path, findings: list[Finding], settings: str, seconds: float) -> None:
     held = sum(f.held for f in findings)
     lines = [
@@ -617,13 +694,16 @@ def write_report(path: Path, findings: list[Finding], settings: str, seconds: fl
         lines.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
     lines += [
         "",
-        "Not covered by this run: fuzzing of every operation with schemathesis (not a project dependency "
-        "yet), the bedside `/classify` rate, and throughput targets (`python benchmarks/trial.py`).",
+        "Not covered by this run: schemathesis' two request-data checks (requests the schema allows but a "
+        "rule refuses, values pydantic converts; `HELD_CHECKS` in `scripts/fuzz.py` names what CI holds), "
+        "the bedside `/classify` rate (`python benchmarks/classify.py`) and the throughput target "
+        "(`python benchmarks/trial.py`; the load rows above are measured with the other checks running).",
         "",
         "The short version of each check runs with the tests: `tests/api/test_api_concurrency.py` (load), "
         "`tests/trial/test_anchor.py` and `tests/trial/test_trial_audit.py` (tampering), "
         "`tests/api/test_api_roles_and_errors.py` (tokens), `tests/api/test_throttle.py` (sign-in), "
-        "`tests/api/test_role_matrix.py` (roles).",
+        "`tests/api/test_role_matrix.py` (roles), `tests/api/test_api_fuzz.py` (fuzzing); the attack "
+        "scenarios are those tests themselves.",
         "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -679,6 +759,13 @@ def main(argv: list[str] | None = None) -> int:
     findings: list[Finding] = []
     for kind in kinds:
         findings += run_backend(kind, args.pg, participants, cycles)
+    folder = Path(tempfile.mkdtemp(prefix="reliability-extra-"))
+    try:
+        findings += [_say(f) for f in fuzzing(folder, 10.0 if args.quick else 60.0)]
+        if not args.quick:
+            findings += [_say(f) for f in attacks(folder)]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     settings = f"{participants} participants, {cycles} kill cycles, {', '.join(kinds)}"
     if args.quick:
         settings = "quick: " + settings
