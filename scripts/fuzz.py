@@ -35,6 +35,8 @@ from typing import Any
 
 import httpx
 
+from immunostrat.trial.schemas import ROLES as ALL_ROLES
+
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = (
     "not_a_server_error",
@@ -63,17 +65,7 @@ HELD_CHECKS = (
 request refused with 422 by a domain rule the schema does not state (``positive_data_acceptance``:
 NUL or control characters, an unknown site, concept or template, inconsistent outcome days), and a
 number or boolean taken for another type by pydantic's lax mode (``negative_data_rejection``)."""
-ROLES = (
-    "investigator",
-    "pharmacist",
-    "monitor",
-    "statistician",
-    "clinician",
-    "researcher",
-    "modeller",
-    "anonymous",
-    "admin",
-)
+ROLES = (*(r for r in ALL_ROLES if r != "admin"), "anonymous", "admin")
 """Every role and no token; admin last (its fuzzing may deactivate or re-role the other users)."""
 SITES = ("S1", "S2")
 

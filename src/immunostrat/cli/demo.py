@@ -124,7 +124,7 @@ def serve_demo(output_dir: Path, console: Console, *, host: str = "127.0.0.1", p
     each run: its passwords are generated now and printed once), serving until interrupted."""
     from immunostrat.api.app import prepare_demo
     from immunostrat.api.app import serve as run_server
-    from immunostrat.web.cohorts import COHORTS_DIR_ENV
+    from immunostrat.cohort.report_data import COHORTS_DIR_ENV
 
     db_file = output_dir / "demo-trial.db"
     for stale in output_dir.glob("demo-trial.db*"):

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import polars as pl
 
+COHORTS_DIR_ENV = "IMMUNOSTRAT_COHORTS_DIR"
+"""The setting naming the folder of ``cohort build`` outputs that may be opened (one per subfolder)."""
 TRAJECTORY_HOURS = 7 * 24
 """SOFA trajectories cover the first seven days after ICU admission."""
 SOFA_COMPONENTS = ("respiration", "coagulation", "liver", "cardiovascular", "cns", "renal")

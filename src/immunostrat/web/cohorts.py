@@ -25,11 +25,16 @@ from starlette.responses import Response
 
 from immunostrat.api.auth import confirm_current
 from immunostrat.cohort import report_data
-from immunostrat.cohort.report_data import SOFA_COMPONENTS, CohortInfo, StayTimeline, TrajectoryPoint
+from immunostrat.cohort.report_data import (
+    COHORTS_DIR_ENV,
+    SOFA_COMPONENTS,
+    CohortInfo,
+    StayTimeline,
+    TrajectoryPoint,
+)
 from immunostrat.web.core import PageError, add_main_page, page_router, render, signed_in, user_of
 from immunostrat.web.svgplot import svg_markup
 
-COHORTS_DIR_ENV = "IMMUNOSTRAT_COHORTS_DIR"
 RESEARCHERS = frozenset({"researcher"})
 """Who opens cohorts: the researcher alone. A build output holds every stay of a credentialed
 research database (MIMIC-IV, eICU: each reader signs the data use agreement), so the role that
