@@ -295,7 +295,9 @@ def demo(
         ),
     ] = True,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (taken: a free one is chosen and printed).")] = 8000,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port (taken: a free one is chosen and printed).")
+    ] = 8000,
 ) -> None:
     """Classify and score the bundled synthetic cohort and print a summary; then serve the web
     application on a demo trial with one sign-in per role."""

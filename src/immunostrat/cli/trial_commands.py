@@ -28,7 +28,7 @@ def serve(
     ] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Create a demo ImmunoSep-style trial first.")] = False,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port.")] = 8000,
     workers: Annotated[
         int, typer.Option(min=1, max=64, help="Worker processes (several: a server database, PostgreSQL).")
     ] = 1,
