@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -80,8 +81,25 @@ def check_no_control(value: Any) -> Any:
     return value
 
 
+def _iso_text(value: Any) -> Any:
+    """A date or time is ISO 8601 text (as the schema says) or already a date: pydantic's lax mode
+    would take a number for seconds since 1970 and a boolean for a number."""
+    if isinstance(value, str | date):
+        return value
+    raise ValueError(f"expected an ISO 8601 date or date-time as text, got {type(value).__name__} {value!r}")
+
+
+Timestamp = Annotated[datetime, Field(strict=False), BeforeValidator(_iso_text)]
+"""A date-time given as ISO 8601 text (JSON has no date type)."""
+Day = Annotated[date, Field(strict=False), BeforeValidator(_iso_text)]
+"""A date given as ISO 8601 text."""
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    """Strict (no ``"1"`` for 1 or true, no 1 for true, no number for a date): a value the schema
+    forbids is refused, not converted; dates and times come as ISO text (``Timestamp``, ``Day``)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True)
 
     @field_validator("*", mode="after")
     @classmethod
@@ -270,7 +288,7 @@ class ObservationIn(_Model):
     concept: str = Field(min_length=1, max_length=64)
     value: float
     unit: str = Field(default="", max_length=32)
-    time: datetime
+    time: Timestamp
 
 
 class ScreeningIn(_Model):
@@ -362,7 +380,7 @@ class AdverseEventIn(_Model):
     seriousness: list[str] = Field(default_factory=list)
     related: bool | None = None
     outcome: str | None = Field(default=None, max_length=64)
-    aware_at: datetime | None = Field(default=None, description="when the site learnt of it (default: now)")
+    aware_at: Timestamp | None = Field(default=None, description="when the site learnt of it (default: now)")
 
     @model_validator(mode="after")
     def _grade_and_seriousness(self) -> AdverseEventIn:
@@ -385,7 +403,7 @@ class AdverseEventIn(_Model):
 
 
 class AdverseEventReportIn(_Model):
-    reported_at: datetime
+    reported_at: Timestamp
     reference: str | None = Field(default=None, max_length=100, description="the sponsor's case number")
 
 
@@ -394,7 +412,7 @@ class FormIn(_Model):
     ``{"value": v, "unit": u}`` in any unit of the field's concept), fields not done with a reason,
     the visit date, and the reason for a change when the form was saved before."""
 
-    visit_date: date
+    visit_date: Day
     values: dict[str, Any] = Field(default_factory=dict)
     not_done: dict[str, str] = Field(default_factory=dict)
     reason: str | None = Field(default=None, min_length=3, max_length=500)
