@@ -156,3 +156,26 @@ def test_duckdb_and_spark_identical(source: SourceData, result: Any, spark: Any)
     other = build_cohort(source, engine="spark", spark=spark, sofa_version="sofa-2")
     for name in TABLES:
         assert_frame_equal(getattr(result, name), getattr(other, name), check_exact=True)
+
+
+def test_missing_concepts_follow_the_version(result: Any, source: SourceData) -> None:
+    """The summary lists the inputs of the SOFA version built: SOFA-2's organ support, GCS motor and
+    RRT-criteria labs under sofa-2 (absent from this source), none of them under sofa-1996."""
+    sofa2_only = {"ecmo", "mechanical_circulatory_support", "gcs_motor", "delirium_drug", "rrt", "potassium",
+                  "ph", "bicarbonate"}  # fmt: skip
+    missing2 = {m["concept"] for m in result.summary["missing_concepts"]}
+    assert sofa2_only <= missing2
+    assert "spo2" not in missing2  # charted in stay "sf": present
+    default = build_cohort(source, engine="duckdb")
+    missing1 = {m["concept"] for m in default.summary["missing_concepts"]}
+    assert not sofa2_only & missing1
+    assert "spo2" not in missing1
+    # a concept the source does carry leaves the sofa-2 list
+    with_k = _source()
+    extra = with_k.observations.head(1).with_columns(
+        pl.lit("potassium").alias("concept"), pl.lit(6.1).alias("value"), pl.lit("mmol/L").alias("unit")
+    )
+    observations = pl.concat([with_k.observations, extra])
+    with_k = SourceData(source="sofa2", stays=with_k.stays, observations=observations)
+    again = build_cohort(with_k, engine="duckdb", sofa_version="sofa-2")
+    assert "potassium" not in {m["concept"] for m in again.summary["missing_concepts"]}

@@ -18,7 +18,8 @@ from immunostrat.cohort.report_data import (
     sofa_trajectories,
 )
 from immunostrat.protocols import Protocol
-from immunostrat.scores import SOFA_INPUTS, load_definition
+from immunostrat.scores import load_definition
+from immunostrat.scores.sofa import sofa_inputs
 from immunostrat.sources import ConceptStatus
 
 MORTALITY_DAYS = 28
@@ -83,7 +84,9 @@ def summarise(
         .sort("first_endotype")
     )
     by_status = {c.concept: c for c in report}
-    wanted = [*SOFA_INPUTS_SOURCES, "antibiotic", "culture", *protocol.requires]
+    variant = str((rules or {}).get("sofa") or "sofa")
+    options = {str(k): str(v) for k, v in dict((rules or {}).get("sofa_options") or {}).items()}
+    wanted = [*sofa_input_sources(variant, options), "antibiotic", "culture", *protocol.requires]
     missing = []
     for concept in dict.fromkeys(wanted):
         rows = int(concept_rows.get(concept, 0))
@@ -165,19 +168,27 @@ def _dropped_rows(dropped: pl.DataFrame | None) -> list[dict[str, Any]]:
 
 
 # Concepts the SOFA inputs come from (urine_output feeds urine_output_24h; pao2 + fio2 the ratio).
-SOFA_INPUTS_SOURCES = tuple(
-    dict.fromkeys(
-        c
-        for name in SOFA_INPUTS
-        for c in (
-            ("pao2", "fio2")
-            if name == "pao2_fio2_ratio"
-            else ("urine_output",)
-            if name == "urine_output_24h"
-            else (name,)
-        )
-    )
-)
+def sofa_input_sources(variant: str = "sofa", options: dict[str, str] | None = None) -> tuple[str, ...]:
+    """The source concepts the ``variant`` SOFA definition reads (derived inputs expanded).
+
+    Ratios come from their two concepts (``pao2_fio2_ratio`` from pao2 + fio2, ``spo2_fio2_ratio``
+    from spo2 + fio2), every urine window (``urine_output_24h``, ``urine_ml_kg_h_6h`` ...) from
+    ``urine_output``; ``weight_kg`` is a stay attribute, not an observed concept, and is left out.
+    """
+    names: list[str] = []
+    for name in sofa_inputs(variant, options):
+        if name == "pao2_fio2_ratio":
+            names += ["pao2", "fio2"]
+        elif name == "spo2_fio2_ratio":
+            names += ["spo2", "fio2"]
+        elif name.startswith(("urine_output_", "urine_ml_kg_h_")):
+            names.append("urine_output")
+        elif name != "weight_kg":
+            names.append(name)
+    return tuple(dict.fromkeys(names))
+
+
+SOFA_INPUTS_SOURCES = sofa_input_sources("sofa")
 
 
 @dataclass
