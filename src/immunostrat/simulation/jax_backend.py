@@ -39,7 +39,9 @@ def available() -> bool:
 _COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
 
 
-def _build(n_rec: int, stride: int, dt: float, hooks: tuple[int, ...], d_crit: float, hold: float) -> Any:
+def _build(
+    n_rec: int, stride: int, dt: float, hooks: tuple[int, ...], d_crit: float, hold: float, p_crit: float
+) -> Any:
     import jax
     import jax.numpy as jnp
     from jax import lax
@@ -96,7 +98,10 @@ def _build(n_rec: int, stride: int, dt: float, hooks: tuple[int, ...], d_crit: f
             D = D + sixth * (k1[2] + 2.0 * (k2[2] + k3[2]) + k4[2])
             C = C + sixth * (k1[3] + 2.0 * (k2[3] + k3[3]) + k4[3])
             t = (k + 1) * dt
-            since = jnp.where(jnp.greater_equal(D, d_crit), jnp.minimum(since, t), jnp.inf)
+            critical = jnp.greater_equal(D, d_crit)
+            if math.isfinite(p_crit):  # the pathogen death rule (DeathRule.p_crit), traced only when set
+                critical = critical | jnp.greater_equal(P, p_crit)
+            since = jnp.where(critical, jnp.minimum(since, t), jnp.inf)
             death = jnp.where(jnp.isnan(death) & (t - since >= hold), t, death)
             return P, N, D, C, since, death
 
@@ -132,8 +137,6 @@ def integrate_jax(
     require_extra("jax", "the JAX engine")
     import jax
 
-    if math.isfinite(death_rule.p_crit):
-        raise ValueError("the pathogen death rule (DeathRule.p_crit) runs on the numpy engine only")
     grid = course_grid(y0, params, t_end, dt, record_every)
     y, n, n_rec, stride = grid.y, grid.n, grid.n_rec, grid.stride
     comps = schedule.components if schedule is not None else ()
@@ -142,7 +145,7 @@ def integrate_jax(
         arrays = tuple(np.stack([getattr(c, f) for c in comps]) for f in ("strength", "start", "end", "rate"))
     else:
         arrays = tuple(np.zeros((0, n)) for _ in range(4))
-    key = (n_rec, stride, float(dt), hooks, death_rule.d_crit, death_rule.hold_h - 1e-9)
+    key = (n_rec, stride, float(dt), hooks, death_rule.d_crit, death_rule.hold_h - 1e-9, death_rule.p_crit)
     size = max(1, min(chunk_size, n))
     states = np.empty((n, n_rec, 4))
     states[:, 0, :] = y

@@ -1,8 +1,9 @@
 """Optional numba backend of the batch RK4 integrator (same equations, step, effects and death rule).
 
 ``integrate_numba`` takes the same arguments as :func:`jax_backend.integrate_jax` (no observer, the pure
-Reynolds 2006 model) and returns the same :class:`model.Trajectory`, with every patient integrated over the
-full course (no freezing).
+Reynolds 2006 model, with the damage death rule and, when ``DeathRule.p_crit`` is set, the pathogen one)
+and returns the same :class:`model.Trajectory`, with every patient integrated over the full course (no
+freezing). :mod:`engines` chooses between the engines and says which requests each one runs.
 
 Why it is fast on CPU: the whole course of a block of patients is one compiled loop over time, with no
 numpy temporaries. LLVM compiles the RK4 step into one straight-line body (four right-hand sides, clipping,
@@ -92,7 +93,7 @@ _IGNORED_HOOKS = ("hla_gain",)
 # loudly instead of triggering a silent recompilation.
 _SIGNATURE = (
     "void(float64[:, ::1], float64[:, ::1], int64[::1], float64[:, :, ::1], int64, int64, float64, float64, "
-    "float64, float64[:, :, ::1], float64[::1])"
+    "float64, boolean, float64, float64[:, :, ::1], float64[::1])"
 )
 
 _KERNEL: Callable[..., None] | None = None
@@ -164,7 +165,9 @@ def _build() -> Callable[..., None]:
         return d_p, d_n, d_d, d_c
 
     @jit
-    def rk4_step(w: Any, dt: float, t: float, d_crit: float, hold: float) -> None:
+    def rk4_step(
+        w: Any, dt: float, t: float, d_crit: float, hold: float, pdeath: bool, p_crit: float
+    ) -> None:
         half = 0.5 * dt
         sixth = dt / 6.0
         # Branch-free per lane (the conditionals become selects), so the loop vectorises across lanes.
@@ -186,7 +189,10 @@ def _build() -> Callable[..., None]:
             w[_Y_N + lane] = 0.0 if N < 0.0 else N
             w[_Y_D + lane] = D
             w[_Y_C + lane] = C
-            since = min(w[_SINCE + lane], t) if d_crit <= D else math.inf
+            # The pathogen rule (p_crit) is tested only when set, as by the numpy engine; bitwise on the
+            # booleans keeps the body branch-free.
+            critical = (d_crit <= D) | (pdeath & (p_crit <= w[_Y_P + lane]))
+            since = min(w[_SINCE + lane], t) if critical else math.inf
             w[_SINCE + lane] = since
             died = w[_DIED + lane]
             w[_DIED + lane] = t if math.isnan(died) and t - since >= hold else died
@@ -202,6 +208,8 @@ def _build() -> Callable[..., None]:
         dt: float,
         d_crit: float,
         hold: float,
+        pdeath: bool,
+        p_crit: float,
         states: Any,
         death: Any,
     ) -> None:
@@ -248,7 +256,7 @@ def _build() -> Callable[..., None]:
                         effects(tm, acc, decays, w)
                         treated = in_window
                     step += 1
-                    rk4_step(w, dt, step * dt, d_crit, hold)
+                    rk4_step(w, dt, step * dt, d_crit, hold, pdeath, p_crit)
                 for lane in range(_LANES):
                     i = b * _LANES + lane
                     if i < n:
@@ -290,8 +298,6 @@ def integrate_numba(
     fixed by the kernel, and no program is compiled per batch shape.
     """
     del chunk_size
-    if math.isfinite(death_rule.p_crit):
-        raise ValueError("the pathogen death rule (DeathRule.p_crit) runs on the numpy engine only")
     grid = course_grid(y0, params, t_end, dt, record_every)
     y, n, n_rec, stride = grid.y, grid.n, grid.n_rec, grid.stride
     if schedule is not None and schedule.n != n:
@@ -327,6 +333,8 @@ def integrate_numba(
             float(dt),
             float(death_rule.d_crit),
             death_rule.hold_h - 1e-9,
+            math.isfinite(death_rule.p_crit),
+            float(death_rule.p_crit) if math.isfinite(death_rule.p_crit) else 0.0,
             states,
             death,
         )
