@@ -304,9 +304,15 @@ def record_assessment(
     principal: Annotated[Principal, Depends(INVESTIGATOR)],
 ) -> dict[str, Any]:
     """Create or update the assessment of one study day (day 1 = day of randomization)."""
+    work = None
+    if body.observations:
+        with read_transaction(request.app.state.engine) as session:
+            weight = service.assessment_weight(session, confirm(session, principal), trial_id, participant_id)
+        # converting observations needs no lock: done before the write transaction opens
+        work = service.evaluate_assessment(body, weight)
     with unit_of_work(request, principal) as (session, actor):
         return service.assessment_view(
-            service.record_assessment(session, actor, trial_id, participant_id, body)
+            service.record_assessment(session, actor, trial_id, participant_id, body, work)
         )
 
 

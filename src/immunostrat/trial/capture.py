@@ -3,6 +3,7 @@ events (trials defined with forms use ``immunostrat.trial.forms``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -70,17 +71,24 @@ ASSESSMENT_FIELDS = (
 )
 
 
-def record_assessment(
-    session: Session, actor: Actor, trial_id: int, participant_id: int, data: AssessmentIn
-) -> Assessment:
-    """Create or change one study day (SOFA components, biomarkers in any accepted unit, infection
-    status, doses given). A change to a saved day keeps what is not sent (never nulls it), asks
-    ``data.reason`` and audits old and new values with it; an unchanged resubmission writes nothing."""
-    _, p = _randomized(session, actor, trial_id, participant_id)
-    values: dict[str, Any] = {f: getattr(data, f) for f in SOFA_FIELDS if getattr(data, f) is not None}
+@dataclass(frozen=True)
+class AssessmentWork:
+    """The observations of a daily assessment converted to their columns (canonical units), worked
+    out before the write transaction (on SQLite every write transaction holds the database's one
+    write lock). ``weight_kg`` is the participant's weight the conversion used (per-kg units)."""
+
+    weight_kg: float | None
+    biomarkers: dict[str, float] = field(default_factory=dict)
+
+
+def evaluate_assessment(data: AssessmentIn, weight_kg: float | None) -> AssessmentWork:
+    """Convert the observations of ``data`` (any accepted unit) to the assessment's biomarker
+    columns: no database. A concept the fixed layout does not record is an error naming it."""
+    label = "assessment"  # the observations' patient label; nothing keeps it
     obs = eligibility.canonical_observations(
-        p.pseudonym, [o.model_dump() for o in data.observations], p.weight_kg, source="observations"
+        label, [o.model_dump() for o in data.observations], weight_kg, source="observations"
     )
+    biomarkers: dict[str, float] = {}
     for i, o in enumerate(obs):
         column = ASSESSMENT_BIOMARKERS.get(o.concept)
         if column is None:
@@ -92,7 +100,33 @@ def record_assessment(
                 + ", ".join(ASSESSMENT_BIOMARKERS)
                 + " (a trial set up with forms scores SOFA from platelets and the other inputs)",
             )
-        values[column] = o.value
+        biomarkers[column] = o.value
+    return AssessmentWork(weight_kg, biomarkers)
+
+
+def assessment_weight(session: Session, actor: Actor, trial_id: int, participant_id: int) -> float | None:
+    """The weight :func:`evaluate_assessment` needs, read (and access checked) before the write."""
+    return _randomized(session, actor, trial_id, participant_id)[1].weight_kg
+
+
+def record_assessment(
+    session: Session,
+    actor: Actor,
+    trial_id: int,
+    participant_id: int,
+    data: AssessmentIn,
+    work: AssessmentWork | None = None,
+) -> Assessment:
+    """Create or change one study day (SOFA components, biomarkers in any accepted unit, infection
+    status, doses given). A change to a saved day keeps what is not sent (never nulls it), asks
+    ``data.reason`` and audits old and new values with it; an unchanged resubmission writes nothing.
+    ``work`` from :func:`evaluate_assessment` (done before the transaction) is used when the
+    weight it used is still the participant's."""
+    _, p = _randomized(session, actor, trial_id, participant_id)
+    if work is None or work.weight_kg != p.weight_kg:
+        work = evaluate_assessment(data, p.weight_kg)
+    values: dict[str, Any] = {f: getattr(data, f) for f in SOFA_FIELDS if getattr(data, f) is not None}
+    values.update(work.biomarkers)
     for name in ("infection_status", "doses_given"):
         if getattr(data, name) is not None:
             values[name] = getattr(data, name)
