@@ -229,3 +229,20 @@ def test_stay_without_discharge_time_ends_at_its_last_observation(hand_source: S
     # last observation: antibiotic at 08:30 + 81 h = 17:30 day 4 -> last grid hour 18:00 day 4 (hour 81)
     assert result.hourly_sofa["hour"].max() == 81
     assert result.hourly_sofa["time"].max() == at(81.5)
+
+
+def test_compiled_plan_cache_gives_the_same_tables(hand_source: SourceData) -> None:
+    from immunostrat.cohort.engine import _PLAN_CACHE, TABLES
+
+    _PLAN_CACHE.clear()
+    cold = build_cohort(hand_source)
+    assert len(_PLAN_CACHE) == 1
+    warm = build_cohort(hand_source)  # from the cached SQL
+    for name in TABLES:
+        assert getattr(cold, name).equals(getattr(warm, name)), name
+    # other rule choices compile their own plan, never the cached one
+    other = build_cohort(hand_source, sofa_baseline="running-minimum", sofa_version="sofa-2")
+    assert len(_PLAN_CACHE) == 2
+    assert other.summary["rules"]["sofa"] != cold.summary["rules"]["sofa"]
+    assert set(other.sepsis3["sofa_baseline_rule"].to_list()) == {"running-minimum"}
+    assert not other.hourly_sofa.equals(cold.hourly_sofa)

@@ -398,21 +398,22 @@ def plan_hourly(
     u = obs.filter(obs.concept == "urine_output")
     urine_span = u.group_by("stay_id").agg(u_first=u.time.min(), u_last=u.time.max())
 
-    # -- every (stay, bucket) that matters: the grid and the buckets holding data
-    grid = bounds.select(
-        "stay_id", bucket=ibis.range(bounds.grid_first, bounds.grid_last + HOUR, HOUR).unnest()
+    # -- every (stay, bucket) that matters, densely: one row per hour from ``keep_buckets`` hours before
+    # the grid to its last hour. Every bucket a window can reach is a row, so the trailing windows are
+    # ROWS frames (h - 1 preceding rows = the h buckets ending at T), which engines evaluate far faster
+    # than RANGE frames over interval bounds; data outside that span never reaches a grid hour.
+    # (The range starts at the first grid hour and is shifted back afterwards: Ibis' PySpark translation
+    # of a range whose start is an expression drops the parentheses of its empty-range test.)
+    keep = ibis.interval(hours=keep_buckets)
+    keys = bounds.select(
+        "stay_id",
+        "grid_first",
+        "grid_last",
+        "weight_kg",
+        "lo",
+        _shifted=ibis.range(bounds.grid_first, bounds.grid_last + HOUR + keep, HOUR).unnest(),
     )
-    keys = (
-        grid.union(simple.select("stay_id", "bucket"), distinct=True)
-        .union(resp.select("stay_id", "bucket"), distinct=True)
-        .union(vaso.select("stay_id", "bucket"), distinct=True)
-    )
-    if sf is not None:
-        keys = keys.union(sf.select("stay_id", "bucket"), distinct=True)
-    keys = keys.inner_join(bounds, "stay_id")
-    keys = keys.filter(
-        (keys.bucket >= keys.grid_first - ibis.interval(hours=keep_buckets)) & (keys.bucket <= keys.grid_last)
-    )
+    keys = keys.mutate(bucket=keys._shifted - keep).drop("_shifted")
     wide = _drop_right(keys.left_join(simple, ["stay_id", "bucket"]))
     wide = _drop_right(wide.left_join(resp, ["stay_id", "bucket"]))
     wide = _drop_right(wide.left_join(vaso, ["stay_id", "bucket"]))
@@ -420,12 +421,8 @@ def plan_hourly(
         wide = _drop_right(wide.left_join(sf, ["stay_id", "bucket"]))
     wide = _drop_right(wide.left_join(urine_span, "stay_id"))
 
-    w24 = ibis.window(
-        group_by=wide.stay_id, order_by=wide.bucket, range=(-ibis.interval(hours=WINDOW_HOURS - 1), 0)
-    )
-    wf = ibis.window(
-        group_by=wide.stay_id, order_by=wide.bucket, range=(-ibis.interval(hours=fresh_buckets), 0)
-    )
+    w24 = ibis.window(group_by=wide.stay_id, order_by=wide.bucket, rows=(-(WINDOW_HOURS - 1), 0))
+    wf = ibis.window(group_by=wide.stay_id, order_by=wide.bucket, rows=(-fresh_buckets, 0))
     cols: dict[str, Any] = {}
     for c in WORST_MIN:
         cols[c] = wide[c].min().over(w24)
@@ -435,7 +432,7 @@ def plan_hourly(
         cols[c] = wide[c].max().over(w24)
     cols["_urine_sum"] = wide.urine_sum.sum().over(w24)
     for h in urine_hours:
-        w_h = ibis.window(group_by=wide.stay_id, order_by=wide.bucket, range=(-ibis.interval(hours=h - 1), 0))
+        w_h = ibis.window(group_by=wide.stay_id, order_by=wide.bucket, rows=(-(h - 1), 0))
         cols[f"_urine_sum_{h}"] = wide.urine_sum.sum().over(w_h)
     cols["_resp_key"] = wide.resp_key.max().over(w24)
     if sf is not None:
@@ -670,6 +667,42 @@ def _collect(con: Any, expr: ir.Table, sort: Sequence[str]) -> pl.DataFrame:
     return _normalise(frame).sort(list(sort))
 
 
+# Compiled DuckDB queries of earlier builds in this process, keyed by everything the plan depends on
+# (protocol, SOFA definition and options, open stays, Sepsis-3 rules, input schemas): building the Ibis
+# graph and compiling it to SQL costs about a second, the same for every build with those choices.
+_PLAN_CACHE: dict[tuple[Any, ...], dict[str, tuple[str, ir.Table]]] = {}
+
+
+class _Runner:
+    """Runs the build's queries: on DuckDB from the compiled SQL (cached by ``key``), else through Ibis."""
+
+    def __init__(self, con: Any, key: tuple[Any, ...] | None) -> None:
+        self.con = con
+        self.key = key
+        self.cached = _PLAN_CACHE.get(key) if key is not None else None
+        self.compiled: dict[str, tuple[str, ir.Table]] = {}
+
+    def collect(self, name: str, make: Callable[[], ir.Table], sort: Sequence[str]) -> pl.DataFrame:
+        if self.key is None:
+            return _collect(self.con, make(), sort)
+        if self.cached is not None and name in self.cached:
+            sql, expr = self.cached[name]
+        else:
+            expr = make()
+            sql = str(self.con.compile(expr))
+        self.compiled[name] = (sql, expr)
+        from ibis.backends.duckdb.converter import DuckDBPyArrowData
+
+        table = expr.__pyarrow_result__(self.con.con.sql(sql).to_arrow_table(), data_mapper=DuckDBPyArrowData)
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        return _normalise(frame).sort(list(sort))
+
+    def store(self) -> None:
+        if self.key is not None:
+            _PLAN_CACHE[self.key] = dict(self.compiled)
+
+
 def _stays_frame(stays: pl.DataFrame) -> pl.DataFrame:
     missing = [c for c in STAYS_SCHEMA if c not in stays.columns]
     frame = stays.with_columns([pl.lit(None, dtype=STAYS_SCHEMA[c]).alias(c) for c in missing])
@@ -756,30 +789,66 @@ def build_cohort(
         stays_path = work / "stays.parquet"
         stays_pl.write_parquet(stays_path)
         con = connect(engine, spark=spark, threads=threads)
-        stays_t = con.read_parquet(str(stays_path))
-        obs_t = con.read_parquet(obs_src)
-        plan = plan_hourly(
-            stays_t,
-            obs_t,
-            protocol,
-            open_stays=bool(stays_pl["icu_outtime"].null_count()),
-            variant=sofa_version,
-            sofa_options=sofa_options,
-        )
+        # Fixed view names on DuckDB, so that the compiled SQL is the same from one build to the next
+        # and can be cached (see _PLAN_CACHE).
+        names = engine == "duckdb"
+        stays_t = con.read_parquet(str(stays_path), **({"table_name": "cohort_stays"} if names else {}))
+        obs_t = con.read_parquet(obs_src, **({"table_name": "cohort_observations"} if names else {}))
+        open_stays = bool(stays_pl["icu_outtime"].null_count())
+        key: tuple[Any, ...] | None = None
+        if names:
+            key = (
+                protocol_id,
+                sofa_version,
+                tuple(sorted((sofa_options or {}).items())),
+                open_stays,
+                suspicion_rule,
+                baseline_rule,
+                tuple(stays_t.schema().items()),
+                tuple(obs_t.schema().items()),
+            )
+        runner = _Runner(con, key)
+        biomarkers = tuple(protocol.requires)
+        plan_made: list[Plan] = []
+
+        def the_plan() -> Plan:
+            if not plan_made:
+                plan_made.append(
+                    plan_hourly(
+                        stays_t,
+                        obs_t,
+                        protocol,
+                        open_stays=open_stays,
+                        variant=sofa_version,
+                        sofa_options=sofa_options,
+                    )
+                )
+            return plan_made[0]
+
         tick(1)
-        hourly = _collect(con, plan.hourly, ["stay_id", "time"])
-        counts = _collect(con, plan.concept_counts, ["concept"])
-        infection_rows = _collect(con, plan.infection_stays, ["stay_id", "concept"])
+        hourly = runner.collect("hourly", lambda: the_plan().hourly, ["stay_id", "time"])
+        counts = runner.collect("counts", lambda: the_plan().concept_counts, ["concept"])
+        infection_rows = runner.collect(
+            "infection", lambda: the_plan().infection_stays, ["stay_id", "concept"]
+        )
         hourly_path = work / "hourly.parquet"
         hourly.select(
-            "stay_id", "time", "hour", "sofa_total", "sofa_missing", "endotype", "therapy", *plan.biomarkers
+            "stay_id", "time", "hour", "sofa_total", "sofa_missing", "endotype", "therapy", *biomarkers
         ).write_parquet(hourly_path)
-        hourly_t = con.read_parquet(str(hourly_path))
+        hourly_t = con.read_parquet(str(hourly_path), **({"table_name": "cohort_hourly"} if names else {}))
         tick(2)
-        episodes = plan_suspicion(plan.infection, suspicion_rule)
-        sepsis = _collect(con, plan_sepsis3(stays_t, hourly_t, episodes, baseline_rule), ["stay_id"])
+        sepsis = runner.collect(
+            "sepsis3",
+            lambda: plan_sepsis3(
+                stays_t, hourly_t, plan_suspicion(the_plan().infection, suspicion_rule), baseline_rule
+            ),
+            ["stay_id"],
+        )
         tick(3)
-        endotypes = _collect(con, plan_endotypes(hourly_t, plan.biomarkers), ["stay_id", "time"])
+        endotypes = runner.collect(
+            "endotypes", lambda: plan_endotypes(hourly_t, biomarkers), ["stay_id", "time"]
+        )
+        runner.store()
         tick(4)
         present = dict(zip(counts["concept"].to_list(), counts["rows"].to_list(), strict=True))
         sepsis = _sepsis_reasons(
