@@ -25,6 +25,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from .structures import MalsLoop, episode_columns, il1_signal, mals_loop_drive, next_episode
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -125,6 +127,8 @@ class DeactivationParameters:
 
     tau_rec_h: float = 48.0
     c_h_scale: float = 0.46
+    #: the IL-1-driven MALS loop (``structures.MalsLoop``), a structural alternative; None: none
+    mals_loop: MalsLoop | None = None
 
     @property
     def k_rec(self) -> float:
@@ -198,6 +202,8 @@ class SecondaryInfection:
     abx_delay_h: float = 12.0
     abx_kill_per_h: float = math.log(5.0) / 24.0
     abx_duration_h: float = 168.0
+    #: episodes per patient (1: this model; more: ``structures.Recurrence``, each its own draws and course)
+    max_episodes: int = 1
 
 
 #: The calibrated secondary-infection extension (see :class:`SecondaryInfection`).
@@ -372,6 +378,12 @@ def rhs_deactivation(
     inhib = 1.0 + (C / p.c_inf) ** 2
     f_n = N / inhib
     r = (p.k_nn * N + p.k_np * P + p.k_nd * D) / inhib
+    if de.mals_loop is not None:
+        r += float(
+            mals_loop_drive(
+                il1_signal(np.array(N), np.array(D), p.k_nn, p.k_nd, np.array(1.0 / inhib)), de.mals_loop
+            )
+        )
     kill_n = p.k_pn * f_n * H / h0
     d_p = p.k_pg * P * (1.0 - P / p.p_inf) - p.k_pm * p.s_m * P / (p.mu_m + p.k_mp * P) - kill_n * P
     d_n = p.s_nr * r / (p.mu_nr + r) - p.mu_n * N
@@ -388,6 +400,7 @@ class _Rhs:
     def __init__(self, p: PatientParameters, deactivation: DeactivationParameters | None = None) -> None:
         self.p = p
         self.deact = deactivation
+        self.loop = deactivation.mals_loop if deactivation is not None else None
         if deactivation is not None:
             self.k_rec = deactivation.k_rec
             self.c_h = deactivation.c_h(p)
@@ -449,6 +462,8 @@ class _Rhs:
         inv = 1.0 / inhib
         f_n = N * inv
         r = (self.k_nn * N + self.k_np * P + self.k_nd * D) * inv
+        if self.loop is not None:
+            r = r + mals_loop_drive(il1_signal(N, D, self.k_nn, self.k_nd, inv), self.loop)
         phagocyte_kill = self.k_pn * f_n if kill_scale is None else self.k_pn * f_n * kill_scale
         d_p = P * (
             self.k_pg
@@ -511,6 +526,8 @@ class Trajectory:
     dt: float
     #: hours at which a secondary infection began (NaN: none); None when integrated without them
     secondary_time: FloatArray | None = None
+    #: ICU-acquired infection episodes per patient (``structures.Recurrence``); None without them
+    secondary_count: npt.NDArray[np.int64] | None = None
 
     @property
     def size(self) -> int:
@@ -627,9 +644,10 @@ def integrate(
     if secondary is not None:
         if deactivation is None:
             raise ValueError("secondary infections need the monocyte-deactivation extension (deactivation=)")
-        if secondary_draws is None or secondary_draws.exposure.shape != (n,):
+        if secondary_draws is None or secondary_draws.exposure.shape[:1] != (n,):
             raise ValueError(f"secondary infections need secondary_draws for {n} patients")
     sec_time = np.full(n, np.nan) if secondary is not None else None
+    sec_count = np.zeros(n, dtype=np.int64) if secondary is not None else None
     if deactivation is not None:
         y = np.concatenate([y, deactivation.h_baseline(params)[:, None]], axis=1)
     states = np.empty((n, n_rec, n_state))
@@ -661,6 +679,7 @@ def integrate(
             if secondary is not None and secondary_draws is not None
             else None,
             out_secondary=sec_time,
+            out_episodes=sec_count,
         )
         if progress is not None:
             progress(int(sel[-1]) + 1, n)
@@ -675,6 +694,7 @@ def integrate(
         t_end=n_steps * dt,
         dt=dt,
         secondary_time=sec_time,
+        secondary_count=sec_count,
     )
 
 
@@ -699,6 +719,7 @@ def _integrate_chunk(
     secondary: SecondaryInfection | None = None,
     draws: SecondaryDraws | None = None,
     out_secondary: FloatArray | None = None,
+    out_episodes: npt.NDArray[np.int64] | None = None,
 ) -> None:
     m = y.shape[0]
     n_rec = out_states.shape[1]
@@ -713,10 +734,13 @@ def _integrate_chunk(
     sec = secondary is not None and draws is not None and out_secondary is not None
     if sec:
         assert secondary is not None and draws is not None and out_secondary is not None
-        exposure = draws.exposure.copy()
-        inoculum = secondary.inoculum_scale * draws.relative_inoculum
+        episodes = secondary.max_episodes
+        exposures = episode_columns(draws.exposure, episodes)
+        inocula = secondary.inoculum_scale * episode_columns(draws.relative_inoculum, episodes)
+        exposure, inoculum = exposures[:, 0].copy(), inocula[:, 0].copy()
+        count = np.zeros(m, dtype=np.int64)  # episodes so far
         cum_hazard = np.zeros(m)
-        t_sec = np.full(m, np.nan)
+        t_sec = np.full(m, np.nan)  # the latest episode's onset (its antibiotic course)
     out_states[idx, 0, :] = y
     out_aux[idx, 0, :] = aux
     half = 0.5 * dt
@@ -779,7 +803,7 @@ def _integrate_chunk(
         if sec:
             assert secondary is not None and out_secondary is not None
             if t0 >= secondary.at_risk_from_h - 1e-9 and t <= secondary.at_risk_until_h + 1e-9:
-                at_risk = ~dead & np.isnan(t_sec)
+                at_risk = ~dead & (count < episodes)
                 rate = secondary.hazard_per_h * np.where(
                     h_rel_start < secondary.low_fraction, secondary.hazard_ratio_low, 1.0
                 )
@@ -787,8 +811,13 @@ def _integrate_chunk(
                 hit = at_risk & (cum_hazard >= exposure)
                 if hit.any():
                     P = P + np.where(hit, inoculum, 0.0)
+                    out_secondary[idx[hit & (count == 0)]] = t  # the first episode's onset
+                    if out_episodes is not None:
+                        out_episodes[idx[hit]] += 1
                     t_sec[hit] = t
-                    out_secondary[idx[hit]] = t
+                    count, cum_hazard, exposure, inoculum = next_episode(
+                        hit, count, cum_hazard, exposures, inocula
+                    )
         if observer is not None:
             cols = [P, N, D, C, H] if ext else [P, N, D, C]
             aux = observer.update(aux, np.stack(cols, axis=1), dt, p, effects)
@@ -810,7 +839,7 @@ def _integrate_chunk(
                         left = secondary.hazard_per_h * max(
                             0.0, secondary.at_risk_until_h - max(t, secondary.at_risk_from_h)
                         )
-                        healed &= ~np.isnan(t_sec) | (cum_hazard + left < exposure)
+                        healed &= (count >= episodes) | (cum_hazard + left < exposure)
                     done |= healed
                 if drop_dead:
                     done |= dead
@@ -829,6 +858,7 @@ def _integrate_chunk(
                     dead = dead[keep]
                     if sec:
                         exposure, inoculum = exposure[keep], inoculum[keep]
+                        exposures, inocula, count = exposures[keep], inocula[keep], count[keep]
                         cum_hazard, t_sec = cum_hazard[keep], t_sec[keep]
                     p = p.take(keep)
                     f = _Rhs(p, deactivation)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -47,6 +47,7 @@ from .observables import (
     PatientTraits,
     daily_observables,
 )
+from .structures import MALS_LOOP, RECURRENCE, draw_secondary
 from .therapies import Schedule, Therapy, get_therapy
 
 #: Background therapy every virtual patient receives from infection onset (therapies.yaml).
@@ -62,7 +63,8 @@ def background_schedule(background: str | Therapy | None, n: int) -> Schedule | 
 
 #: Model variants by name (docs/simulation.md): the published Reynolds 2006 model, plus monocyte
 #: deactivation (insilico.md 6), plus ICU-acquired infections on top of that ("full"); and structural
-#: alternatives (issue 18): the same with death also from uncontrolled pathogen ("*-pathogen-death").
+#: alternatives (issue 18): the same with death also from uncontrolled pathogen ("*-pathogen-death"),
+#: recurring ICU-acquired infections and an IL-1-driven MALS loop (``structures``).
 MODEL_VARIANTS: tuple[str, ...] = (
     "reynolds2006",
     "deactivation",
@@ -70,6 +72,8 @@ MODEL_VARIANTS: tuple[str, ...] = (
     "reynolds2006-pathogen-death",
     "full-pathogen-death",
     "reynolds2006-infection-sofa",
+    "full-recurring-infections",
+    "full-mals-loop",
 )
 
 #: The organ-dysfunction observable of the "*-infection-sofa" variant [design]: up to 4 SOFA points (one
@@ -96,10 +100,15 @@ def model_variant(name: str) -> ModelOptions:
     if name not in MODEL_VARIANTS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODEL_VARIANTS)}")
     base = name.removesuffix("-pathogen-death").removesuffix("-infection-sofa")
+    base = base.removesuffix("-recurring-infections").removesuffix("-mals-loop")
     options: ModelOptions = {
         "deactivation": MONOCYTE_DEACTIVATION if base != "reynolds2006" else None,
         "secondary": SECONDARY_INFECTION if base == "full" else None,
     }
+    if name.endswith("-recurring-infections"):
+        options["secondary"] = replace(SECONDARY_INFECTION, max_episodes=RECURRENCE.max_episodes)
+    if name.endswith("-mals-loop"):
+        options["deactivation"] = replace(MONOCYTE_DEACTIVATION, mals_loop=MALS_LOOP)
     if name.endswith("-pathogen-death"):
         options["death_rule"] = PATHOGEN_DEATH
     if name.endswith("-infection-sofa"):
@@ -284,7 +293,7 @@ def sample_cohort(
     p0 = pri.p0.sample(rng, n)
     traits = PatientTraits(np.zeros(n), pri.ferritin0.sample(rng, n), pri.hla_max.sample(rng, n))
     sec_draws = (
-        SecondaryDraws(rng.exponential(1.0, n), pri.p0.sample(rng, n)) if secondary is not None else None
+        draw_secondary(rng, n, secondary.max_episodes, pri.p0.sample) if secondary is not None else None
     )
     horizon = day28_horizon_h(enrolment_day)
     traj = integrate(
