@@ -7,6 +7,7 @@ sends, and a 405 names every method of the path in ``Allow``."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,3 +159,28 @@ def test_the_export_is_documented_as_the_zip_it_is(fuzz_service: Any) -> None:
     r = httpx.get(f"{base}/trials/1/export", headers=_auth(fuzz_service.tokens["admin"]), timeout=30)
     assert r.status_code == 403  # the exporters are the statistician and the monitor
     assert r.headers["content-type"].startswith("application/json")
+
+
+def test_rules_the_service_applies_are_stated_in_the_document(fuzz_service: Any) -> None:
+    """A request the document allows is not refused by a rule it does not state (schemathesis'
+    positive_data_acceptance): the template names and the Idempotency-Key's length are in it."""
+    base = fuzz_service.base_url
+    doc = httpx.get(f"{base}/openapi.json", timeout=30).json()
+    params = doc["paths"]["/trial-templates/{name}"]["get"]["parameters"]
+    pattern = next(p["schema"]["pattern"] for p in params if p["name"] == "name")
+    names = [
+        t["name"]
+        for t in httpx.get(
+            f"{base}/trial-templates", headers=_auth(fuzz_service.tokens["admin"]), timeout=30
+        ).json()
+    ]
+    assert names and all(re.fullmatch(pattern, n) for n in names)
+    assert re.fullmatch(pattern, "no-such-template") is None
+    for path in (
+        "/trials/{trial_id}/participants",
+        "/trials/{trial_id}/participants/{participant_id}/randomize",
+    ):
+        params = doc["paths"][path]["post"]["parameters"]
+        key = next(p for p in params if p["name"].lower() == "idempotency-key")
+        schema = next(s for s in key["schema"]["anyOf"] if s.get("type") == "string")
+        assert (schema["minLength"], schema["maxLength"]) == (1, 128), path

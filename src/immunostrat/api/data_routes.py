@@ -54,9 +54,14 @@ def list_templates(principal: Annotated[Principal, Depends(ANY)]) -> list[dict[s
     return out
 
 
+TEMPLATE_NAME = "^(" + "|".join(ops.template_names()) + ")$"
+"""The shipped templates' names (each ``[a-z0-9-]+``), stated in the OpenAPI document: another
+name is refused by the schema, not by a rule the document did not show."""
+
+
 @router.get("/trial-templates/{name}", tags=["trials"])
 def get_template(
-    name: Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")],
+    name: Annotated[str, Path(min_length=1, max_length=64, pattern=TEMPLATE_NAME)],
     principal: Annotated[Principal, Depends(ANY)],
 ) -> TrialSpec:
     """One shipped trial file, validated (POST it to ``/trials`` to set the trial up)."""

@@ -198,7 +198,7 @@ def screen(
     trial_id: TrialId,
     body: ScreeningIn,
     principal: Annotated[Principal, Depends(INVESTIGATOR)],
-    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=128)] = None,
 ) -> dict[str, Any]:
     """Screen a patient: observations in any accepted unit, the protocol's decision with reasons.
     Send an ``Idempotency-Key`` header: a retry with the same key and body returns the same
@@ -245,7 +245,7 @@ def randomize(
     trial_id: TrialId,
     participant_id: ParticipantId,
     principal: Annotated[Principal, Depends(INVESTIGATOR)],
-    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=128)] = None,
 ) -> dict[str, Any]:
     """Allocate the next unused slot of the participant's stratum. Send an ``Idempotency-Key``
     header: a retry with the same key returns the same allocation. Blinded roles get a kit number."""
