@@ -16,6 +16,12 @@ mimic-code's rules: O2 delivery device (226732, ventilation.sql/oxygen_delivery.
 "No Response-ETT" (223900, gcs.sql) are blank, so ventilation comes only from ventilator settings
 and procedureevents are not used by mimic-code for it.
 
+Chart items mimic-code's SOFA reads, rows in the demo's MEDS file (all with a number unless said):
+heart rate 220045 (13,913); MAP 220052 (5,560), 220181 (8,342), 225312 (488); SpO2 220277 (13,540);
+FiO2 223835 (1,746); GCS eyes 220739 (3,274), verbal 223900 (3,266), motor 223901 (3,251); weight
+226512 (129), 224639 (441); O2 delivery device 226732 (3,145, no value at all: text); ventilator mode
+223849 (1,048, 1,011 with a number but not the mode's text) and Hamilton mode 229314 (402, likewise).
+
 Output (gzip CSV, in ``--out``):
 - ``mimic_code_sofa_hourly.csv.gz``: stay_id, hr, endtime and the 24-hour component scores and total
   of ``mimiciv_derived.sofa`` (one row per stay-hour);
