@@ -9,9 +9,10 @@ that cannot is an error, ``"auto"`` falls back to numpy.
 What the compiled engines run today: the published Reynolds 2006 model (model variants ``reynolds2006`` and
 ``reynolds2006-pathogen-death``) with every therapy hook and schedule, the damage death rule and the pathogen
 one (``DeathRule.p_crit``), full courses (``drop_healed`` and ``drop_dead`` False: the numpy engine's
-freezing of healed patients changes their records by round-off, so only full courses compare exactly). The
-monocyte-deactivation extension (H, ``hla_gain``), secondary infections, the MALS loop and observers (the
-biomarker observer of virtual populations) run on numpy only.
+freezing of healed patients changes their records by round-off, so only full courses compare exactly);
+numba also the monocyte-deactivation extension (state H, the ``hla_gain`` hook: model variant
+``deactivation``). Secondary infections, the MALS loop and observers (the biomarker observer of virtual
+populations) run on numpy only.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def unsupported(
         return None
     features = [
         ("an observer", observer is not None),
-        ("the monocyte-deactivation extension", deactivation is not None),
+        ("the monocyte-deactivation extension", deactivation is not None and engine == "jax"),
+        ("the MALS loop", deactivation is not None and getattr(deactivation, "mals_loop", None) is not None),
         ("secondary infections", secondary is not None),
         ("drop_healed", drop_healed),
         ("drop_dead", drop_dead),
@@ -126,8 +128,10 @@ def integrate_on(
             **kwargs,
         )
     kwargs.pop("secondary_draws", None)  # unused without secondary infections
-    run = numba_backend.integrate_numba if chosen == "numba" else jax_backend.integrate_jax
-    traj = run(y0, params, **kwargs)
+    if chosen == "numba":
+        traj = numba_backend.integrate_numba(y0, params, deactivation=deactivation, **kwargs)
+    else:
+        traj = jax_backend.integrate_jax(y0, params, **kwargs)
     if progress is not None:
         progress(traj.size, traj.size)
     return traj

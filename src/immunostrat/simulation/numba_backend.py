@@ -1,7 +1,8 @@
 """Optional numba backend of the batch RK4 integrator (same equations, step, effects and death rule).
 
-``integrate_numba`` takes the same arguments as :func:`jax_backend.integrate_jax` (no observer, the pure
-Reynolds 2006 model, with the damage death rule and, when ``DeathRule.p_crit`` is set, the pathogen one)
+``integrate_numba`` takes the arguments of :func:`jax_backend.integrate_jax` (no observer, the Reynolds 2006
+model, with the damage death rule and, when ``DeathRule.p_crit`` is set, the pathogen one) plus the
+monocyte-deactivation extension (``deactivation=``, as :func:`model.integrate`)
 and returns the same :class:`model.Trajectory`, with every patient integrated over the full course (no
 freezing). :mod:`engines` chooses between the engines and says which requests each one runs.
 
@@ -32,6 +33,7 @@ from .model import (
     DEFAULT_DT,
     OUTCOME_HORIZON_H,
     PARAMETER_NAMES,
+    DeactivationParameters,
     DeathRule,
     PatientParameters,
     Trajectory,
@@ -52,19 +54,24 @@ _LANES = 64
 _ROWS: tuple[str, ...] = (
     *PARAMETER_NAMES,
     "x_dn6",
+    "c_h",
+    "inv_h0",
     "il1",
+    "hla_gain",
     "kpn_gain",
     "cinf_gain",
     "k_nn_eff",
     "k_nd_eff",
     "k_pn_eff",
     "inv_cinf2",
+    "inv_ch2",
     "ca_source",
     "kill",
     "P",
     "N_star",
     "D",
     "CA",
+    "H",
     "since",
     "died",
 )
@@ -76,24 +83,32 @@ _K_PG, _P_INF, _K_PM, _K_MP, _S_M, _MU_M = (_OFF[k] for k in ("k_pg", "p_inf", "
 _K_PN, _K_NP, _K_NN, _K_ND = (_OFF[k] for k in ("k_pn", "k_np", "k_nn", "k_nd"))
 _S_NR, _MU_NR, _MU_N, _K_DN, _MU_D = (_OFF[k] for k in ("s_nr", "mu_nr", "mu_n", "k_dn", "mu_d"))
 _C_INF, _S_C, _K_CN, _K_CND, _MU_C = (_OFF[k] for k in ("c_inf", "s_c", "k_cn", "k_cnd", "mu_c"))
-_X_DN6 = _OFF["x_dn6"]
+_X_DN6, _C_H, _INV_H0, _A_HLA, _E_INV_CH2, _Y_H = (
+    _OFF[k] for k in ("x_dn6", "c_h", "inv_h0", "hla_gain", "inv_ch2", "H")
+)
 _A_IL1, _A_KPN, _A_CINF = (_OFF[k] for k in ("il1", "kpn_gain", "cinf_gain"))
 _E_KNN, _E_KND, _E_KPN, _E_INV_CINF2, _E_CA, _E_KILL = (
     _OFF[k] for k in ("k_nn_eff", "k_nd_eff", "k_pn_eff", "inv_cinf2", "ca_source", "kill")
 )
 _Y_P, _Y_N, _Y_D, _Y_C, _SINCE, _DIED = (_OFF[k] for k in ("P", "N_star", "D", "CA", "since", "died"))
-_N_PARAMS = len(PARAMETER_NAMES) + 1  # with x_dn6, packed by the caller
+_N_PARAMS = len(PARAMETER_NAMES) + 3  # with x_dn6, C_H and 1/H_0, packed by the caller
 
 # Where each hook's effects are summed. hla_gain acts on the deactivation extension only, which this backend
 # does not model (as the JAX one).
-_HOOK_ROW = {"il1": _A_IL1, "kpn_gain": _A_KPN, "cinf_gain": _A_CINF, "ca_source": _E_CA, "kill": _E_KILL}
-_IGNORED_HOOKS = ("hla_gain",)
+_HOOK_ROW = {
+    "il1": _A_IL1,
+    "kpn_gain": _A_KPN,
+    "cinf_gain": _A_CINF,
+    "ca_source": _E_CA,
+    "kill": _E_KILL,
+    "hla_gain": _A_HLA,
+}
 
 # Explicit C-contiguous types: the kernel compiles once, when built, and a wrongly laid-out array fails
 # loudly instead of triggering a silent recompilation.
 _SIGNATURE = (
     "void(float64[:, ::1], float64[:, ::1], int64[::1], float64[:, :, ::1], int64, int64, float64, float64, "
-    "float64, boolean, float64, float64[:, :, ::1], float64[::1])"
+    "float64, boolean, float64, boolean, float64, float64[:, :, ::1], float64[::1])"
 )
 
 _KERNEL: Callable[..., None] | None = None
@@ -119,6 +134,7 @@ def _build() -> Callable[..., None]:
             w[_A_IL1 + lane] = 0.0
             w[_A_KPN + lane] = 0.0
             w[_A_CINF + lane] = 0.0
+            w[_A_HLA + lane] = 0.0
             w[_E_CA + lane] = 0.0
             w[_E_KILL + lane] = 0.0
         for j in range(acc.shape[0]):
@@ -141,10 +157,14 @@ def _build() -> Callable[..., None]:
             w[_E_KPN + lane] = w[_K_PN + lane] * (1.0 + w[_A_KPN + lane])
             cinf = w[_C_INF + lane] * (1.0 + w[_A_CINF + lane])
             w[_E_INV_CINF2 + lane] = 1.0 / (cinf * cinf)
+            c_h = w[_C_H + lane] * (1.0 + w[_A_CINF + lane]) * (1.0 + w[_A_HLA + lane])
+            w[_E_INV_CH2 + lane] = 1.0 / (c_h * c_h)
 
     # Inlined into the step (numba IR level) so that the vectoriser sees one loop body without calls.
     @numba.njit(fastmath=False, error_model="numpy", inline="always")
-    def rhs(P: float, N: float, D: float, C: float, w: Any, lane: int) -> tuple[float, float, float, float]:
+    def rhs(
+        P: float, N: float, D: float, C: float, ks: float, w: Any, lane: int
+    ) -> tuple[float, float, float, float]:
         # The expressions of the numpy engine's _Rhs, in its order, so that both round alike.
         inv = 1.0 / (1.0 + C * C * w[_E_INV_CINF2 + lane])
         f_n = N * inv
@@ -153,7 +173,7 @@ def _build() -> Callable[..., None]:
             w[_K_PG + lane]
             - w[_K_PG + lane] / w[_P_INF + lane] * P
             - w[_K_PM + lane] * w[_S_M + lane] / (w[_MU_M + lane] + w[_K_MP + lane] * P)
-            - w[_E_KPN + lane] * f_n
+            - w[_E_KPN + lane] * f_n * ks
             - w[_E_KILL + lane]
         )
         d_n = w[_S_NR + lane] * r / (w[_MU_NR + lane] + r) - w[_MU_N + lane] * N
@@ -166,7 +186,15 @@ def _build() -> Callable[..., None]:
 
     @jit
     def rk4_step(
-        w: Any, dt: float, t: float, d_crit: float, hold: float, pdeath: bool, p_crit: float
+        w: Any,
+        dt: float,
+        t: float,
+        d_crit: float,
+        hold: float,
+        pdeath: bool,
+        p_crit: float,
+        ext: bool,
+        k_rec: float,
     ) -> None:
         half = 0.5 * dt
         sixth = dt / 6.0
@@ -176,14 +204,32 @@ def _build() -> Callable[..., None]:
             N = w[_Y_N + lane]
             D = w[_Y_D + lane]
             C = w[_Y_C + lane]
-            k1 = rhs(P, N, D, C, w, lane)
-            k2 = rhs(P + half * k1[0], N + half * k1[1], D + half * k1[2], C + half * k1[3], w, lane)
-            k3 = rhs(P + half * k2[0], N + half * k2[1], D + half * k2[2], C + half * k2[3], w, lane)
-            k4 = rhs(P + dt * k3[0], N + dt * k3[1], D + dt * k3[2], C + dt * k3[3], w, lane)
+            # Monocyte deactivation (model.DeactivationParameters): killing scaled by H/H_0, H advanced by
+            # its exact exponential update as in model._integrate_chunk; without it every scale is 1.0,
+            # and x * 1.0 == x, so the Reynolds system is unchanged to the bit.
+            H = w[_Y_H + lane]
+            inv_h0 = w[_INV_H0 + lane]
+            inv_ch2 = w[_E_INV_CH2 + lane]
+            x2_0 = C * C * inv_ch2
+            h_inf = 1.0 / (1.0 + x2_0)
+            decay = math.exp(-k_rec * (1.0 + x2_0) * half) if ext else 1.0
+            h_mid = h_inf + (H - h_inf) * decay
+            h_end = h_inf + (H - h_inf) * decay * decay
+            s1 = H * inv_h0 if ext else 1.0
+            s2 = h_mid * inv_h0 if ext else 1.0
+            s4 = h_end * inv_h0 if ext else 1.0
+            k1 = rhs(P, N, D, C, s1, w, lane)
+            k2 = rhs(P + half * k1[0], N + half * k1[1], D + half * k1[2], C + half * k1[3], s2, w, lane)
+            k3 = rhs(P + half * k2[0], N + half * k2[1], D + half * k2[2], C + half * k2[3], s2, w, lane)
+            k4 = rhs(P + dt * k3[0], N + dt * k3[1], D + dt * k3[2], C + dt * k3[3], s4, w, lane)
             P = P + sixth * (k1[0] + 2.0 * (k2[0] + k3[0]) + k4[0])
             N = N + sixth * (k1[1] + 2.0 * (k2[1] + k3[1]) + k4[1])
             D = D + sixth * (k1[2] + 2.0 * (k2[2] + k3[2]) + k4[2])
             C = C + sixth * (k1[3] + 2.0 * (k2[3] + k3[3]) + k4[3])
+            if ext:
+                x2 = 0.5 * (x2_0 + C * C * inv_ch2)
+                h_inf = 1.0 / (1.0 + x2)
+                w[_Y_H + lane] = h_inf + (H - h_inf) * math.exp(-k_rec * (1.0 + x2) * dt)
             # Comparisons rather than max() so that a NaN state propagates as through np.maximum.
             w[_Y_P + lane] = 0.0 if P < 0.0 else P
             w[_Y_N + lane] = 0.0 if N < 0.0 else N
@@ -210,6 +256,8 @@ def _build() -> Callable[..., None]:
         hold: float,
         pdeath: bool,
         p_crit: float,
+        ext: bool,
+        k_rec: float,
         states: Any,
         death: Any,
     ) -> None:
@@ -238,12 +286,14 @@ def _build() -> Callable[..., None]:
                 w[_E_KND + lane] = w[_K_ND + lane]
                 w[_E_KPN + lane] = w[_K_PN + lane]
                 w[_E_INV_CINF2 + lane] = 1.0 / (w[_C_INF + lane] * w[_C_INF + lane])
+                w[_E_INV_CH2 + lane] = 1.0 / (w[_C_H + lane] * w[_C_H + lane])
                 w[_E_CA + lane] = 0.0
                 w[_E_KILL + lane] = 0.0
                 w[_Y_P + lane] = y0[i, 0]
                 w[_Y_N + lane] = y0[i, 1]
                 w[_Y_D + lane] = y0[i, 2]
                 w[_Y_C + lane] = y0[i, 3]
+                w[_Y_H + lane] = y0[i, 4] if ext else 0.0
                 w[_SINCE + lane] = math.inf
                 w[_DIED + lane] = math.nan
             treated = False
@@ -256,7 +306,7 @@ def _build() -> Callable[..., None]:
                         effects(tm, acc, decays, w)
                         treated = in_window
                     step += 1
-                    rk4_step(w, dt, step * dt, d_crit, hold, pdeath, p_crit)
+                    rk4_step(w, dt, step * dt, d_crit, hold, pdeath, p_crit, ext, k_rec)
                 for lane in range(_LANES):
                     i = b * _LANES + lane
                     if i < n:
@@ -264,10 +314,12 @@ def _build() -> Callable[..., None]:
                         states[i, rec, 1] = w[_Y_N + lane]
                         states[i, rec, 2] = w[_Y_D + lane]
                         states[i, rec, 3] = w[_Y_C + lane]
+                        if ext:
+                            states[i, rec, 4] = w[_Y_H + lane]
             for lane in range(_LANES):
                 i = b * _LANES + lane
                 if i < n:
-                    for j in range(4):
+                    for j in range(y0.shape[1]):
                         states[i, 0, j] = y0[i, j]
                     death[i] = w[_DIED + lane]
 
@@ -291,8 +343,12 @@ def integrate_numba(
     record_every: float = 24.0,
     death_rule: DeathRule = DeathRule(),
     chunk_size: int = 1024,
+    deactivation: DeactivationParameters | None = None,
 ) -> Trajectory:
     """numba twin of :func:`model.integrate` (full integration, no observer); see the module docstring.
+
+    ``deactivation``: the monocyte-deactivation extension (state H, the ``hla_gain`` hook), as in
+    :func:`model.integrate`; its MALS loop runs on the numpy engine only.
 
     ``chunk_size`` is accepted so that the backends are interchangeable, and unused: blocks of patients are
     fixed by the kernel, and no program is compiled per batch shape.
@@ -306,8 +362,19 @@ def integrate_numba(
     if any(r.shape != (n,) for r in rows):
         raise ValueError(f"every parameter must have shape ({n},)")
     # x_dn^6 by numpy, as the numpy engine computes it: a compiled power could differ in the last bit.
-    q = np.ascontiguousarray(np.stack([*rows, rows[PARAMETER_NAMES.index("x_dn")] ** 6]))
-    comps = [c for c in (schedule.components if schedule is not None else ()) if c.hook not in _IGNORED_HOOKS]
+    x_dn6 = rows[PARAMETER_NAMES.index("x_dn")] ** 6
+    ext = deactivation is not None
+    if deactivation is not None:
+        if getattr(deactivation, "mals_loop", None) is not None:
+            raise ValueError("the MALS loop (DeactivationParameters.mals_loop) runs on the numpy engine only")
+        # C_H, H_0 and 1/H_0 by numpy, as the numpy engine computes them.
+        h0 = deactivation.h_baseline(params)
+        q = np.ascontiguousarray(np.stack([*rows, x_dn6, deactivation.c_h(params), 1.0 / h0]))
+        y = np.ascontiguousarray(np.concatenate([y, h0[:, None]], axis=1))
+    else:
+        q = np.ascontiguousarray(np.stack([*rows, x_dn6, np.ones(n), np.ones(n)]))
+    # hla_gain acts on the deactivation extension only (as in the numpy engine): dropped without it.
+    comps = [c for c in (schedule.components if schedule is not None else ()) if ext or c.hook != "hla_gain"]
     unknown = sorted({c.hook for c in comps} - set(_HOOK_ROW))
     if unknown:
         raise ValueError(f"therapy hook(s) not supported by the numba backend: {unknown}")
@@ -320,7 +387,7 @@ def integrate_numba(
             if arr.shape != (n,):
                 raise ValueError(f"every therapy schedule array must have shape ({n},), got {arr.shape}")
             comp[:, j, f] = arr
-    states = np.empty((n, n_rec, 4))
+    states = np.empty((n, n_rec, y.shape[1]))
     death = np.empty(n)
     if n:
         _kernel()(
@@ -335,6 +402,8 @@ def integrate_numba(
             death_rule.hold_h - 1e-9,
             math.isfinite(death_rule.p_crit),
             float(death_rule.p_crit) if math.isfinite(death_rule.p_crit) else 0.0,
+            ext,
+            deactivation.k_rec if deactivation is not None else 0.0,
             states,
             death,
         )
