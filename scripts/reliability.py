@@ -694,8 +694,8 @@ def write_report(path: Path, findings: list[Finding], settings: str, seconds: fl
         lines.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
     lines += [
         "",
-        "Not covered by this run: schemathesis' two request-data checks (requests the schema allows but a "
-        "rule refuses, values pydantic converts; `HELD_CHECKS` in `scripts/fuzz.py` names what CI holds), "
+        "Not covered by this run: schemathesis' positive_data_acceptance check (requests the schema allows "
+        "but a rule refuses; `HELD_CHECKS` in `scripts/fuzz.py` names what CI holds), "
         "the bedside `/classify` rate (`python benchmarks/classify.py`) and the throughput target "
         "(`python benchmarks/trial.py`; the load rows above are measured with the other checks running).",
         "",
