@@ -108,17 +108,19 @@ _HOOK_ROW = {
 # loudly instead of triggering a silent recompilation.
 _SIGNATURE = (
     "void(float64[:, ::1], float64[:, ::1], int64[::1], float64[:, :, ::1], int64, int64, float64, float64, "
-    "float64, boolean, float64, boolean, float64, float64[:, :, ::1], float64[::1])"
+    "float64, boolean, float64, float64, float64[:, :, ::1], float64[::1])"
 )
 
-_KERNEL: Callable[..., None] | None = None
+_KERNELS: dict[bool, Callable[..., None]] = {}
 
 
 def available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-def _build() -> Callable[..., None]:
+def _build(ext: bool) -> Callable[..., None]:
+    """The kernel without (``ext`` False) or with the monocyte-deactivation extension: ``ext`` is a
+    compile-time constant of the closure, so the Reynolds kernel carries none of the extension's work."""
     numba: Any = importlib.import_module("numba")
     # error_model="numpy": a division by zero gives inf/nan as in numpy instead of raising, which also
     # removes the zero test that would keep divisions out of SIMD code. fastmath stays off so that the
@@ -193,7 +195,6 @@ def _build() -> Callable[..., None]:
         hold: float,
         pdeath: bool,
         p_crit: float,
-        ext: bool,
         k_rec: float,
     ) -> None:
         half = 0.5 * dt
@@ -256,7 +257,6 @@ def _build() -> Callable[..., None]:
         hold: float,
         pdeath: bool,
         p_crit: float,
-        ext: bool,
         k_rec: float,
         states: Any,
         death: Any,
@@ -306,7 +306,7 @@ def _build() -> Callable[..., None]:
                         effects(tm, acc, decays, w)
                         treated = in_window
                     step += 1
-                    rk4_step(w, dt, step * dt, d_crit, hold, pdeath, p_crit, ext, k_rec)
+                    rk4_step(w, dt, step * dt, d_crit, hold, pdeath, p_crit, k_rec)
                 for lane in range(_LANES):
                     i = b * _LANES + lane
                     if i < n:
@@ -326,11 +326,10 @@ def _build() -> Callable[..., None]:
     return kernel
 
 
-def _kernel() -> Callable[..., None]:
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _build()
-    return _KERNEL
+def _kernel(ext: bool) -> Callable[..., None]:
+    if ext not in _KERNELS:
+        _KERNELS[ext] = _build(ext)
+    return _KERNELS[ext]
 
 
 def integrate_numba(
@@ -390,7 +389,7 @@ def integrate_numba(
     states = np.empty((n, n_rec, y.shape[1]))
     death = np.empty(n)
     if n:
-        _kernel()(
+        _kernel(ext)(
             y,
             q,
             acc,
@@ -402,7 +401,6 @@ def integrate_numba(
             death_rule.hold_h - 1e-9,
             math.isfinite(death_rule.p_crit),
             float(death_rule.p_crit) if math.isfinite(death_rule.p_crit) else 0.0,
-            ext,
             deactivation.k_rec if deactivation is not None else 0.0,
             states,
             death,
