@@ -184,3 +184,12 @@ def test_rules_the_service_applies_are_stated_in_the_document(fuzz_service: Any)
         key = next(p for p in params if p["name"].lower() == "idempotency-key")
         schema = next(s for s in key["schema"]["anyOf"] if s.get("type") == "string")
         assert (schema["minLength"], schema["maxLength"]) == (1, 128), path
+    hook = doc["components"]["schemas"]["HookRequest"]["properties"]["hook"]
+    assert hook.get("const") == "patient-view" or hook.get("enum") == ["patient-view"]
+    answer = httpx.post(
+        f"{base}/cds-services/immunostrat-endotype",
+        json={"hook": "order-select", "hookInstance": "x", "context": {"patientId": "p1"}},
+        headers=_auth(fuzz_service.tokens["clinician"]),
+        timeout=30,
+    )
+    assert answer.status_code == 422 and answer.json()["field"] == "hook", answer.text
