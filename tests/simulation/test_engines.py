@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,9 @@ from immunostrat.simulation.model import (
     integrate,
     patient_parameters,
 )
+from immunostrat.simulation.numba_backend import integrate_numba
 from immunostrat.simulation.population import model_variant
+from immunostrat.simulation.structures import MALS_LOOP
 from immunostrat.simulation.therapies import Schedule
 
 COMPILED = [e for e in ENGINES if e != "numpy"]
@@ -103,3 +107,17 @@ def test_named_engine_that_cannot_run_a_request_is_an_error() -> None:
             with pytest.raises(ValueError, match="numpy engine only"):
                 choose(engine, secondary=SECONDARY_INFECTION)
     assert unsupported("numpy", deactivation=MONOCYTE_DEACTIVATION, drop_healed=True) is None
+
+
+def test_mals_loop_runs_on_numpy_only() -> None:
+    """The MALS loop is not compiled: auto falls back to numpy, a named compiled engine refuses it."""
+    loop = replace(MONOCYTE_DEACTIVATION, mals_loop=MALS_LOOP)
+    assert choose("auto", deactivation=loop) == "numpy"
+    for engine in COMPILED:
+        if installed(engine):
+            with pytest.raises(ValueError, match="MALS loop"):
+                choose(engine, deactivation=loop)
+    if installed("numba"):
+        y0, params = _batch(8)
+        with pytest.raises(ValueError, match="MALS loop"):
+            integrate_numba(y0, params, t_end=24.0, deactivation=loop)
