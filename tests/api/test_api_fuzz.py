@@ -193,3 +193,6 @@ def test_rules_the_service_applies_are_stated_in_the_document(fuzz_service: Any)
         timeout=30,
     )
     assert answer.status_code == 422 and answer.json()["field"] == "hook", answer.text
+    for name in ("ClassifyIn", "ScoreIn"):
+        one_of = doc["components"]["schemas"][name]["oneOf"]
+        assert sorted(tuple(branch["required"]) for branch in one_of) == [("bundle",), ("observations",)]

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import polars as pl
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import JsonValue
 
 from immunostrat.api.auth import ALL_ROLES, Principal, require_current
 from immunostrat.concepts import observations_from_records
@@ -49,8 +50,16 @@ class LongObservation(BaseModel):
     unit: str = ""
 
 
+ONE_SOURCE: list[JsonValue] = [
+    {"required": ["observations"], "properties": {"observations": {"type": "array"}}},
+    {"required": ["bundle"], "properties": {"bundle": {"type": "object"}}},
+]
+"""Exactly one of ``observations`` and ``bundle`` (not null): the rule of ``_one_source``, stated in
+the OpenAPI document so that a request it allows is not refused by a rule it did not show."""
+
+
 class ObservationsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": ONE_SOURCE})
     patient: PatientIn | None = None
     observations: list[LongObservation] | None = None
     bundle: dict[str, Any] | None = Field(default=None, description="a FHIR R4 Bundle (or one resource)")
