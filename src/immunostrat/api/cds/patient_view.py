@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,6 +14,7 @@ from immunostrat.api.cds.fhir_fetch import complete_prefetch
 from immunostrat.api.cds.jwt_auth import CdsCaller, cds_caller
 from immunostrat.api.cds.settings import CdsSettings, cds_settings
 from immunostrat.api.clinical import ClassifyIn, canonical_frame, canonical_observations
+from immunostrat.errors import InputError
 from immunostrat.sources.fhir_patient import read_fhir
 from immunostrat.trial import eligibility
 
@@ -34,9 +35,7 @@ class FhirAuthorization(BaseModel):
 
 class HookRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    hook: Literal["patient-view"] = Field(
-        description="the hook this service answers (stated here: another is refused by the schema)"
-    )
+    hook: str
     hookInstance: str = Field(min_length=1)
     context: HookContext
     prefetch: dict[str, Any] | None = None
@@ -51,6 +50,8 @@ def patient_view(
     caller: Annotated[CdsCaller, Depends(cds_caller)],
     settings: Annotated[CdsSettings, Depends(cds_settings)],
 ) -> dict[str, Any]:
+    if body.hook != "patient-view":
+        raise InputError("this service answers the patient-view hook", field="hook", value=body.hook)
     decided_at = datetime.now(UTC)
     patient_id = body.context.patientId
     auth = body.fhirAuthorization.model_dump() if body.fhirAuthorization else None
