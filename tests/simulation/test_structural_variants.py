@@ -48,9 +48,13 @@ def test_pathogen_death_variants() -> None:
     }  # fmt: skip
     assert model_variant("full-pathogen-death")["death_rule"] == PATHOGEN_DEATH
     assert "death_rule" not in model_variant("full")
+    # the compiled engine runs the rule too, on the same steps as numpy
     params = patient_parameters(2)
-    with pytest.raises(ValueError, match="numpy engine only"):
-        integrate_numba(initial_state([0.5, 1.5], params), params, death_rule=PATHOGEN_DEATH)
+    y0 = initial_state([0.5, 1.5], params)
+    numpy_run = integrate(y0, params, death_rule=PATHOGEN_DEATH, drop_healed=False)
+    numba_run = integrate_numba(y0, params, death_rule=PATHOGEN_DEATH)
+    np.testing.assert_allclose(numba_run.states, numpy_run.states, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(numba_run.death_time, numpy_run.death_time)
 
 
 def test_infection_sofa_adds_points_from_the_pathogen_only() -> None:

@@ -2,6 +2,7 @@
 therapies, trial designs and the batch integrators (numpy, optional JAX and numba, Ray/Dask).
 """
 
+from .engines import ENGINE_CHOICES, choose, integrate_on
 from .jax_backend import integrate_jax
 from .model import (
     DEFAULT_DT,
@@ -63,6 +64,7 @@ __all__ = [
     "DEFAULT_DT",
     "DESIGNS",
     "ENDOTYPE_NAMES",
+    "ENGINE_CHOICES",
     "MODEL_VARIANTS",
     "MONOCYTE_DEACTIVATION",
     "OUTCOME_NAMES",
@@ -87,6 +89,7 @@ __all__ = [
     "TrialDesign",
     "TrialResults",
     "VirtualPopulation",
+    "choose",
     "classify",
     "daily_observables",
     "generate_population",
@@ -96,6 +99,7 @@ __all__ = [
     "integrate",
     "integrate_jax",
     "integrate_numba",
+    "integrate_on",
     "load_therapies",
     "model_variant",
     "observations_frame",

@@ -496,8 +496,8 @@ class DeathRule:
 
     ``p_crit`` (structural alternative, not in Reynolds 2006 or insilico.md): death also when the pathogen P
     stays at or above ``p_crit`` for ``hold_h`` hours (uncontrolled infection), so a therapy that weakens
-    pathogen control can kill without tissue damage. Infinite (the default): the damage rule alone. Only
-    the numpy engine runs it.
+    pathogen control can kill without tissue damage. Infinite (the default): the damage rule alone. The
+    numpy, numba and JAX engines run it (``simulation.engines``).
     """
 
     d_crit: float = 10.0

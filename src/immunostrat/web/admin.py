@@ -100,7 +100,7 @@ async def create_user(request: Request) -> Response:
         trial_text, _, site = values["site"].partition(":")
         body.update(trial_id=int(trial_text) if trial_text.isdigit() else None, site=site)
     try:
-        spec = UserIn.model_validate(body)
+        spec = UserIn.model_validate(body, strict=False)
     except ValidationError as exc:
         for e in exc.errors():
             key = (
@@ -141,7 +141,7 @@ async def update_user(request: Request, user_id: int) -> Response:
     else:
         raise PageError(422, "no such change")
     try:
-        spec = UserUpdate.model_validate(change)
+        spec = UserUpdate.model_validate(change, strict=False)
     except ValidationError as exc:
         raise PageError(422, f"{exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
 

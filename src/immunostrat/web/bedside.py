@@ -286,7 +286,8 @@ def decide(principal: Principal, out: Gathered, at: datetime, with_timeline: boo
     }
     patient.setdefault("patient_id", "bedside")
     body = clinical.ClassifyIn.model_validate(
-        {"patient": patient, "observations": out.records, "at": at, "protocol_id": PROTOCOL_ID}
+        {"patient": patient, "observations": out.records, "at": at, "protocol_id": PROTOCOL_ID},
+        strict=False,
     )
     result = clinical.classify(body, principal)
     context: dict[str, Any] = {"result": result, "timeline": None}

@@ -219,7 +219,7 @@ async def screen(request: Request, trial_id: int) -> Response:
         body["form"], _ = form_values(form, data, prefix="form__")
     key = str(data.get("idempotency_key", "")) or None
     try:
-        screening = ScreeningIn.model_validate(body)
+        screening = ScreeningIn.model_validate(body, strict=False)
     except ValidationError as exc:
         for e in exc.errors():
             context["errors"][".".join(str(p) for p in e["loc"])] = str(e["msg"])
@@ -450,7 +450,8 @@ async def save_form(
     context["reason"] = reason or ""
     try:
         body = FormIn.model_validate(
-            {"visit_date": context["visit_date"], "values": values, "not_done": not_done, "reason": reason}
+            {"visit_date": context["visit_date"], "values": values, "not_done": not_done, "reason": reason},
+            strict=False,
         )
     except ValidationError as exc:
         for e in exc.errors():
@@ -484,7 +485,8 @@ async def raise_query(
                 "form": form_id,
                 "field": str(data.get("field", "")),
                 "text": str(data.get("text", "")),
-            }
+            },
+            strict=False,
         )
     except ValidationError as exc:
         raise PageError(422, "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())) from None

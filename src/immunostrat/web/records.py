@@ -361,7 +361,8 @@ async def record_adverse_event(request: Request, trial_id: int) -> Response:
         body["aware_at"] = _utc(values["aware_at"])
     event: AdverseEventIn | None = None
     try:
-        event = AdverseEventIn.model_validate(body)
+        # An HTML form sends text ("3", "2026-01-02"): the strict API models are applied in lax mode.
+        event = AdverseEventIn.model_validate(body, strict=False)
     except ValidationError as exc:
         for e in exc.errors():
             key = _error_key(tuple(e["loc"]))
@@ -393,7 +394,8 @@ async def report_adverse_event(request: Request, trial_id: int, ae_id: int) -> R
     reference = str(data.get("reference", "")).strip() or None
     try:
         body = AdverseEventReportIn.model_validate(
-            {"reported_at": _utc(reported_at) if reported_at else None, "reference": reference}
+            {"reported_at": _utc(reported_at) if reported_at else None, "reference": reference},
+            strict=False,
         )
     except ValidationError as exc:
         context = await run_in_threadpool(_ae_context, request, principal, trial_id)
