@@ -12,6 +12,8 @@ bucket time with interval bounds (``range=(-23 h, 0)``: the 24 buckets ending at
 Worst values (the rules of ``scores/windows.py``, on the hourly grid):
 
 - platelets, GCS, MAP, recorded ``urine_output_24h``: minimum; bilirubin, creatinine: maximum (exact).
+  Inputs a definition reads beyond sofa-1996's (sofa-2): GCS motor, pH, bicarbonate minimum;
+  potassium maximum; RRT, ECMO, mechanical circulatory support, delirium drug maximum (1 = present).
 - respiration: each PaO2 is paired with the latest FiO2 charted in the preceding 4 h and the latest
   respiratory-support status of the preceding 24 h (found with RANGE windows over the event times plus
   an equi-join back on that time, not an as-of join), scored with the SOFA expressions; a window keeps
@@ -85,12 +87,25 @@ WINDOW_HOURS = 24
 
 VASOPRESSORS = ("dopamine_rate", "dobutamine_rate", "epinephrine_rate", "norepinephrine_rate")
 # Every vasoactive concept the engine can carry; a variant gets those its definition reads (sofa-2
-# also vasopressin, an "other agent").
-ALL_VASOPRESSORS = (*VASOPRESSORS, "vasopressin_rate")
+# also vasopressin, phenylephrine and milrinone, "other agents", and with its option other_vasoactive
+# clifpy's angiotensin II and isoproterenol).
+ALL_VASOPRESSORS = (
+    *VASOPRESSORS,
+    "vasopressin_rate",
+    "phenylephrine_rate",
+    "milrinone_rate",
+    "angiotensin_ii_rate",
+    "isoproterenol_rate",
+)
 # Shorter urine windows (hours) for definitions that read urine_output_<h>h (sofa-2).
 SHORT_URINE_HOURS = (6, 12)
 WORST_MIN = ("platelets", "gcs", "map", "urine_output_24h")
 WORST_MAX = ("bilirubin", "creatinine")
+# Inputs only some definitions read (sofa-2: motor GCS, the RRT criteria labs, organ support and
+# delirium drugs), each carried over the same 24-h window with its worst-value rule; the organ-support
+# and drug concepts are 1 when present, so their worst value is the highest.
+EXTRA_WORST_MIN = ("gcs_motor", "ph", "bicarbonate")
+EXTRA_WORST_MAX = ("potassium", "rrt", "ecmo", "mechanical_circulatory_support", "delirium_drug")
 RESPIRATION = ("pao2", "fio2", "mechanical_ventilation")
 INFECTION = ("antibiotic", "culture")
 SOFA_CONCEPTS = (*RESPIRATION, *WORST_MIN, *WORST_MAX, *VASOPRESSORS, "urine_output")
@@ -235,9 +250,13 @@ def plan_hourly(
     vasopressors = tuple(c for c in ALL_VASOPRESSORS if c in wanted)
     spo2_limit = float(sofa_spec["spo2_fio2_max_spo2_exclusive"]) if "spo2_fio2_ratio" in wanted else None
     urine_hours = tuple(h for h in SHORT_URINE_HOURS if f"urine_output_{h}h" in wanted)
+    worst_min = (*WORST_MIN, *[c for c in EXTRA_WORST_MIN if c in wanted])
+    worst_max = (*WORST_MAX, *[c for c in EXTRA_WORST_MAX if c in wanted])
+    extra_inputs = [c for c in (*EXTRA_WORST_MIN, *EXTRA_WORST_MAX) if c in wanted]
     provided = [
         *SOFA_INPUTS,
         *[c for c in vasopressors if c not in SOFA_INPUTS],
+        *extra_inputs,
         *(["spo2_fio2_ratio"] if spo2_limit is not None else []),
         *[f"urine_output_{h}h" for h in urine_hours],
         *(["weight_kg"] if "weight_kg" in wanted else []),
@@ -272,7 +291,13 @@ def plan_hourly(
     bounds = bounds.mutate(lo=bounds.grid_first - ibis.interval(hours=lookback))
 
     needed = sorted(
-        {*SOFA_CONCEPTS, *vasopressors, *(["spo2"] if spo2_limit is not None else []), *biomarkers}
+        {
+            *SOFA_CONCEPTS,
+            *vasopressors,
+            *extra_inputs,
+            *(["spo2"] if spo2_limit is not None else []),
+            *biomarkers,
+        }
     )
     obs = observations.select(
         stay_id=observations.patient_id.cast("string"),
@@ -293,9 +318,9 @@ def plan_hourly(
 
     # -- simple worst values, urine events, biomarker times: one pass over the observations
     aggs: dict[str, Any] = {}
-    for c in WORST_MIN:
+    for c in worst_min:
         aggs[c] = o.value.min(where=where(c))
-    for c in WORST_MAX:
+    for c in worst_max:
         aggs[c] = o.value.max(where=where(c))
     aggs["urine_sum"] = o.value.sum(where=where("urine_output"))  # null when no urine event
     for c in biomarkers:
@@ -424,9 +449,9 @@ def plan_hourly(
     w24 = ibis.window(group_by=wide.stay_id, order_by=wide.bucket, rows=(-(WINDOW_HOURS - 1), 0))
     wf = ibis.window(group_by=wide.stay_id, order_by=wide.bucket, rows=(-fresh_buckets, 0))
     cols: dict[str, Any] = {}
-    for c in WORST_MIN:
+    for c in worst_min:
         cols[c] = wide[c].min().over(w24)
-    for c in WORST_MAX:
+    for c in worst_max:
         cols[c] = wide[c].max().over(w24)
     for c in vasopressors:
         cols[c] = wide[c].max().over(w24)
