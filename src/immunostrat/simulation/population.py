@@ -24,20 +24,23 @@ import polars as pl
 
 from immunostrat.protocols import Protocol, classify_frame, load_protocol
 
+from .engines import choose, integrate_on
 from .model import (
     DAY28_H,
     REYNOLDS_2006,
     BoolArray,
     DeactivationParameters,
     DeathRule,
+    EffectSchedule,
     FloatArray,
     IntArray,
+    Observer,
     PatientParameters,
     SecondaryDraws,
     SecondaryInfection,
     Trajectory,
+    classify,
     initial_state,
-    integrate,
     patient_parameters,
 )
 from .observables import (
@@ -114,6 +117,92 @@ def model_variant(name: str) -> ModelOptions:
     if name.endswith("-infection-sofa"):
         options["calibration"] = INFECTION_SOFA
     return options
+
+
+#: Default engine of every population and trial simulation: the fastest installed engine that runs the
+#: request exactly as the numpy engine does (``engines.choose``), so results do not depend on it.
+DEFAULT_ENGINE = "auto"
+
+
+def course_engine(
+    engine: str,
+    observer: Observer | None,
+    deactivation: DeactivationParameters | None,
+    secondary: SecondaryInfection | None,
+) -> str:
+    """The engine that runs a population course request (``engines.choose``): ``engine`` itself, or for
+    ``"auto"`` the fastest one that can; a named engine that cannot is a ValueError with the reason."""
+    return choose(engine, observer=observer, deactivation=deactivation, secondary=secondary)
+
+
+def integrate_course(
+    engine: str,
+    y0: FloatArray,
+    params: PatientParameters,
+    *,
+    t_end: float,
+    schedule: EffectSchedule | None,
+    observer: Observer | None,
+    deactivation: DeactivationParameters | None,
+    secondary: SecondaryInfection | None,
+    secondary_draws: SecondaryDraws | None,
+    death_rule: DeathRule,
+    record_every: float = 24.0,
+    chunk_size: int = 4096,
+) -> Trajectory:
+    """The courses of a batch of virtual patients on ``engine`` (see :func:`course_engine`), the same
+    whichever engine runs them.
+
+    Every engine integrates full courses: the numpy engine's freezing of healed patients (``drop_healed``)
+    would change their records by round-off, and the compiled engines do not freeze. Patients who died are
+    frozen at the first record at or after their death (nothing after death is used: the outcome class then
+    describes the state at death); the numpy engine does it while integrating (``drop_dead``, which saves
+    their remaining steps), the others on the records afterwards (:func:`freeze_after_death`), with the
+    same records as result."""
+    chosen = course_engine(engine, observer, deactivation, secondary)
+    traj = integrate_on(
+        chosen,
+        y0,
+        params,
+        t_end=t_end,
+        record_every=record_every,
+        schedule=schedule,
+        observer=observer,
+        deactivation=deactivation,
+        secondary=secondary,
+        secondary_draws=secondary_draws,
+        death_rule=death_rule,
+        chunk_size=chunk_size,
+        drop_healed=False,
+        drop_dead=chosen == "numpy",
+    )
+    return traj if chosen == "numpy" else freeze_after_death(traj)
+
+
+def freeze_after_death(traj: Trajectory) -> Trajectory:
+    """``traj`` with each dead patient's records after the first record at or after death repeating that
+    record, and its final state and outcome class that record's: what the numpy engine's ``drop_dead``
+    writes, applied to a full course."""
+    dead = np.flatnonzero(np.isfinite(traj.death_time))
+    n_rec = traj.times.size
+    if dead.size == 0 or n_rec < 2:
+        return traj
+    stride = round((traj.times[1] - traj.times[0]) / traj.dt)
+    death_step = np.rint(traj.death_time[dead] / traj.dt).astype(np.int64)
+    rec = -(-death_step // stride)  # the first record at or after death (ceil)
+    frozen = rec < n_rec - 1  # dead at the last record: already the final state
+    rows, at = dead[frozen], rec[frozen]
+    if rows.size == 0:
+        return traj
+    states = traj.states.copy()
+    aux = traj.aux.copy()
+    later = np.arange(n_rec)[None, :] > at[:, None]
+    r, k = np.nonzero(later)
+    states[rows[r], k, :] = states[rows[r], at[r], :]
+    aux[rows[r], k, :] = aux[rows[r], at[r], :]
+    final = traj.final.copy()
+    final[rows] = states[rows, at, :]
+    return replace(traj, states=states, aux=aux, final=final, outcome=classify(final))
 
 
 #: Endotype codes, in the precedence order of the ImmunoSep protocol (domain.md A1: MALS first).
@@ -281,11 +370,13 @@ def sample_cohort(
     deactivation: DeactivationParameters | None = None,
     secondary: SecondaryInfection | None = None,
     death_rule: DeathRule | None = None,
+    engine: str = DEFAULT_ENGINE,
 ) -> Cohort:
     """Draw ``n`` patients from the priors and simulate their 28-day course on background therapy only
     (with the monocyte-deactivation extension when ``deactivation`` is given, and ICU-acquired infections
     when ``secondary`` is: exposure ~ Exp(1), relative inoculum from the primary inoculum's prior). The
-    secondary draws come after all others, so without them a seed gives the same patients as before."""
+    secondary draws come after all others, so without them a seed gives the same patients as before.
+    ``engine``: see :func:`integrate_course` (the result does not depend on it)."""
     pri = priors if priors is not None else PopulationPriors()
     c = cal if cal is not None else ObservableCalibration()
     draws = {name: prior.sample(rng, n) for name, prior in pri.parameters.items()}
@@ -296,14 +387,13 @@ def sample_cohort(
         draw_secondary(rng, n, secondary.max_episodes, pri.p0.sample) if secondary is not None else None
     )
     horizon = day28_horizon_h(enrolment_day)
-    traj = integrate(
+    traj = integrate_course(
+        engine,
         initial_state(p0, params),
         params,
         t_end=horizon,
-        record_every=24.0,
         observer=BiomarkerObserver(c),
         schedule=background_schedule(background, n),
-        drop_dead=True,
         deactivation=deactivation,
         secondary=secondary,
         secondary_draws=sec_draws,
@@ -381,6 +471,9 @@ class VirtualPopulation:
     secondary: SecondaryInfection | None = None
     #: the death rule of the population and of its therapy simulations (``PATHOGEN_DEATH`` variants)
     death_rule: DeathRule = field(default_factory=DeathRule)
+    #: the engine that integrates this population's courses (``engines.ENGINE_CHOICES``); a run setting,
+    #: not a property of the patients: every engine gives the same results (:func:`integrate_course`)
+    engine: str = DEFAULT_ENGINE
 
     @property
     def size(self) -> int:
@@ -432,6 +525,19 @@ _Job = (
         DeactivationParameters | None,
         SecondaryInfection | None,
         DeathRule | None,
+        str,
+    ]
+    | tuple[
+        int,
+        int,
+        int,
+        PopulationPriors | None,
+        ObservableCalibration,
+        int,
+        str | None,
+        DeactivationParameters | None,
+        SecondaryInfection | None,
+        DeathRule | None,
     ]
     | tuple[
         int,
@@ -452,10 +558,12 @@ def _plausible_batch(job: _Job) -> tuple[Cohort, IntArray, FloatArray]:
     cells and one acceptance uniform each. Its random stream depends only on (seed, index), so any executor
     returns the same batch (top-level and picklable for process pools and Dask workers)."""
     seed, index, batch, priors, cal, enrolment_day, background, deactivation, secondary, *rest = job
-    death_rule = rest[0] if rest else None  # jobs written before the death rule was a variant have 9 fields
+    # jobs written before the death rule was a variant have 9 fields, before the engine was a choice 10
+    death_rule = rest[0] if rest and isinstance(rest[0], DeathRule) else None
+    engine = rest[1] if len(rest) > 1 and isinstance(rest[1], str) else DEFAULT_ENGINE
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     cohort = sample_cohort(
-        batch, rng, priors, cal, enrolment_day, background, deactivation, secondary, death_rule
+        batch, rng, priors, cal, enrolment_day, background, deactivation, secondary, death_rule, engine
     )
     cohort = cohort.take(cohort.alive_at_enrolment & (cohort.sofa >= 2))
     endo = stratify(cohort.ferritin, cohort.mhla_dr)
@@ -479,8 +587,14 @@ def generate_population(
     deactivation: DeactivationParameters | None = None,
     secondary: SecondaryInfection | None = None,
     death_rule: DeathRule | None = None,
+    engine: str = DEFAULT_ENGINE,
 ) -> VirtualPopulation:
     """Sample, filter and accept until ``size`` virtual patients are accepted; reproducible from ``seed``.
+
+    ``engine``: the integration engine of the population and of its therapy simulations (kept in
+    :attr:`VirtualPopulation.engine`): ``"auto"`` (the fastest installed one that runs the model variant
+    exactly as numpy does) or a named one; one that cannot run the variant is a ValueError before any
+    sampling. The result does not depend on it (:func:`integrate_course`).
 
     ``deactivation``: build the VPop on the monocyte-deactivation extension (``model.DeactivationParameters``,
     e.g. ``MONOCYTE_DEACTIVATION``) instead of the pure Reynolds 2006 model; ``secondary`` adds ICU-acquired
@@ -500,6 +614,7 @@ def generate_population(
         raise ValueError("secondary infections need the monocyte-deactivation extension (deactivation=)")
     tg = targets if targets is not None else PopulationTargets()
     cal = calibration if calibration is not None else ObservableCalibration()
+    course_engine(engine, BiomarkerObserver(cal), deactivation, secondary)  # a clear error before sampling
     # Safety stop [design]: observed acceptance is ~3-4% of draws (alpha ~0.08 x ~45% plausible), so 500
     # draws per wanted patient means the priors cannot reach the targets.
     limit = max_sampled if max_sampled is not None else max(500_000, 500 * size)
@@ -529,6 +644,7 @@ def generate_population(
                 deactivation,
                 secondary,
                 death_rule,
+                engine,
             )
             for k in range(width)
         ]
@@ -571,6 +687,7 @@ def generate_population(
         deactivation,
         secondary,
         death_rule if death_rule is not None else DeathRule(),
+        engine,
     )
 
 
@@ -650,10 +767,12 @@ def simulate_course(
     *,
     chunk_size: int = 4096,
     days_after_enrolment: int = 28,
+    engine: str | None = None,
 ) -> tuple[Trajectory, DailyObservables]:
     """The course of every VPop patient from onset to ``days_after_enrolment`` (28) days after enrolment
     (randomization), untreated or on ``therapy`` from enrolment, with the population's background therapy
-    and model extensions: the trajectory and its daily observables."""
+    and model extensions: the trajectory and its daily observables. ``engine``: None for the population's
+    own (:attr:`VirtualPopulation.engine`); the result does not depend on it (:func:`integrate_course`)."""
     from .therapies import combine
 
     c = vpop.cohort
@@ -661,14 +780,13 @@ def simulate_course(
         Schedule.build(get_therapy(therapy), 24.0 * vpop.enrolment_day, c.size) if therapy else None,
         background_schedule(vpop.background, c.size),
     )
-    traj = integrate(
+    traj = integrate_course(
+        engine if engine is not None else vpop.engine,
         initial_state(c.p0, c.params),
         c.params,
         t_end=24.0 * (vpop.enrolment_day + days_after_enrolment),
-        record_every=24.0,
         observer=BiomarkerObserver(vpop.calibration),
         schedule=sched,
-        drop_dead=True,
         chunk_size=chunk_size,
         deactivation=vpop.deactivation,
         secondary=vpop.secondary,

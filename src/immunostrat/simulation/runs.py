@@ -10,7 +10,13 @@ from typing import Any
 
 from immunostrat.analysis.stats import wilson_interval
 
-from .population import MODEL_VARIANTS, VirtualPopulation, generate_population, model_variant
+from .population import (
+    DEFAULT_ENGINE,
+    MODEL_VARIANTS,
+    VirtualPopulation,
+    generate_population,
+    model_variant,
+)
 from .trial import DESIGNS, ENDPOINTS, OutcomeTable, TrialDesign, TrialResults, simulate_trials
 
 __all__ = [
@@ -48,10 +54,15 @@ def design_for(design: str, endpoint: str = "sofa_response") -> TrialDesign:
 
 
 def population_for(
-    size: int, seed: int, model: str, progress: Callable[[int, int], None] | None = None
+    size: int,
+    seed: int,
+    model: str,
+    progress: Callable[[int, int], None] | None = None,
+    engine: str = DEFAULT_ENGINE,
 ) -> VirtualPopulation:
-    """The virtual population of ``size`` accepted patients on the named model variant."""
-    return generate_population(size, seed, progress=progress, **variant_options(model))
+    """The virtual population of ``size`` accepted patients on the named model variant, integrated (with its
+    therapy simulations) on ``engine`` (``engines.ENGINE_CHOICES``; the results do not depend on it)."""
+    return generate_population(size, seed, progress=progress, engine=engine, **variant_options(model))
 
 
 def run_trials(
@@ -64,6 +75,7 @@ def run_trials(
     endpoint: str = "sofa_response",
     population_size: int = 4000,
     progress: StepProgress | None = None,
+    engine: str = DEFAULT_ENGINE,
 ) -> TrialResults:
     """``simulate trial`` as one call: the population, the potential outcomes under placebo and each of
     the design's therapies, then ``trials`` trials of ``n``; each step reports ``(step, done, total)``."""
@@ -81,7 +93,7 @@ def run_trials(
 
         return update
 
-    vpop = population_for(population_size, seed, model, step(STEPS[0]))
+    vpop = population_for(population_size, seed, model, step(STEPS[0]), engine)
     table = OutcomeTable(vpop)
     therapies = ["placebo", *chosen.therapies]
     outcomes_step = step(STEPS[1])

@@ -28,6 +28,7 @@ from immunostrat.trial.randomization import permuted_block_list
 
 from .model import BoolArray, FloatArray, IntArray
 from .population import (
+    DEFAULT_ENGINE,
     ENDOTYPE_NAMES,
     IMMUNOPARALYSIS,
     INTERMEDIATE,
@@ -70,11 +71,13 @@ class Outcomes:
 
 
 def endpoints_from_simulation(
-    vpop: VirtualPopulation, therapy: str | Therapy, *, chunk_size: int = 4096
+    vpop: VirtualPopulation, therapy: str | Therapy, *, chunk_size: int = 4096, engine: str | None = None
 ) -> Outcomes:
-    """Simulate every patient of ``vpop`` under ``therapy`` started at enrolment and score the endpoints."""
+    """Simulate every patient of ``vpop`` under ``therapy`` started at enrolment and score the endpoints.
+    ``engine``: None for the population's own (``VirtualPopulation.engine``); the outcomes do not depend
+    on it (``population.integrate_course``)."""
     th = get_therapy(therapy)
-    traj, obs = simulate_course(vpop, th, chunk_size=chunk_size)
+    traj, obs = simulate_course(vpop, th, chunk_size=chunk_size, engine=engine)
     d = vpop.enrolment_day
     # virtual patients are assessed every day while alive, so the only imputation is the death score
     sofa = np.where(obs.alive, obs.sofa, SOFA_DEATH_SCORE).astype(np.float64)
@@ -160,10 +163,12 @@ def get_design(design: str | TrialDesign) -> TrialDesign:
 
 
 class OutcomeTable:
-    """Potential outcomes of a virtual population under each therapy, simulated on first use."""
+    """Potential outcomes of a virtual population under each therapy, simulated on first use, on ``engine``
+    (None: the population's own, ``VirtualPopulation.engine``)."""
 
-    def __init__(self, vpop: VirtualPopulation) -> None:
+    def __init__(self, vpop: VirtualPopulation, engine: str | None = None) -> None:
         self.vpop = vpop
+        self.engine = engine
         self._cache: dict[Therapy, Outcomes] = {}
 
     def get(self, therapy: str | Therapy) -> Outcomes:
@@ -171,7 +176,7 @@ class OutcomeTable:
         effects), not its id, so two regimens that share an id (e.g. a rescaled copy) never share outcomes."""
         th = get_therapy(therapy)
         if th not in self._cache:
-            self._cache[th] = endpoints_from_simulation(self.vpop, th)
+            self._cache[th] = endpoints_from_simulation(self.vpop, th, engine=self.engine)
         return self._cache[th]
 
 
@@ -282,15 +287,18 @@ def simulate_trials(
     population_size: int = 4000,
     assay_cv: float = ASSAY_CV,
     progress: Callable[[int, int], None] | None = None,
+    engine: str | None = None,
 ) -> TrialResults:
-    """Run ``trials`` in-silico trials of ``n`` patients each (see the module docstring)."""
+    """Run ``trials`` in-silico trials of ``n`` patients each (see the module docstring). ``engine``: the
+    integration engine of the population and outcomes simulated here (None: ``"auto"`` for a new
+    population, else the population's own); the results do not depend on it."""
     des = get_design(design)
     if des.primary_endpoint not in ENDPOINTS:
         raise ValueError(f"unknown endpoint {des.primary_endpoint!r}")
     if n < 2 or trials < 1:
         raise ValueError("need n >= 2 and trials >= 1")
-    vpop = population if population is not None else generate_population(population_size, seed)
-    table = outcomes if outcomes is not None else OutcomeTable(vpop)
+    vpop = population if population is not None else _new_population(population_size, seed, engine)
+    table = outcomes if outcomes is not None else OutcomeTable(vpop, engine)
     placebo = table.get("placebo")
     therapy_out = {name: table.get(name) for name in des.therapies}
     rng = np.random.default_rng(np.random.SeedSequence([seed, 6]))
@@ -379,6 +387,11 @@ def simulate_trials(
     )
 
 
+def _new_population(size: int, seed: int, engine: str | None) -> VirtualPopulation:
+    """The default virtual population of a trial run, on ``engine`` (None: the default one)."""
+    return generate_population(size, seed, engine=engine if engine is not None else DEFAULT_ENGINE)
+
+
 def _enrol(
     rng: np.random.Generator,
     ferritin: FloatArray,
@@ -413,10 +426,12 @@ def power_curve(
     population: VirtualPopulation | None = None,
     population_size: int = 4000,
     progress: Callable[[int, int], None] | None = None,
+    engine: str | None = None,
 ) -> dict[str, list[float]]:
-    """Power of each design at each trial size, on one shared virtual population and outcome table."""
-    vpop = population if population is not None else generate_population(population_size, seed)
-    table = OutcomeTable(vpop)
+    """Power of each design at each trial size, on one shared virtual population and outcome table
+    (``engine`` as in :func:`simulate_trials`)."""
+    vpop = population if population is not None else _new_population(population_size, seed, engine)
+    table = OutcomeTable(vpop, engine)
     out: dict[str, list[float]] = {}
     total = len(designs) * len(sizes)
     done = 0
@@ -482,19 +497,20 @@ def size_trial(
     n_min: int = 20,
     n_max: int = 2000,
     progress: Callable[[int, int], None] | None = None,
+    engine: str | None = None,
 ) -> SizeResult:
     """The smallest even trial size whose in-silico power reaches ``target_power``: bisection between
     ``n_min`` and ``n_max`` on the Monte Carlo power, every size run with the same seed (common random
     numbers, so the power curve is smooth in n) on one virtual population and outcome table. Power is
     noisy (see ``SizeResult.monte_carlo_se``): the answer is a planning figure, to be confirmed with more
-    trials at and around it."""
+    trials at and around it. ``engine``: as in :func:`simulate_trials`."""
     des = get_design(design)
     if not 0.0 < target_power < 1.0:
         raise ValueError(f"target power must lie in (0, 1), got {target_power}")
     lo, hi = max(2, n_min + n_min % 2), n_max - n_max % 2
     if lo >= hi:
         raise ValueError(f"need n_min < n_max, got {n_min} and {n_max}")
-    table = outcomes if outcomes is not None else OutcomeTable(population)
+    table = outcomes if outcomes is not None else OutcomeTable(population, engine)
     evaluated: dict[int, float] = {}
     steps = 2 + max(1, math.ceil(math.log2(max(1, (hi - lo) / 2))))
 

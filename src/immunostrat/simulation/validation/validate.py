@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,6 +27,7 @@ import numpy as np
 from ..model import BoolArray, DeactivationParameters, DeathRule, FloatArray, IntArray, SecondaryInfection
 from ..observables import ObservableCalibration
 from ..population import (
+    DEFAULT_ENGINE,
     IMMUNOPARALYSIS,
     MALS,
     VirtualPopulation,
@@ -426,22 +427,28 @@ def validate(
     population: VirtualPopulation | None = None,
     store: OutcomeStore | None = None,
     progress: Callable[[str], None] | None = None,
+    engine: str | None = None,
 ) -> ValidationReport:
     """Calibrate on the plan's training comparators, then predict every comparator (see module docstring).
 
     ``quick``: a 1,000-patient VPop, every other grid value and 400 trials per comparator (a smoke run);
     the default is 4,000 patients, the plan's grids and 2,000 trials. ``store``: potential outcomes already
     simulated for this plan and population (reused; its population wins over ``population``).
+    ``engine``: the integration engine (``engines.ENGINE_CHOICES``) of the population and potential outcomes
+    simulated here; None: ``"auto"`` for a new population, else the population's own. The results do not
+    depend on it (``population.integrate_course``).
     """
     pl = store.plan if store is not None else plan if plan is not None else load_plan()
     if store is not None:
         population = store.vpop
+        if engine is not None:  # the store's own outcomes stay; those it simulates next use ``engine``
+            store.vpop = replace(store.vpop, engine=engine)
     size = population_size if population_size is not None else (1000 if quick else 4000)
     n_trials = trials if trials is not None else (400 if quick else 2000)
     say = progress if progress is not None else (lambda _m: None)
     say(f"virtual population of {size} ({model})")
     if population is not None:
-        vpop = population
+        vpop = population if engine is None else replace(population, engine=engine)
     else:
         variant = model_variant(model)
         de, sec, rule = variant["deactivation"], variant["secondary"], variant.get("death_rule")
@@ -451,7 +458,13 @@ def validate(
         assert rule is None or isinstance(rule, DeathRule)
         assert cal is None or isinstance(cal, ObservableCalibration)
         vpop = generate_population(
-            size, seed, deactivation=de, secondary=sec, death_rule=rule, calibration=cal
+            size,
+            seed,
+            deactivation=de,
+            secondary=sec,
+            death_rule=rule,
+            calibration=cal,
+            engine=engine if engine is not None else DEFAULT_ENGINE,
         )
     store = store if store is not None else OutcomeStore(vpop, pl)
     grids = {
