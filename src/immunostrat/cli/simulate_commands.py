@@ -37,6 +37,16 @@ EndpointOption = Annotated[
     ),
 ]
 
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="Integration engine: auto (the fastest installed one that runs the model exactly as numpy does) "
+        "| numpy | numba | jax. The results do not depend on it; an engine that cannot run the model is "
+        "an error.",
+    ),
+]
+
 
 @contextmanager
 def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
@@ -69,6 +79,7 @@ def population(
         str | None, typer.Option("--cluster", help="Dask scheduler address (or 'local').")
     ] = None,
     model: ModelOption = "reynolds2006",
+    engine: EngineOption = "auto",
 ) -> None:
     """Sample a virtual population matched to PROVIDE's endotype prevalence and mortality; report the fit."""
     from immunostrat.cli.output import output_format, write_table
@@ -88,7 +99,7 @@ def population(
                 output_format(str(path), option)
     except InputError as error:
         fail(error)
-    variant = _variant(model)
+    variant = {**_variant(model), "engine": _engine(engine, model)}
     with progress_bar("simulating virtual patients") as update:
         if cluster:
             vpop = simulate_population_distributed(
@@ -139,6 +150,7 @@ def trial(
     ] = 4000,
     model: ModelOption = "reynolds2006",
     endpoint: EndpointOption = "sofa_response",
+    engine: EngineOption = "auto",
     output: Annotated[
         Path | None,
         typer.Option(
@@ -159,7 +171,7 @@ def trial(
         except InputError as error:
             fail(error)
     try:
-        vpop = _population(population_size, seed, model)
+        vpop = _population(population_size, seed, model, engine)
         with progress_bar(f"simulating {trials} trials") as update:
             results = simulate_trials(chosen, n, trials, seed, population=vpop, progress=update)
     except ValueError as error:
@@ -185,13 +197,14 @@ def size(
     max_n: Annotated[int, typer.Option("--max-n", help="Largest trial size tried.")] = 2000,
     model: ModelOption = "reynolds2006",
     endpoint: EndpointOption = "sofa_response",
+    engine: EngineOption = "auto",
 ) -> None:
     """Size the next trial: the smallest n whose in-silico power reaches the target (bisection)."""
     from immunostrat.simulation.trial import size_trial
 
     chosen = _design(design, endpoint)
     try:
-        vpop = _population(population_size, seed, model)
+        vpop = _population(population_size, seed, model, engine)
         with progress_bar("trial sizes") as update:
             result = size_trial(
                 chosen,
@@ -238,6 +251,7 @@ def validate_command(
             "--plan", help="A credibility plan (YAML); default: the shipped one (docs/simulation.md)."
         ),
     ] = None,
+    engine: EngineOption = "auto",
 ) -> None:
     """Calibrate the therapy strengths on the training trials, predict every comparator trial at its own size
     and judge each model variant on the held-out trials by the pre-registered criterion."""
@@ -249,6 +263,8 @@ def validate_command(
     models = list(MODEL_VARIANTS) if model == "all" else [model]
     for m in models:
         _variant(m)
+    for m in models:  # with 'all', auto runs each variant on its fastest engine; a named one must run all
+        _engine(engine, m)
     try:
         plan = load_plan(plan_file)
     except (InputError, OSError, KeyError, TypeError, ValueError) as error:
@@ -274,6 +290,7 @@ def validate_command(
                     trials=trials,
                     plan=plan,
                     progress=say,
+                    engine=engine,
                 )
             except ValueError as error:
                 fail(error)
@@ -349,10 +366,24 @@ def _design(design: str, endpoint: str) -> TrialDesign:
         fail(error)
 
 
-def _population(size: int, seed: int, model: str) -> VirtualPopulation:
-    """The virtual population of ``--model``, with a progress bar."""
+def _engine(engine: str, model: str) -> str:
+    """``--engine`` checked against ``--model`` (a clear CLI error, the engine's own reason, for an unknown
+    engine or one that cannot run the model's virtual patients): the engine name itself."""
+    from immunostrat.simulation.observables import BiomarkerObserver
+    from immunostrat.simulation.population import course_engine
+
+    variant = _variant(model)
+    try:
+        course_engine(engine, BiomarkerObserver(), variant.get("deactivation"), variant.get("secondary"))
+    except ValueError as error:
+        fail(ValueError(f"--engine {engine} with --model {model}: {error}"))
+    return engine
+
+
+def _population(size: int, seed: int, model: str, engine: str = "auto") -> VirtualPopulation:
+    """The virtual population of ``--model`` on ``--engine``, with a progress bar."""
     from immunostrat.simulation.runs import population_for
 
-    _variant(model)  # an unknown model is a CLI error before the progress bar starts
+    _engine(engine, model)  # an unknown model or engine is a CLI error before the progress bar starts
     with progress_bar("simulating virtual patients") as update:
-        return population_for(size, seed, model, progress=update)
+        return population_for(size, seed, model, progress=update, engine=engine)
