@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from immunostrat.simulation.model import (
     patient_parameters,
 )
 from immunostrat.simulation.numba_backend import integrate_numba
+from immunostrat.simulation.observables import BiomarkerObserver
 from immunostrat.simulation.population import model_variant
 from immunostrat.simulation.structures import MALS_LOOP
 from immunostrat.simulation.therapies import Schedule
@@ -86,8 +88,8 @@ def test_pathogen_death_rule_changes_deaths_on_every_engine() -> None:
 def test_auto_prefers_the_fastest_installed_engine_and_falls_back_to_numpy() -> None:
     fastest = next(e for e in ENGINES if installed(e))
     assert choose("auto") == fastest
-    assert choose("auto", secondary=SECONDARY_INFECTION) == "numpy"
     assert choose("auto", drop_healed=True) == "numpy"
+    assert choose("auto", drop_dead=True) == "numpy"
     # The fallback gives numpy's own results for a request the compiled engines do not run.
     y0, params = _batch(40)
     a = integrate(y0, params, t_end=96.0, deactivation=MONOCYTE_DEACTIVATION, drop_healed=True)
@@ -100,24 +102,43 @@ def test_named_engine_that_cannot_run_a_request_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown engine 'fortran'"):
         choose("fortran")
     for engine in COMPILED:
-        reason = unsupported(engine, secondary=SECONDARY_INFECTION)
+        reason = unsupported(engine, drop_healed=True)
         assert reason is not None
         if installed(engine):
-            assert "secondary infections" in reason
+            assert "drop_healed" in reason
             with pytest.raises(ValueError, match="numpy engine only"):
-                choose(engine, secondary=SECONDARY_INFECTION)
+                choose(engine, drop_healed=True)
     assert unsupported("numpy", deactivation=MONOCYTE_DEACTIVATION, drop_healed=True) is None
 
 
-def test_mals_loop_runs_on_numpy_only() -> None:
-    """The MALS loop is not compiled: auto falls back to numpy, a named compiled engine refuses it."""
+def test_what_the_jax_engine_does_not_run_yet() -> None:
+    """JAX runs the published model only: the extensions are refused by name, and auto never picks JAX
+    for them (numba where installed, else numpy)."""
     loop = replace(MONOCYTE_DEACTIVATION, mals_loop=MALS_LOOP)
-    assert choose("auto", deactivation=loop) == "numpy"
-    for engine in COMPILED:
-        if installed(engine):
-            with pytest.raises(ValueError, match="MALS loop"):
-                choose(engine, deactivation=loop)
-    if installed("numba"):
-        y0, params = _batch(8)
-        with pytest.raises(ValueError, match="MALS loop"):
-            integrate_numba(y0, params, t_end=24.0, deactivation=loop)
+    requests: list[tuple[str, dict[str, Any]]] = [
+        ("monocyte-deactivation", {"deactivation": MONOCYTE_DEACTIVATION}),
+        ("MALS loop", {"deactivation": loop}),
+        ("secondary infections", {"deactivation": MONOCYTE_DEACTIVATION, "secondary": SECONDARY_INFECTION}),
+        ("an observer", {"observer": BiomarkerObserver()}),
+    ]
+    for name, request in requests:
+        assert choose("auto", **request) == ("numba" if installed("numba") else "numpy")
+        if installed("jax"):
+            with pytest.raises(ValueError, match=name):
+                choose("jax", **request)
+
+
+def test_numba_runs_the_mals_loop() -> None:
+    """The MALS loop (model variant full-mals-loop without infections here) on numba equals numpy, and it
+    changes the courses (the loop is run, not dropped)."""
+    if not installed("numba"):
+        pytest.skip("numba is not installed (optional engine)")
+    loop = replace(MONOCYTE_DEACTIVATION, mals_loop=MALS_LOOP)
+    assert unsupported("numba", deactivation=loop) is None
+    y0, params = _batch(120, seed=6)
+    kw = {"t_end": 240.0, "schedule": Schedule.build("anakinra", 48.0, 120)}
+    a = integrate(y0, params, drop_healed=False, deactivation=loop, **kw)  # type: ignore[arg-type]
+    b = integrate_numba(y0, params, deactivation=loop, **kw)  # type: ignore[arg-type]
+    _assert_same(b, a)
+    without = integrate_numba(y0, params, deactivation=MONOCYTE_DEACTIVATION, **kw)  # type: ignore[arg-type]
+    assert np.abs(without.states[:, :, 1] - b.states[:, :, 1]).max() > 1e-3

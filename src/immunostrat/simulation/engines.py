@@ -6,13 +6,17 @@ that runs that request exactly as the numpy engine does (numba, then JAX, then n
 ``benchmarks/simulate.py``). :func:`unsupported` says why an engine cannot run a request: naming an engine
 that cannot is an error, ``"auto"`` falls back to numpy.
 
-What the compiled engines run today: the published Reynolds 2006 model (model variants ``reynolds2006`` and
-``reynolds2006-pathogen-death``) with every therapy hook and schedule, the damage death rule and the pathogen
-one (``DeathRule.p_crit``), full courses (``drop_healed`` and ``drop_dead`` False: the numpy engine's
-freezing of healed patients changes their records by round-off, so only full courses compare exactly);
-numba also the monocyte-deactivation extension (state H, the ``hla_gain`` hook: model variant
-``deactivation``). Secondary infections, the MALS loop and observers (the biomarker observer of virtual
-populations) run on numpy only.
+What each engine runs (all on full courses for the compiled ones: ``drop_healed`` and ``drop_dead`` False,
+since the numpy engine's freezing of healed patients changes their records by round-off):
+
+* numpy: everything, including freezing and any :class:`model.Observer`.
+* numba: every model variant (``population.MODEL_VARIANTS``): the published Reynolds 2006 model, the
+  monocyte-deactivation extension (state H, the ``hla_gain`` hook) with its MALS loop, ICU-acquired
+  infections (single or recurring, each episode with its own draws and antibiotic course), the damage death
+  rule and the pathogen one (``DeathRule.p_crit``); every therapy hook and schedule; and the biomarker
+  observer of virtual populations (:class:`observables.BiomarkerObserver`; other observers: numpy only).
+* JAX: the published model (``reynolds2006`` and ``reynolds2006-pathogen-death``) with every therapy hook
+  and both death rules, without observer; the extensions run on numba or numpy.
 """
 
 from __future__ import annotations
@@ -63,11 +67,12 @@ def unsupported(
         return f"{engine} is not installed"
     if engine == "numpy":
         return None
+    jax = engine == "jax"
     features = [
-        ("an observer", observer is not None),
-        ("the monocyte-deactivation extension", deactivation is not None and engine == "jax"),
-        ("the MALS loop", deactivation is not None and getattr(deactivation, "mals_loop", None) is not None),
-        ("secondary infections", secondary is not None),
+        ("an observer", observer is not None and (jax or not numba_backend.compiled_observer(observer))),
+        ("the monocyte-deactivation extension", deactivation is not None and jax),
+        ("the MALS loop", jax and deactivation is not None and deactivation.mals_loop is not None),
+        ("secondary infections", secondary is not None and jax),
         ("drop_healed", drop_healed),
         ("drop_dead", drop_dead),
     ]
@@ -127,10 +132,12 @@ def integrate_on(
             progress=progress,
             **kwargs,
         )
-    kwargs.pop("secondary_draws", None)  # unused without secondary infections
     if chosen == "numba":
-        traj = numba_backend.integrate_numba(y0, params, deactivation=deactivation, **kwargs)
+        traj = numba_backend.integrate_numba(
+            y0, params, deactivation=deactivation, secondary=secondary, observer=observer, **kwargs
+        )
     else:
+        kwargs.pop("secondary_draws", None)  # unused without secondary infections
         traj = jax_backend.integrate_jax(y0, params, **kwargs)
     if progress is not None:
         progress(traj.size, traj.size)
