@@ -15,9 +15,10 @@ The rules are the real trial's, not copies: allocation by ``trial.randomization.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -270,7 +271,9 @@ def _permuted_blocks(strata: IntArray, block: int, seed: bytes) -> BoolArray:
     return treat
 
 
+@lru_cache(maxsize=65536)
 def _fisher_p(x1: int, n1: int, x0: int, n0: int) -> float:
+    # cached: trials of one size share many 2x2 tables, and the exact test is the loop's costliest step
     p = fisher_exact(x1, n1, x0, n0).p_value
     assert p is not None
     return p
@@ -316,9 +319,10 @@ def simulate_trials(
     sub_sums = {e: dict.fromkeys(endpoint_names, 0.0) for e in range(3)}
     sub_counts = np.zeros(3)
     sub_trials = np.zeros(3)
+    enrolments = _enrolments(rng, c.ferritin, c.mhla_dr, sigma, des.eligible, n, trials)
     for t in range(trials):
-        idx, measured = _enrol(rng, c.ferritin, c.mhla_dr, sigma, des.eligible, n)
-        treat = _permuted_blocks(measured, des.block_size, rng.bytes(32))
+        idx, measured, allocation_seed = next(enrolments)
+        treat = _permuted_blocks(measured, des.block_size, allocation_seed)
         got: dict[str, BoolArray] = {}
         for ep in endpoint_names:
             y_placebo = placebo.values[ep][idx]
@@ -392,6 +396,51 @@ def _new_population(size: int, seed: int, engine: str | None) -> VirtualPopulati
     return generate_population(size, seed, engine=engine if engine is not None else DEFAULT_ENGINE)
 
 
+def _enrolments(
+    rng: np.random.Generator,
+    ferritin: FloatArray,
+    mhla_dr: FloatArray,
+    sigma: float,
+    eligible: Sequence[int],
+    n: int,
+    trials: int,
+    block: int = 64,
+) -> Iterator[tuple[IntArray, IntArray, bytes]]:
+    """The enrolment (patients, measured endotypes) and allocation-list seed of ``trials`` successive
+    trials: exactly those of :func:`_enrol` then ``rng.bytes(32)``, trial after trial, with one protocol
+    call per block of trials instead of one per round of draws (the call's fixed cost dominated the loop).
+
+    Each item of a block is one round of draws of the current trial followed by the 32 bytes that seed its
+    allocation if that round completes it. After the block's one stratification call, the first trial that
+    a round leaves short goes back to the generator's state after that round and continues with the next
+    block (its later items, drawn ahead, are discarded), so the stream is that of the trial-by-trial loop."""
+    elig = np.asarray(eligible)
+    done = 0
+    picked: list[IntArray] = []  # eligible patients and endotypes of the current trial so far
+    strata: list[IntArray] = []
+    while done < trials:
+        ahead: list[tuple[IntArray, FloatArray, FloatArray, Mapping[str, Any], bytes]] = []
+        for _ in range(min(block, trials - done)):
+            draw = rng.integers(0, ferritin.size, size=2 * n)
+            fer = ferritin[draw] * np.exp(rng.normal(0.0, sigma, draw.size))
+            hla = mhla_dr[draw] * np.exp(rng.normal(0.0, sigma, draw.size))
+            state = rng.bit_generator.state
+            ahead.append((draw, fer, hla, state, rng.bytes(32)))
+        endo_all = stratify(np.concatenate([a[1] for a in ahead]), np.concatenate([a[2] for a in ahead]))
+        for k, (draw, _, _, state, seed) in enumerate(ahead):
+            endo = endo_all[k * 2 * n : (k + 1) * 2 * n]
+            ok = np.isin(endo, elig)
+            picked.append(draw[ok])
+            strata.append(endo[ok])
+            if sum(int(p.size) for p in picked) >= n:
+                yield np.concatenate(picked)[:n], np.concatenate(strata)[:n], seed
+                done += 1
+                picked, strata = [], []
+                continue
+            rng.bit_generator.state = state  # short: its next round comes next, not the 32 bytes
+            break
+
+
 def _enrol(
     rng: np.random.Generator,
     ferritin: FloatArray,
@@ -400,7 +449,8 @@ def _enrol(
     eligible: Sequence[int],
     n: int,
 ) -> tuple[IntArray, IntArray]:
-    """Draw patients (with replacement) until ``n`` are eligible by their noisy measured endotype."""
+    """Draw patients (with replacement) until ``n`` are eligible by their noisy measured endotype (the
+    trial-by-trial definition of :func:`_enrolments`)."""
     picked: list[IntArray] = []
     strata: list[IntArray] = []
     got = 0
