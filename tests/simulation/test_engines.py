@@ -25,7 +25,7 @@ from immunostrat.simulation.model import (
 from immunostrat.simulation.numba_backend import integrate_numba
 from immunostrat.simulation.observables import BiomarkerObserver
 from immunostrat.simulation.population import model_variant
-from immunostrat.simulation.structures import MALS_LOOP
+from immunostrat.simulation.structures import MALS_LOOP, MalsLoop
 from immunostrat.simulation.therapies import Schedule
 
 COMPILED = [e for e in ENGINES if e != "numpy"]
@@ -133,12 +133,14 @@ def test_numba_runs_the_mals_loop() -> None:
     changes the courses (the loop is run, not dropped)."""
     if not installed("numba"):
         pytest.skip("numba is not installed (optional engine)")
-    loop = replace(MONOCYTE_DEACTIVATION, mals_loop=MALS_LOOP)
-    assert unsupported("numba", deactivation=loop) is None
     y0, params = _batch(120, seed=6)
     kw = {"t_end": 240.0, "schedule": Schedule.build("anakinra", 48.0, 120)}
-    a = integrate(y0, params, drop_healed=False, deactivation=loop, **kw)  # type: ignore[arg-type]
-    b = integrate_numba(y0, params, deactivation=loop, **kw)  # type: ignore[arg-type]
-    _assert_same(b, a)
     without = integrate_numba(y0, params, deactivation=MONOCYTE_DEACTIVATION, **kw)  # type: ignore[arg-type]
-    assert np.abs(without.states[:, :, 1] - b.states[:, :, 1]).max() > 1e-3
+    # The shipped loop (Hill exponent 4: two squarings in the kernel) and another exponent (pow).
+    for mals in (MALS_LOOP, MalsLoop(hill=3.0)):
+        loop = replace(MONOCYTE_DEACTIVATION, mals_loop=mals)
+        assert unsupported("numba", deactivation=loop) is None
+        a = integrate(y0, params, drop_healed=False, deactivation=loop, **kw)  # type: ignore[arg-type]
+        b = integrate_numba(y0, params, deactivation=loop, **kw)  # type: ignore[arg-type]
+        _assert_same(b, a)
+        assert np.abs(without.states[:, :, 1] - b.states[:, :, 1]).max() > 1e-3

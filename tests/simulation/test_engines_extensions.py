@@ -133,14 +133,16 @@ def test_numba_runs_the_full_model_as_numpy(variant: str, observed: bool, therap
         ).any()
 
 
-@pytest.mark.parametrize("variant", ["reynolds2006", "deactivation"])
-def test_numba_runs_the_biomarker_observer_as_numpy(variant: str) -> None:
+@pytest.mark.parametrize(("variant", "hill"), [("reynolds2006", 3.0), ("deactivation", 4.0)])
+def test_numba_runs_the_biomarker_observer_as_numpy(variant: str, hill: float) -> None:
     """The observer's filters (ferritin drive, filtered CA, effective C_inf) step by step, under every hook
-    that moves them (il1, cinf_gain) and a calibration other than the default."""
+    that moves them (il1, cinf_gain) and calibrations other than the default (the kernel squares twice for
+    the default Hill exponent 4 and calls pow for any other)."""
     deact, _, rule = _options(variant)
     y0, params = _batch(seed=8)
     sched = _schedule("interferon_gamma", np.random.default_rng(3))
-    observer = BiomarkerObserver(ObservableCalibration(ferritin_k=0.05, tau_ferritin_h=36.0, tau_hla_h=8.0))
+    cal = ObservableCalibration(ferritin_k=0.05, ferritin_hill=hill, tau_ferritin_h=36.0, tau_hla_h=8.0)
+    observer = BiomarkerObserver(cal)
     kw = {"t_end": 240.0, "schedule": sched, "death_rule": rule, "deactivation": deact, "observer": observer}
     a = integrate(y0, params, drop_healed=False, **kw)  # type: ignore[arg-type]
     b = integrate_on("auto", y0, params, **kw)  # type: ignore[arg-type]

@@ -190,17 +190,18 @@ _SIGNATURE = (
     "float64[:, :, ::1], float64[::1], float64[::1], int64[::1], float64[:, :, ::1])"
 )
 
-#: Kernels by (deactivation, MALS loop, secondary infections, observer).
-_KERNELS: dict[tuple[bool, bool, bool, bool], Callable[..., None]] = {}
+#: Kernels by (deactivation, MALS loop, its Hill exponent is 4, secondary infections, observer).
+_KERNELS: dict[tuple[bool, bool, bool, bool, bool], Callable[..., None]] = {}
 
 
 def available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-def _build(ext: bool, mals: bool, sec: bool, obs: bool) -> Callable[..., None]:
-    """The kernel with the given extensions: monocyte deactivation (``ext``), its MALS loop (``mals``),
-    ICU-acquired infections (``sec``) and the biomarker observer (``obs``). Each is a compile-time constant
+def _build(ext: bool, mals: bool, mals4: bool, sec: bool, obs: bool) -> Callable[..., None]:
+    """The kernel with the given extensions: monocyte deactivation (``ext``), its MALS loop (``mals``; with
+    ``mals4`` its Hill exponent is 4), ICU-acquired infections (``sec``) and the biomarker observer
+    (``obs``). Each is a compile-time constant
     of the closure, so a kernel carries none of the work of the extensions it was built without."""
     numba: Any = importlib.import_module("numba")
     # error_model="numpy": a division by zero gives inf/nan as in numpy instead of raising, which also
@@ -258,7 +259,11 @@ def _build(ext: bool, mals: bool, sec: bool, obs: bool) -> Callable[..., None]:
             # structures.mals_loop_drive(structures.il1_signal(...)): the loop's extra activation
             s = (w[_E_KNN + lane] * N + w[_E_KND + lane] * D) * inv
             s = 0.0 if s < 0.0 else s  # a NaN stays NaN, as through np.maximum
-            sn = s ** k[_C_HILL]
+            if mals4:  # the default Hill exponent 4 as two squarings, as in observe()
+                s2 = s * s
+                sn = s2 * s2
+            else:
+                sn = s ** k[_C_HILL]
             r = r + k[_C_GAIN] * sn / (k[_C_KPOW] + sn)
         # Without infections the antibiotic term is not there at all (the numpy engine subtracts 0.0).
         own = w[_S_OWN + lane] if sec else 0.0
@@ -384,6 +389,20 @@ def _build(ext: bool, mals: bool, sec: bool, obs: bool) -> Callable[..., None]:
                 w[_S_EXPO + lane] = exposures[i, col]
                 w[_S_INOC + lane] = inocula[i, col]
 
+    @numba.njit(fastmath=False, error_model="numpy", inline="always")
+    def ferritin_signal(w: Any, lane: int) -> float:
+        # BiomarkerObserver._drive: (1 - il1) (k_nn N* + k_nd D) / (1 + (CA / C_inf,eff)^2), in its order.
+        q = w[_Y_C + lane] / w[_E_CINF + lane]
+        loop = w[_E_KEEP + lane] * (w[_K_NN + lane] * w[_Y_N + lane] + w[_K_ND + lane] * w[_Y_D + lane])
+        return loop / (1.0 + q * q)
+
+    @numba.njit(fastmath=False, error_model="numpy", inline="always")
+    def filters(w: Any, lane: int, u: float, a_f: float, b_f: float, a_h: float, b_h: float) -> None:
+        # BiomarkerObserver.update: the three first-order filters' exact updates, input held at step end.
+        w[_O_F + lane] = w[_O_F + lane] * a_f + b_f * u
+        w[_O_CA + lane] = w[_O_CA + lane] * a_h + b_h * w[_Y_C + lane]
+        w[_O_CI + lane] = w[_O_CI + lane] * a_h + b_h * w[_E_CINF + lane]
+
     @jit
     def observe(w: Any, k: Any) -> None:
         # observables.BiomarkerObserver.update on the step's end state and the step's effects, in its order.
@@ -393,17 +412,18 @@ def _build(ext: bool, mals: bool, sec: bool, obs: bool) -> Callable[..., None]:
         b_h = k[_C_BH]
         fk = k[_C_FKPOW]
         hn = k[_C_FHILL]
-        for lane in range(_LANES):
-            C = w[_Y_C + lane]
-            cinf = w[_E_CINF + lane]
-            q = C / cinf
-            loop = w[_E_KEEP + lane] * (w[_K_NN + lane] * w[_Y_N + lane] + w[_K_ND + lane] * w[_Y_D + lane])
-            loop = loop / (1.0 + q * q)
-            ln = loop**hn
-            u = ln / (fk + ln)
-            w[_O_F + lane] = w[_O_F + lane] * a_f + b_f * u
-            w[_O_CA + lane] = w[_O_CA + lane] * a_h + b_h * C
-            w[_O_CI + lane] = w[_O_CI + lane] * a_h + b_h * cinf
+        # The default Hill exponent 4 as two squarings (within an ulp or two of pow, and vectorised: a libm
+        # pow call in the lane loop would keep it scalar); any other exponent by pow.
+        if hn == 4.0:
+            for lane in range(_LANES):
+                loop = ferritin_signal(w, lane)
+                l2 = loop * loop
+                ln = l2 * l2
+                filters(w, lane, ln / (fk + ln), a_f, b_f, a_h, b_h)
+        else:
+            for lane in range(_LANES):
+                ln = ferritin_signal(w, lane) ** hn
+                filters(w, lane, ln / (fk + ln), a_f, b_f, a_h, b_h)
 
     @numba.njit(_SIGNATURE, parallel=True, fastmath=False, error_model="numpy", cache=False)
     def kernel(
@@ -526,8 +546,8 @@ def _build(ext: bool, mals: bool, sec: bool, obs: bool) -> Callable[..., None]:
     return kernel
 
 
-def _kernel(ext: bool, mals: bool, sec: bool, obs: bool) -> Callable[..., None]:
-    key = (ext, mals, sec, obs)
+def _kernel(ext: bool, mals: bool, mals4: bool, sec: bool, obs: bool) -> Callable[..., None]:
+    key = (ext, mals, mals4, sec, obs)
     if key not in _KERNELS:
         _KERNELS[key] = _build(*key)
     return _KERNELS[key]
@@ -656,7 +676,8 @@ def integrate_numba(
     count = np.zeros(n, dtype=np.int64)
     aux = np.empty((n, n_rec, n_aux))
     if n:
-        _kernel(ext, loop is not None, secondary is not None, observer is not None)(
+        mals4 = loop is not None and loop.hill == 4.0
+        _kernel(ext, loop is not None, mals4, secondary is not None, observer is not None)(
             y,
             q,
             acc,
