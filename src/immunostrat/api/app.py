@@ -310,7 +310,7 @@ def create_app(
     app.state.signing_key = keys  # auth.issue_token and decode_token take it as it is
     app.state.token_minutes = minutes
     _install_error_handlers(app)
-    app.state.sign_in_counts = SignInCounts(login_limits or LoginLimits.from_env())
+    app.state.sign_in_counts = SignInCounts(engine, login_limits or LoginLimits.from_env())
     app.add_middleware(LoginThrottle, counts=app.state.sign_in_counts)
     app.add_middleware(RequestLimits)
     app.add_middleware(ServerErrors)  # added last: the outermost, so it also covers RequestLimits

@@ -1,6 +1,7 @@
 """Sign-in throttling: failed sign-ins are counted per username and per client address in a moving
-window (the ``limits`` library); past the limit ``POST /token`` answers 429 with ``Retry-After``
-before the password is checked (so a guesser also stops costing bcrypt time).
+window (limits in the ``limits`` library's notation, counts in the service's database); past the
+limit ``POST /token`` answers 429 with ``Retry-After`` before the password is checked (so a guesser
+also stops costing bcrypt time).
 
 Defaults: 10 failures per username and 100 per address in 15 minutes. NIST SP 800-63B-4
 section 3.2.2 requires limiting consecutive failed attempts on one account to no more than 100;
@@ -10,9 +11,10 @@ limit is looser because one address can be a whole hospital behind a NAT. Both a
 ``IMMUNOSTRAT_LOGIN_LIMIT_USER`` and ``IMMUNOSTRAT_LOGIN_LIMIT_ADDRESS`` (``limits`` notation,
 e.g. ``10 per 15 minutes``).
 
-The counts live in each worker's memory: with N workers an attacker gets at most N times the
-limit, and a restart clears them. Behind a reverse proxy the client address is the one uvicorn's
-proxy headers give (``--forwarded-allow-ips``: only the proxy's address may set it).
+The counts live in the service's database (a small table, SQLite or PostgreSQL), so every worker and
+process of one service shares them and a restart keeps them: the limit holds whichever worker
+answers. Behind a reverse proxy the client address is the one uvicorn's proxy headers give
+(``--forwarded-allow-ips``: only the proxy's address may set it).
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from immunostrat.errors import InputError
+from immunostrat.trial.db import SignInFailureStore
 
 USER_LIMIT_ENV = "IMMUNOSTRAT_LOGIN_LIMIT_USER"
 ADDRESS_LIMIT_ENV = "IMMUNOSTRAT_LOGIN_LIMIT_ADDRESS"
@@ -66,44 +69,53 @@ def _limit(text: str, name: str) -> RateLimitItem:
 
 
 class SignInCounts:
-    """The failed sign-ins per username and per address, shared by every sign-in form of one app
-    (``app.state.sign_in_counts``: ``POST /token`` and the pages' sign-in count together, so
-    switching between them gains an attacker nothing)."""
+    """The failed sign-ins per username and per address, kept in the service's database
+    (:class:`~immunostrat.trial.db.SignInFailureStore`) so that every worker and process of the service
+    counts together, and shared by every sign-in form of one app (``app.state.sign_in_counts``:
+    ``POST /token`` and the pages' sign-in count together, so switching between them gains an
+    attacker nothing). The window is a moving one: a key is refused while it has ``amount`` failures
+    in the last ``window`` seconds."""
 
-    def __init__(self, limits: LoginLimits | None = None) -> None:
+    def __init__(self, engine: Engine, limits: LoginLimits | None = None) -> None:
         self.limits = limits or LoginLimits.from_env()
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.store = SignInFailureStore(engine)
 
     def _keys(self, username: str | None, address: str | None) -> tuple[tuple[RateLimitItem, str, str], ...]:
         user_key = "user:" + hashlib.sha256((username or "").encode()).hexdigest()
         return (
             (self.limits.per_user, user_key, "this username"),
-            (self.limits.per_address, "address:" + (address or "unknown"), "this address"),
+            (self.limits.per_address, "address:" + (address or "unknown")[:64], "this address"),
         )
 
     def refused(self, username: str | None, address: str | None) -> tuple[int, str] | None:
         """(seconds to wait, "this username" or "this address") when a limit is reached."""
+        now_s = time.time()
         for item, key, whom in self._keys(username, address):
-            if not self.limiter.test(item, key):
-                reset = self.limiter.get_window_stats(item, key).reset_time
-                return max(1, math.ceil(reset - time.time())), whom
+            window_s = item.get_expiry()
+            times = self.store.times_since(key, now_s - window_s)
+            if len(times) >= item.amount:
+                # free again when the failure that keeps the count at the limit leaves the window
+                oldest_counted_s = times[len(times) - item.amount]
+                return max(1, math.ceil(oldest_counted_s + window_s - now_s)), whom
         return None
 
     def failed(self, username: str | None, address: str | None) -> None:
-        for item, key, _ in self._keys(username, address):
-            self.limiter.hit(item, key)
+        keys = self._keys(username, address)
+        longest_s = max(item.get_expiry() for item, _, _ in keys)
+        now_s = time.time()
+        self.store.add([key for _, key, _ in keys], now_s, now_s - longest_s)
 
     def succeeded(self, username: str | None) -> None:
-        item, key, _ = self._keys(username, None)[0]
-        self.limiter.clear(item, key)
+        _, key, _ = self._keys(username, None)[0]
+        self.store.clear(key)
 
 
 class LoginThrottle:
     """ASGI middleware over the sign-in routes (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, counts: SignInCounts | None = None) -> None:
+    def __init__(self, app: ASGIApp, counts: SignInCounts) -> None:
         self.app = app
-        self.counts = counts or SignInCounts()
+        self.counts = counts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in SIGN_IN_PATHS:
@@ -121,7 +133,7 @@ class LoginThrottle:
         client = scope.get("client")
         address = client[0] if client else None
         name = None if username is None else str(username)
-        refused = self.counts.refused(name, address)
+        refused = await run_in_threadpool(self.counts.refused, name, address)  # a database read
         if refused is not None:
             wait_s, whom = refused
             response = JSONResponse(
@@ -134,19 +146,19 @@ class LoginThrottle:
             )
             await response(scope, replay, send)
             return
-        status = 0
 
         async def watch(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
+                # counted before the answer leaves: a client that sees its 401 and tries again at
+                # once, on any worker, finds the failure already committed
                 status = int(message["status"])
+                if status == 401:
+                    await run_in_threadpool(self.counts.failed, name, address)
+                elif status == 200:
+                    await run_in_threadpool(self.counts.succeeded, name)
             await send(message)
 
         await self.app(scope, replay, watch)
-        if status == 401:
-            self.counts.failed(name, address)
-        elif status == 200:
-            self.counts.succeeded(name)
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -14,8 +14,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    delete,
+    event,
+    insert,
+    inspect,
+    select,
+)
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from immunostrat.errors import InputError
@@ -204,3 +220,54 @@ def _null_pool() -> Any:
     from sqlalchemy.pool import NullPool
 
     return NullPool
+
+
+# Sign-in throttling's counts (immunostrat.api.throttle): one row per failed sign-in and key, in the
+# service's own database so that every worker and process of one service shares them. The table is
+# not part of the trial's record (no audit row, not in the migrations' metadata): rows older than the
+# longest window are removed as new failures arrive, and losing them only resets the throttle.
+SIGN_IN_FAILURES = "sign_in_failures"
+_THROTTLE_METADATA = MetaData()
+_SIGN_IN_FAILURES = Table(
+    SIGN_IN_FAILURES,
+    _THROTTLE_METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(80), nullable=False),
+    Column("at_s", Float, nullable=False),  # seconds since the epoch (shared by every process)
+    Index("ix_sign_in_failures_key_at", "key", "at_s"),
+)
+
+
+class SignInFailureStore:
+    """Failed sign-ins per key (a hashed username or an address) with their times, in ``engine``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        for attempt in range(3):
+            try:
+                _THROTTLE_METADATA.create_all(engine, checkfirst=True)
+                break
+            except (IntegrityError, ProgrammingError, OperationalError):
+                # two workers starting at once both create it: the loser sees it on the next look
+                if attempt == 2:
+                    raise
+
+    def times_since(self, key: str, since_s: float) -> list[float]:
+        """The failure times of ``key`` after ``since_s``, oldest first."""
+        query = (
+            select(_SIGN_IN_FAILURES.c.at_s)
+            .where(_SIGN_IN_FAILURES.c.key == key, _SIGN_IN_FAILURES.c.at_s > since_s)
+            .order_by(_SIGN_IN_FAILURES.c.at_s)
+        )
+        with read_transaction(self.engine) as session:
+            return [float(t) for t in session.execute(query).scalars()]
+
+    def add(self, keys: list[str], at_s: float, forget_before_s: float) -> None:
+        """One failure at ``at_s`` for each key; rows older than ``forget_before_s`` are removed."""
+        with transaction(self.engine) as session:
+            session.execute(delete(_SIGN_IN_FAILURES).where(_SIGN_IN_FAILURES.c.at_s < forget_before_s))
+            session.execute(insert(_SIGN_IN_FAILURES), [{"key": k, "at_s": at_s} for k in keys])
+
+    def clear(self, key: str) -> None:
+        with transaction(self.engine) as session:
+            session.execute(delete(_SIGN_IN_FAILURES).where(_SIGN_IN_FAILURES.c.key == key))
