@@ -453,6 +453,17 @@ def main(argv: list[str] | None = None) -> int:
         "--pandas-stays", type=int, default=None, help="stays in the pandas sample (150; --quick: 60)"
     )
     parser.add_argument("--no-mimic-style", action="store_true")
+    parser.add_argument(
+        "--repeat-max-rows",
+        type=float,
+        default=1e99,
+        help="above this size only the warm whole build runs on DuckDB (no cold or hourly-only rerun)",
+    )
+    parser.add_argument(
+        "--memory-limit",
+        default=None,
+        help="DuckDB memory limit for our builds (e.g. 16GB; beyond it DuckDB spills to disk)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="where synthetic data is written")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -504,14 +515,19 @@ def main(argv: list[str] | None = None) -> int:
             )
             duck = None
             if "duckdb" in args.engines:
-                duck, sec, mib = timed(partial(build_cohort, source, PROTOCOL, engine="duckdb"))
+                duck, sec, mib = timed(
+                    partial(build_cohort, source, PROTOCOL, engine="duckdb", memory_limit=args.memory_limit)
+                )
                 hours = duck.hourly_sofa.height
                 results.append(
                     Row(label, "immunostrat DuckDB", info.rows, hours, sec, mib, "whole build, plan compiled")
                 )
+            if duck is not None and size <= args.repeat_max_rows:
                 # the same build without the per-process plan cache (a first build in a new process)
                 _PLAN_CACHE.clear()
-                _, sec, mib = timed(partial(build_cohort, source, PROTOCOL, engine="duckdb"))
+                _, sec, mib = timed(
+                    partial(build_cohort, source, PROTOCOL, engine="duckdb", memory_limit=args.memory_limit)
+                )
                 results.append(
                     Row(
                         label,

@@ -171,16 +171,38 @@ def spark_session(
     return session
 
 
-def connect(engine: str = "duckdb", *, spark: Any = None, threads: int | None = None) -> Any:
-    """An Ibis backend for ``engine`` ("duckdb": embedded, in memory; "spark": PySpark)."""
+def connect(
+    engine: str = "duckdb",
+    *,
+    spark: Any = None,
+    threads: int | None = None,
+    memory_limit: str | None = None,
+    temp_directory: str | Path | None = None,
+) -> Any:
+    """An Ibis backend for ``engine`` ("duckdb": embedded, in memory; "spark": PySpark).
+
+    DuckDB: ``threads`` (default: every core), ``memory_limit`` (e.g. "16GB"; default DuckDB's 80 % of
+    RAM) and ``temp_directory`` (where sorts, joins and windows spill beyond the memory limit, so a
+    cohort larger than memory runs out of core). Insertion order is not preserved: every table the
+    engine returns is sorted explicitly, and unordered operators stream in parallel and spill less."""
     if engine == "duckdb":
         con = ibis.duckdb.connect(**({"threads": threads} if threads else {}))
         con.raw_sql("SET TimeZone = 'UTC'")
+        con.raw_sql("SET preserve_insertion_order = false")
+        if memory_limit:
+            con.raw_sql(f"SET memory_limit = '{_sql_text(memory_limit)}'")
+        if temp_directory is not None:
+            con.raw_sql(f"SET temp_directory = '{_sql_text(str(temp_directory))}'")
         return con
     if engine == "spark":
         require_extra("spark", "the Spark engine")
         return ibis.pyspark.connect(spark if spark is not None else spark_session())
     raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+
+
+def _sql_text(value: str) -> str:
+    """``value`` inside a single-quoted SQL string literal."""
+    return value.replace("'", "''")
 
 
 # ------------------------------------------------------------------------------------------- the plan
@@ -519,13 +541,13 @@ def plan_hourly(
         hourly = joined.mutate(**{c: ibis.cases((is_fresh, joined.b_value), else_=ibis.null("float64"))})
         hourly = hourly.drop("b_stay", "b_time", "b_value", f"{c}__t")
 
-    hourly = hourly.mutate(
-        hour=ibis.row_number().over(ibis.window(group_by=hourly.stay_id, order_by=hourly.bucket))
-    )
+    # The grid is dense from grid_first on, so the hour index is arithmetic (a row_number window
+    # here cost a tenth of the hourly query).
+    hour = (hourly.bucket.epoch_seconds() - hourly.grid_first.epoch_seconds()) // 3600
     hourly = hourly.select(
         "stay_id",
         time=hourly.bucket,
-        hour=hourly.hour.cast("int64"),
+        hour=hour.cast("int64"),
         **{c: hourly[c].cast("float64") for c in provided},
         **{c: hourly[c].cast("float64") for c in biomarkers},
     )
@@ -743,6 +765,7 @@ def build_cohort(
     *,
     spark: Any = None,
     threads: int | None = None,
+    memory_limit: str | None = None,
     suspected_infection: str | None = None,
     sofa_baseline: str | None = None,
     sofa_version: str = "sofa-1996",
@@ -759,6 +782,9 @@ def build_cohort(
     named options of its definition file) choose the SOFA score; both are written to the summary.
     ``adults``, ``first_stay`` and ``min_stay_hours`` are the attrition steps of ``rules.yaml`` (all off:
     every stay); the stays left after each step are the summary's ``attrition``.
+
+    ``threads`` and ``memory_limit`` (DuckDB, e.g. "16GB") bound the engine; beyond the limit DuckDB
+    spills to the build's temporary folder, so a cohort larger than memory builds out of core.
 
     ``output_dir`` receives ``stays.parquet``, ``hourly_sofa.parquet``, ``sepsis3.parquet``,
     ``endotypes.parquet`` and ``summary.json``, written to a temporary folder renamed on success.
@@ -813,7 +839,9 @@ def build_cohort(
         )
         stays_path = work / "stays.parquet"
         stays_pl.write_parquet(stays_path)
-        con = connect(engine, spark=spark, threads=threads)
+        con = connect(
+            engine, spark=spark, threads=threads, memory_limit=memory_limit, temp_directory=work / "spill"
+        )
         # Fixed view names on DuckDB, so that the compiled SQL is the same from one build to the next
         # and can be cached (see _PLAN_CACHE).
         names = engine == "duckdb"
