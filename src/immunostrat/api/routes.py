@@ -65,7 +65,10 @@ ParticipantId = Annotated[int, Path(ge=1, le=MAX_ID, description="the participan
 
 class SiteIn(SiteSpec):
     seed: str = Field(
-        min_length=64, max_length=64, description="the trial's seed (hex), handed out at set-up"
+        min_length=64,
+        max_length=64,
+        pattern=r"^[0-9A-Fa-f]{64}$",
+        description="the trial's seed (hex), handed out at set-up",
     )
 
 

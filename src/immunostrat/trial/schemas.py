@@ -20,6 +20,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonDict
 
 from immunostrat.concepts import load_concepts
 from immunostrat.errors import InputError
@@ -32,7 +33,7 @@ from immunostrat.trial.definition import (
     Visit,
     VisitDef,
 )
-from immunostrat.trial.passwords import MAX_PASSWORD_CHARS, password_problem
+from immunostrat.trial.passwords import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, password_problem
 
 TRIAL_ROLES: tuple[str, ...] = ("investigator", "pharmacist", "monitor", "statistician", "admin")
 """Roles that work in a trial: the only ones that may read or write trial data."""
@@ -64,6 +65,46 @@ patient is a few hundred; 600,000 in one screening held the database for a minut
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 """C0 control characters but tab, line feed and carriage return: never typed, invisible when shown,
 and NUL is refused by PostgreSQL (it was a server error there and stored as is on SQLite)."""
+
+
+_C0 = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
+NO_CONTROL_PATTERN = f"^[^{_C0}]*$"
+""":data:`_CONTROL` as the OpenAPI document states it (a ``pattern`` on every text of the request
+models), so that a request the document allows is not refused by a rule it does not show."""
+
+
+def text_pattern(min_chars: int) -> str:
+    """The ``pattern`` of a text field that is stripped of surrounding white space and then needs
+    ``min_chars`` characters, with no control character anywhere: what :class:`_Model` applies,
+    stated in JSON Schema (``minLength`` alone counts the spaces that stripping removes)."""
+    if min_chars <= 0:
+        return NO_CONTROL_PATTERN
+    text, seen, space = f"[^{_C0}]", f"[^\\s{_C0}]", f"[^\\S{_C0}]"
+    if min_chars == 1:
+        return f"^{text}*{seen}{text}*$"
+    return f"^{space}*{seen}{text}{{{min_chars - 2},}}{seen}{space}*$"
+
+
+def _state_text_rules(schema: dict[str, Any]) -> None:
+    """Add the control-character and stripped-length rules to the text in one property's schema
+    (other models are references and state their own)."""
+    for key in ("anyOf", "oneOf", "allOf"):
+        for branch in schema.get(key, ()):
+            _state_text_rules(branch)
+    kind = schema.get("type")
+    if kind == "string" and not {"pattern", "format", "enum", "const"} & set(schema):
+        schema["pattern"] = text_pattern(int(schema.get("minLength", 0)))
+    elif kind == "array" and isinstance(schema.get("items"), dict):
+        _state_text_rules(schema["items"])
+    elif kind == "object":
+        schema.setdefault("propertyNames", {}).setdefault("pattern", NO_CONTROL_PATTERN)
+        if isinstance(schema.get("additionalProperties"), dict):
+            _state_text_rules(schema["additionalProperties"])
+
+
+def _document_text_rules(schema: dict[str, Any], model: type) -> None:
+    for prop in (schema.get("properties") or {}).values():
+        _state_text_rules(prop)
 
 
 def check_no_control(value: Any) -> Any:
@@ -99,7 +140,12 @@ class _Model(BaseModel):
     """Strict (no ``"1"`` for 1 or true, no 1 for true, no number for a date): a value the schema
     forbids is refused, not converted; dates and times come as ISO text (``Timestamp``, ``Day``)."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        str_strip_whitespace=True,
+        strict=True,
+        json_schema_extra=_document_text_rules,  # the two rules below, stated in the document
+    )
 
     @field_validator("*", mode="after")
     @classmethod
@@ -107,7 +153,11 @@ class _Model(BaseModel):
         return check_no_control(value)
 
 
-Password = Annotated[str, StringConstraints(strip_whitespace=False, max_length=MAX_PASSWORD_CHARS)]
+Password = Annotated[
+    str,
+    StringConstraints(strip_whitespace=False, max_length=MAX_PASSWORD_CHARS),
+    Field(json_schema_extra={"pattern": NO_CONTROL_PATTERN}),  # not stripped: no length pattern
+]
 """Taken as typed (surrounding spaces too): sign-in does not strip either (see ``passwords``)."""
 
 
@@ -307,7 +357,9 @@ class ScreeningIn(_Model):
     # state before the infection. Absent: 0, "no known pre-existing dysfunction".
     infection_suspected: bool | None = None
     pre_infection_sofa: int | None = Field(default=None, ge=0, le=24)
-    exclusions: dict[str, bool] = Field(default_factory=dict)
+    exclusions: dict[str, bool] = Field(
+        default_factory=dict, json_schema_extra={"propertyNames": {"enum": list(exclusion_criteria())}}
+    )
     observations: list[ObservationIn] = Field(default_factory=list, max_length=MAX_OBSERVATIONS)
     pseudonym: str | None = Field(default=None, min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")
     form: dict[str, Any] = Field(
@@ -377,7 +429,10 @@ class AdverseEventIn(_Model):
     ctcae_grade: int | None = Field(default=None, ge=1, le=5)
     severity: int | None = Field(default=None, ge=1, le=5, description="older name of ctcae_grade")
     serious: bool
-    seriousness: list[str] = Field(default_factory=list)
+    seriousness: list[str] = Field(
+        default_factory=list,
+        json_schema_extra={"items": {"type": "string", "enum": list(SERIOUSNESS_CRITERIA)}},
+    )
     related: bool | None = None
     outcome: str | None = Field(default=None, max_length=64)
     aware_at: Timestamp | None = Field(default=None, description="when the site learnt of it (default: now)")
@@ -448,9 +503,14 @@ class RescreenIn(_Model):
     reason: str = Field(min_length=3, max_length=500, description="why the patient is screened again")
 
 
+NEW_PASSWORD_SCHEMA: JsonDict = {"minLength": MIN_PASSWORD_CHARS}
+"""The policy's length stated in the document (its other rules, NFKC and strength, are checked by
+``password_problem``: a documented 422)."""
+
+
 class UserIn(_Model):
     username: str = Field(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
-    password: Password
+    password: Password = Field(json_schema_extra=NEW_PASSWORD_SCHEMA)
     role: Role
     site: str | None = Field(default=None, max_length=32)
     trial_id: int | None = Field(default=None, ge=1, le=MAX_ID)
@@ -469,7 +529,20 @@ class UserUpdate(_Model):
 
     active: bool | None = None
     role: Role | None = None
-    password: Password | None = None
+    password: Password | None = Field(
+        default=None,
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "type": "string",
+                    "maxLength": MAX_PASSWORD_CHARS,
+                    "pattern": NO_CONTROL_PATTERN,
+                    **NEW_PASSWORD_SCHEMA,
+                },
+                {"type": "null"},
+            ]
+        },
+    )
 
     @field_validator("password")
     @classmethod

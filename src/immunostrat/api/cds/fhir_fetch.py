@@ -66,7 +66,9 @@ def complete_prefetch(
             for key in missing:
                 query = fill_template(prefetch_templates()[key], dict(context))
                 have[key] = get_json(client, f"{base}/{query}")
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+        # InvalidURL is no HTTPError, and a host name IDNA cannot encode (a label over 63
+        # characters) is a UnicodeError: each is a server that cannot be reached, not a crash
         raise precondition_failed(
             f"the FHIR server {base} could not be reached: {type(exc).__name__}"
         ) from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,7 +14,6 @@ from immunostrat.api.cds.fhir_fetch import complete_prefetch
 from immunostrat.api.cds.jwt_auth import CdsCaller, cds_caller
 from immunostrat.api.cds.settings import CdsSettings, cds_settings
 from immunostrat.api.clinical import ClassifyIn, canonical_frame, canonical_observations
-from immunostrat.errors import InputError
 from immunostrat.sources.fhir_patient import read_fhir
 from immunostrat.trial import eligibility
 
@@ -29,17 +28,26 @@ class HookContext(BaseModel):
 
 class FhirAuthorization(BaseModel):
     model_config = ConfigDict(extra="allow")
-    access_token: str
+    access_token: str = Field(
+        pattern=r"^[A-Za-z0-9._~+/-]+=*$",
+        max_length=4096,
+        description="an OAuth 2.0 bearer token (RFC 6750 section 2.1, b64token): it is sent as is in the "
+        "Authorization header of the FHIR requests, which holds ASCII only",
+    )
     token_type: str = "Bearer"
 
 
 class HookRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    hook: str
+    hook: Literal["patient-view"] = Field(
+        description="the hook this service answers (stated here: another is refused by the schema)"
+    )
     hookInstance: str = Field(min_length=1)
     context: HookContext
     prefetch: dict[str, Any] | None = None
-    fhirServer: str | None = None
+    fhirServer: str | None = Field(
+        default=None, pattern=r"^https?://[^\s]+$", max_length=2048, description="the FHIR base URL"
+    )
     fhirAuthorization: FhirAuthorization | None = None
 
 
@@ -50,8 +58,6 @@ def patient_view(
     caller: Annotated[CdsCaller, Depends(cds_caller)],
     settings: Annotated[CdsSettings, Depends(cds_settings)],
 ) -> dict[str, Any]:
-    if body.hook != "patient-view":
-        raise InputError("this service answers the patient-view hook", field="hook", value=body.hook)
     decided_at = datetime.now(UTC)
     patient_id = body.context.patientId
     auth = body.fhirAuthorization.model_dump() if body.fhirAuthorization else None
