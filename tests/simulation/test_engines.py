@@ -112,13 +112,11 @@ def test_named_engine_that_cannot_run_a_request_is_an_error() -> None:
 
 
 def test_what_the_jax_engine_does_not_run_yet() -> None:
-    """JAX runs the published model only: the extensions are refused by name, and auto never picks JAX
-    for them (numba where installed, else numpy)."""
+    """JAX runs neither the MALS loop nor observers: both are refused by name, and auto never picks JAX for
+    them (numba where installed, else numpy). Deactivation and secondary infections it runs."""
     loop = replace(MONOCYTE_DEACTIVATION, mals_loop=MALS_LOOP)
     requests: list[tuple[str, dict[str, Any]]] = [
-        ("monocyte-deactivation", {"deactivation": MONOCYTE_DEACTIVATION}),
         ("MALS loop", {"deactivation": loop}),
-        ("secondary infections", {"deactivation": MONOCYTE_DEACTIVATION, "secondary": SECONDARY_INFECTION}),
         ("an observer", {"observer": BiomarkerObserver()}),
     ]
     for name, request in requests:
@@ -126,6 +124,9 @@ def test_what_the_jax_engine_does_not_run_yet() -> None:
         if installed("jax"):
             with pytest.raises(ValueError, match=name):
                 choose("jax", **request)
+    if installed("jax"):
+        full = {"deactivation": MONOCYTE_DEACTIVATION, "secondary": SECONDARY_INFECTION}
+        assert unsupported("jax", **full) is None  # type: ignore[arg-type]
 
 
 def test_numba_runs_the_mals_loop() -> None:

@@ -1,13 +1,15 @@
-"""The numba engine runs the full in-silico model as the numpy engine does: ICU-acquired infections (single
-and recurring, with pathogen death), the MALS loop and the biomarker observer of virtual populations, equal
-to :func:`model.integrate` (full courses) to 1e-9 in states, observer records, death times, infection times
-and episode counts, on a few hundred patients with random draws (skipped where numba is not installed)."""
+"""The compiled engines run the full in-silico model as the numpy engine does: numba ICU-acquired infections
+(single and recurring, with pathogen death), the MALS loop and the biomarker observer of virtual
+populations; JAX the infections without the MALS loop or observer. Equal to :func:`model.integrate` (full
+courses) to 1e-9 in states, observer records, death times, infection times and episode counts, on a few
+hundred patients with random draws (each engine's tests skipped where it is not installed)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from immunostrat.simulation import jax_backend, numba_backend
 from immunostrat.simulation.engines import choose, integrate_on, unsupported
 from immunostrat.simulation.model import (
     REYNOLDS_2006,
@@ -22,13 +24,14 @@ from immunostrat.simulation.model import (
     integrate,
     patient_parameters,
 )
-from immunostrat.simulation.numba_backend import available, integrate_numba
+from immunostrat.simulation.numba_backend import integrate_numba
 from immunostrat.simulation.observables import BiomarkerObserver, ObservableCalibration
 from immunostrat.simulation.population import PopulationPriors, model_variant
 from immunostrat.simulation.structures import draw_secondary
 from immunostrat.simulation.therapies import Schedule, combine
 
-pytestmark = pytest.mark.skipif(not available(), reason="numba is not installed (optional engine)")
+needs_numba = pytest.mark.skipif(not numba_backend.available(), reason="numba is not installed (optional)")
+needs_jax = pytest.mark.skipif(not jax_backend.available(), reason="jax is not installed (optional)")
 
 N = 300  # not a multiple of the kernel's block of 64, so the padded last block is exercised too
 T_END_H = 672.0  # 28 days: the whole at-risk window of ICU-acquired infections
@@ -83,6 +86,7 @@ def _options(variant: str) -> tuple[DeactivationParameters | None, SecondaryInfe
     return deact, sec, rule
 
 
+@needs_numba
 @pytest.mark.parametrize(
     ("variant", "observed", "therapy"),
     [
@@ -133,6 +137,7 @@ def test_numba_runs_the_full_model_as_numpy(variant: str, observed: bool, therap
         ).any()
 
 
+@needs_numba
 @pytest.mark.parametrize(("variant", "hill"), [("reynolds2006", 3.0), ("deactivation", 4.0)])
 def test_numba_runs_the_biomarker_observer_as_numpy(variant: str, hill: float) -> None:
     """The observer's filters (ferritin drive, filtered CA, effective C_inf) step by step, under every hook
@@ -152,6 +157,7 @@ def test_numba_runs_the_biomarker_observer_as_numpy(variant: str, hill: float) -
     assert np.ptp(a.aux[:, :, 0], axis=1).max() > 0.1 and np.ptp(a.aux[:, :, 1], axis=1).max() > 0.05
 
 
+@needs_numba
 def test_draws_of_one_episode_run_the_single_infection_model() -> None:
     """(n,) draws are one episode each, as in the numpy engine; too few episodes is a clear error."""
     deact, sec, _ = _options("full-recurring-infections")
@@ -180,6 +186,7 @@ class _PathogenMean:
         return np.asarray(0.5 * (aux + y[:, :1]), dtype=np.float64)
 
 
+@needs_numba
 def test_other_observers_fall_back_to_numpy() -> None:
     observer = _PathogenMean()
     reason = unsupported("numba", observer=observer)
@@ -193,3 +200,42 @@ def test_other_observers_fall_back_to_numpy() -> None:
     a = integrate(y0, params, t_end=48.0, observer=observer, drop_healed=False)
     b = integrate_on("auto", y0, params, t_end=48.0, observer=observer)
     np.testing.assert_array_equal(b.aux, a.aux)
+
+
+@needs_jax
+@pytest.mark.parametrize(
+    ("variant", "therapy"),
+    [("full", "interferon_gamma"), ("full-pathogen-death", "msc"), ("full-recurring-infections", None)],
+)
+def test_jax_runs_deactivation_and_infections_as_numpy(variant: str, therapy: str | None) -> None:
+    deact, sec, rule = _options(variant)
+    assert deact is not None and sec is not None
+    y0, params = _batch(seed=21)
+    rng = np.random.default_rng(5)
+    draws = draw_secondary(rng, N, sec.max_episodes, _inoculum)
+    kw = {
+        "t_end": T_END_H,
+        "schedule": _schedule(therapy, rng),
+        "death_rule": rule,
+        "deactivation": deact,
+        "secondary": sec,
+        "secondary_draws": draws,
+        "chunk_size": 128,  # several chunks, the last one padded
+    }
+    a = integrate(y0, params, drop_healed=False, **kw)  # type: ignore[arg-type]
+    b = integrate_on("jax", y0, params, **kw)  # type: ignore[arg-type]
+    _assert_same(b, a)
+    assert a.secondary_time is not None and a.secondary_count is not None
+    assert np.isfinite(a.death_time).any() and np.isnan(a.death_time).any()
+    assert 30 <= np.isfinite(a.secondary_time).sum() <= N - 30
+    assert (a.secondary_count >= 2).any() == (sec.max_episodes > 1)
+
+
+@needs_jax
+def test_jax_refuses_the_mals_loop() -> None:
+    deact, sec, _ = _options("full-mals-loop")
+    assert deact is not None and deact.mals_loop is not None
+    assert "MALS loop" in (unsupported("jax", deactivation=deact, secondary=sec) or "")
+    y0, params = _batch(seed=1)
+    with pytest.raises(ValueError, match="MALS loop"):
+        jax_backend.integrate_jax(y0, params, t_end=24.0, deactivation=deact)
