@@ -124,7 +124,7 @@ def server(db_url: str, workers: int, log: Path) -> Iterator[str]:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # two workers importing the stack on busy shared cores
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
