@@ -15,7 +15,7 @@ from immunostrat.cli import app
 from immunostrat.simulation.engines import unsupported
 from immunostrat.simulation.model import DeactivationParameters, SecondaryInfection
 from immunostrat.simulation.observables import BiomarkerObserver
-from immunostrat.simulation.population import model_variant
+from immunostrat.simulation.population import MODEL_VARIANTS, model_variant
 
 runner = CliRunner()
 
@@ -91,12 +91,18 @@ def test_unknown_engine_is_an_error_before_simulating(command: str) -> None:
 
 
 def test_engine_that_cannot_run_the_model_is_an_error() -> None:
-    """JAX runs neither the biomarker observer nor the model extensions (or is not installed): naming it is
-    an error that says why, from ``engines.unsupported``."""
-    reason = _reason("jax", "full")
-    assert reason is not None
+    """Naming an engine that cannot run a model's virtual patients (e.g. JAX and the MALS loop, or an engine
+    not installed) is an error that says why, from ``engines.unsupported``, on every simulate command."""
+    refused = [
+        (engine, model, reason)
+        for engine in ("jax", "numba")
+        for model in MODEL_VARIANTS
+        if (reason := _reason(engine, model)) is not None
+    ]
+    assert refused  # JAX refuses the MALS loop (or is not installed)
+    engine, model, reason = refused[0]
     for command in ("population", "trial", "size", "validate"):
-        result = runner.invoke(app, ["simulate", command, "--model", "full", "--engine", "jax"])
+        result = runner.invoke(app, ["simulate", command, "--model", model, "--engine", engine])
         assert result.exit_code == 2, result.output
         assert re.search(re.escape(reason), result.output.replace("\n", " ")), result.output
-        assert "--engine jax" in result.output and "Traceback" not in result.output
+        assert f"--engine {engine}" in result.output and "Traceback" not in result.output
