@@ -243,7 +243,7 @@ def test_named_engine_that_cannot_run_the_model_fails_before_sampling() -> None:
             refused += 1
             with pytest.raises(ValueError, match=re.escape(reason)):
                 generate_population(10, 0, engine=engine, max_sampled=1, **options)  # type: ignore[arg-type]
-    assert refused >= 1  # JAX runs neither observers nor the extensions (or is not installed)
+    assert refused >= 1  # JAX runs no observer (or is not installed)
     with pytest.raises(ValueError, match="unknown engine 'fortran'"):
         generate_population(10, 0, engine="fortran", max_sampled=1)
 
