@@ -11,10 +11,11 @@ limit is looser because one address can be a whole hospital behind a NAT. Both a
 ``IMMUNOSTRAT_LOGIN_LIMIT_USER`` and ``IMMUNOSTRAT_LOGIN_LIMIT_ADDRESS`` (``limits`` notation,
 e.g. ``10 per 15 minutes``).
 
-The counts live in the service's database (a small table, SQLite or PostgreSQL), so every worker and
-process of one service shares them and a restart keeps them: the limit holds whichever worker
-answers. Behind a reverse proxy the client address is the one uvicorn's proxy headers give
-(``--forwarded-allow-ips``: only the proxy's address may set it).
+The counts live in the service's database (a small table on PostgreSQL; on SQLite in a file of its
+own beside the database, ``DB.sign-in``, so that a failed sign-in never waits for the database's one
+write lock), so every worker and process of one service shares them and a restart keeps them: the
+limit holds whichever worker answers. Behind a reverse proxy the client address is the one
+uvicorn's proxy headers give (``--forwarded-allow-ips``: only the proxy's address may set it).
 """
 
 from __future__ import annotations

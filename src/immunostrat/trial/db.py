@@ -203,7 +203,7 @@ def drop_database(server_url: str, name: str) -> None:
     """Drop database ``name`` (closing its connections first)."""
     url = make_url(normalise_url(server_url))
     if url.get_backend_name() == "sqlite":
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", ".sign-in", ".sign-in-wal", ".sign-in-shm"):  # with the throttle's
             Path(name + suffix).unlink(missing_ok=True)
         return
     for key in [k for k in _ENGINES if make_url(k).database == name]:
@@ -223,7 +223,8 @@ def _null_pool() -> Any:
 
 
 # Sign-in throttling's counts (immunostrat.api.throttle): one row per failed sign-in and key, in the
-# service's own database so that every worker and process of one service shares them. The table is
+# service's own database (on SQLite a file beside it, DB.sign-in) so that every worker and process
+# of one service shares them. The table is
 # not part of the trial's record (no audit row, not in the migrations' metadata): rows older than the
 # longest window are removed as new failures arrive, and losing them only resets the throttle.
 SIGN_IN_FAILURES = "sign_in_failures"
@@ -242,6 +243,10 @@ class SignInFailureStore:
     """Failed sign-ins per key (a hashed username or an address) with their times, in ``engine``."""
 
     def __init__(self, engine: Engine) -> None:
+        if is_sqlite(engine) and engine.url.database:
+            # a file of its own beside the database: SQLite has one write lock per file, and a
+            # failed sign-in must not wait for a long write (nor a read-only request for it)
+            engine = get_engine(f"sqlite:///{engine.url.database}.sign-in")
         self.engine = engine
         for attempt in range(3):
             try:
