@@ -313,3 +313,37 @@ def test_bedside_vasopressin_with_norepinephrine() -> None:
     assert bedside(rows)["sofa_cardiovascular"] == 3  # low dose with another agent
     assert bedside(rows, "sofa")["sofa_cardiovascular"] == 3  # 1996: NE <= 0.1 -> 3
     assert bedside(rows[:2] + rows[4:])["sofa_cardiovascular"] == 2
+
+
+# The bedside window reads SOFA-2's own inputs as the cohort engine does (worst value in the window).
+@pytest.mark.parametrize(
+    ("extra", "component", "points"),
+    [
+        ([], "sofa_renal", 1),  # creatinine 1.5 mg/dL alone
+        ([(2, "rrt", 1.0)], "sofa_renal", 4),  # receiving RRT
+        ([(2, "potassium", 6.1)], "sofa_renal", 4),  # meets the RRT criteria (footnote p)
+        ([(2, "potassium", 5.9)], "sofa_renal", 1),  # does not
+        ([(2, "ph", 7.15), (2, "bicarbonate", 11.0)], "sofa_renal", 4),
+        ([(2, "ph", 7.15), (2, "bicarbonate", 13.0)], "sofa_renal", 1),
+        ([(1, "ph", 7.15), (3, "ph", 7.40), (2, "bicarbonate", 11.0)], "sofa_renal", 4),  # lowest pH
+    ],
+)
+def test_bedside_reads_the_sofa2_renal_inputs(
+    extra: list[tuple[float, str, float]], component: str, points: int
+) -> None:
+    row = bedside([(0, "creatinine", 1.5), *extra, (4, "map", 80.0)])
+    assert row[component] == points
+
+
+def test_bedside_reads_the_sofa2_brain_inputs() -> None:
+    assert bedside([(0, "gcs", 15.0)])["sofa_cns"] == 0
+    assert bedside([(0, "gcs", 15.0), (1, "delirium_drug", 1.0)])["sofa_cns"] == 1  # footnote e floor
+    # the motor score alone: M3 -> 3, the worst motor score of the window
+    assert bedside([(0, "gcs_motor", 6.0), (1, "gcs_motor", 3.0), (2, "gcs_motor", 6.0)])["sofa_cns"] == 3
+
+
+def test_bedside_reads_organ_support() -> None:
+    base = [(0, "pao2", 300.0), (0, "fio2", 0.5), (0, "mechanical_ventilation", 1.0)]
+    assert bedside(base)["sofa_respiration"] < 4
+    assert bedside([*base, (1, "ecmo", 1.0)])["sofa_respiration"] == 4
+    assert bedside([(0, "map", 80.0), (1, "mechanical_circulatory_support", 1.0)])["sofa_cardiovascular"] == 4

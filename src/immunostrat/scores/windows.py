@@ -35,6 +35,9 @@ VASOPRESSORS = (
     "epinephrine_rate",
     "norepinephrine_rate",
     "vasopressin_rate",
+    # SOFA-2's other vasoactive agents (sofa-2.yaml)
+    "phenylephrine_rate",
+    "milrinone_rate",
 )
 WORST_MIN = (
     "platelets",
@@ -49,6 +52,10 @@ WORST_MIN = (
     "c4",
     "spo2",
     "urine_output_24h",
+    # SOFA-2 inputs (sofa-2.yaml): the worst value of the window, as the cohort engine takes it
+    "gcs_motor",
+    "ph",
+    "bicarbonate",
 )
 WORST_MAX = (
     "bilirubin",
@@ -68,6 +75,7 @@ WORST_MAX = (
     "urine_rbc_hpf",
     "urine_wbc_hpf",
     "proteinuria_24h",
+    "potassium",
 )
 # Binary findings: present if recorded present at any time in the window.
 FINDINGS_ANY = (
@@ -76,6 +84,11 @@ FINDINGS_ANY = (
     "splenomegaly",
     "hemophagocytosis",
     "mechanical_ventilation",
+    # SOFA-2 organ support and delirium treatment (sofa-2.yaml)
+    "rrt",
+    "ecmo",
+    "mechanical_circulatory_support",
+    "delirium_drug",
 )
 
 # Design choices (not clinical constants): how far back a FiO2 or support status may be carried to pair
