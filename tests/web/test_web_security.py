@@ -201,3 +201,6 @@ def test_sign_in_is_throttled(web: WebServer) -> None:
     # the right password is refused too while the window lasts
     right = {"username": web.user("throttle"), "password": web.passwords["throttle"]}
     assert httpx.post(f"{web.base_url}/web/sign-in", data=right, timeout=30).status_code == 429
+    # one count for the pages and the API (the service's database): the API's sign-in is refused too
+    token = httpx.post(f"{web.base_url}/token", data=right, timeout=30)
+    assert token.status_code == 429, token.text

@@ -52,7 +52,7 @@ from immunostrat.web.core import (
     trial_nav,
     user_of,
 )
-from immunostrat.web.session import CSRF_FIELD, SignInThrottle, clear_session, set_session
+from immunostrat.web.session import CSRF_FIELD, clear_session, set_session
 
 router = page_router()
 fallback = page_router()
@@ -97,9 +97,12 @@ async def sign_in(request: Request) -> Response:
     data = await request.form()
     username = str(data.get("username", ""))[:64]
     password = str(data.get("password", ""))
-    throttle = SignInThrottle.of(request)
-    wait_s = throttle.wait_s(request, username)
-    if wait_s is not None:
+    # The API's sign-in counts (in the service's database): shared by the API, the pages and every worker.
+    counts = request.app.state.sign_in_counts
+    address = request.client.host if request.client else None
+    refused = await run_in_threadpool(counts.refused, username, address)
+    if refused is not None:
+        wait_s = refused[0]
         context = {"error": f"Too many failed sign-ins: try again in {wait_s} s.", "username": username}
         response: Response = render(request, "sign_in.html", context, status=429)
         response.headers["Retry-After"] = str(wait_s)
@@ -112,10 +115,10 @@ async def sign_in(request: Request) -> Response:
 
     user = await run_in_threadpool(check)
     if user is None:
-        throttle.failed(request, username)
+        await run_in_threadpool(counts.failed, username, address)
         context = {"error": "Wrong username or password.", "username": username}
         return render(request, "sign_in.html", context, status=401)
-    throttle.succeeded(request, username)
+    await run_in_threadpool(counts.succeeded, username)
     token, seconds = issue_token(user, request.app.state.signing_key, request.app.state.token_minutes)
     response = RedirectResponse("/web/", status_code=303)
     set_session(response, request, token, seconds)

@@ -1,5 +1,6 @@
 """The pages' session: the API's own signed, expiring token kept in a cookie, a CSRF token derived
-from it, the security headers of every page, and sign-in throttling with the API's limits.
+from it, the security headers of every page. Sign-in throttling is the API's (``app.state.sign_in_counts``,
+counted in the service's database and shared by every worker).
 
 The cookie holds the token ``POST /token`` would issue (:func:`~immunostrat.api.auth.issue_token`):
 signed with the app's token key, expiring after the app's token minutes, checked with
@@ -17,18 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
-import time
-from dataclasses import dataclass
 
 import jwt
 from fastapi import HTTPException, Request
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 from starlette.responses import Response
 
 from immunostrat.api.auth import KeyFile, Principal, TokenKeys, TokenSource, decode_token
-from immunostrat.api.throttle import LoginLimits
 
 COOKIE = "immunostrat_session"
 CSRF_FIELD = "csrf_token"
@@ -108,43 +103,3 @@ def secure(response: Response) -> Response:
     for name, value in SECURITY_HEADERS.items():
         response.headers[name] = value
     return response
-
-
-@dataclass
-class SignInThrottle:
-    """Failed sign-ins per username and per address, with the API's limits (``LoginLimits``:
-    10 per username and 100 per address in 15 minutes by default, NIST SP 800-63B-4 3.2.2)."""
-
-    limits: LoginLimits
-    limiter: MovingWindowRateLimiter
-
-    @classmethod
-    def of(cls, request: Request) -> SignInThrottle:
-        throttle = getattr(request.app.state, "web_sign_in_throttle", None)
-        if throttle is None:
-            throttle = cls(LoginLimits.from_env(), MovingWindowRateLimiter(MemoryStorage()))
-            request.app.state.web_sign_in_throttle = throttle
-        return throttle
-
-    def _keys(self, request: Request, username: str) -> list[tuple[object, str]]:
-        client = request.client
-        return [
-            (self.limits.per_user, "user:" + hashlib.sha256(username.encode()).hexdigest()),
-            (self.limits.per_address, "address:" + (client.host if client else "unknown")),
-        ]
-
-    def wait_s(self, request: Request, username: str) -> int | None:
-        """Seconds until the next attempt is allowed, or None when it is allowed now."""
-        for item, key in self._keys(request, username):
-            if not self.limiter.test(item, key):  # type: ignore[arg-type]
-                reset = self.limiter.get_window_stats(item, key).reset_time  # type: ignore[arg-type]
-                return max(1, math.ceil(reset - time.time()))
-        return None
-
-    def failed(self, request: Request, username: str) -> None:
-        for item, key in self._keys(request, username):
-            self.limiter.hit(item, key)  # type: ignore[arg-type]
-
-    def succeeded(self, request: Request, username: str) -> None:
-        item, key = self._keys(request, username)[0]
-        self.limiter.clear(item, key)  # type: ignore[arg-type]
