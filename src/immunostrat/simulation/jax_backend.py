@@ -34,6 +34,7 @@ from .model import (
     SecondaryDraws,
     SecondaryInfection,
     Trajectory,
+    check_secondary_inputs,
     course_grid,
 )
 from .structures import episode_columns
@@ -252,13 +253,10 @@ def integrate_jax(
             )
     exposures = inocula = np.zeros((1, n))
     if secondary is not None:
-        if deactivation is None:
-            raise ValueError("secondary infections need the monocyte-deactivation extension (deactivation=)")
-        if secondary_draws is None or secondary_draws.exposure.shape[:1] != (n,):
-            raise ValueError(f"secondary infections need secondary_draws for {n} patients")
+        checked = check_secondary_inputs(n, deactivation, secondary_draws)
         episodes = secondary.max_episodes
-        exposures = episode_columns(secondary_draws.exposure, episodes).T.copy()
-        inocula = (secondary.inoculum_scale * episode_columns(secondary_draws.relative_inoculum, episodes)).T
+        exposures = episode_columns(checked.exposure, episodes).T.copy()
+        inocula = (secondary.inoculum_scale * episode_columns(checked.relative_inoculum, episodes)).T
         sec = (
             secondary.hazard_per_h,
             secondary.hazard_ratio_low,

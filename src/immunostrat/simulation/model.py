@@ -585,6 +585,18 @@ def _healed(
     return np.asarray(near & stable)
 
 
+def check_secondary_inputs(
+    n: int, deactivation: DeactivationParameters | None, secondary_draws: SecondaryDraws | None
+) -> SecondaryDraws:
+    """The draws, once checked for what every engine needs to run secondary infections: the deactivation
+    extension (their hazard reads H) and one set of draws per patient."""
+    if deactivation is None:
+        raise ValueError("secondary infections need the monocyte-deactivation extension (deactivation=)")
+    if secondary_draws is None or secondary_draws.exposure.shape[:1] != (n,):
+        raise ValueError(f"secondary infections need secondary_draws for {n} patients")
+    return secondary_draws
+
+
 def integrate(
     y0: npt.ArrayLike,
     params: PatientParameters,
@@ -642,10 +654,7 @@ def integrate(
     aux_names = observer.names if observer is not None else ()
     n_state = 4 if deactivation is None else 5
     if secondary is not None:
-        if deactivation is None:
-            raise ValueError("secondary infections need the monocyte-deactivation extension (deactivation=)")
-        if secondary_draws is None or secondary_draws.exposure.shape[:1] != (n,):
-            raise ValueError(f"secondary infections need secondary_draws for {n} patients")
+        check_secondary_inputs(n, deactivation, secondary_draws)
     sec_time = np.full(n, np.nan) if secondary is not None else None
     sec_count = np.zeros(n, dtype=np.int64) if secondary is not None else None
     if deactivation is not None:

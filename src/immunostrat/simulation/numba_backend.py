@@ -46,6 +46,7 @@ from .model import (
     SecondaryDraws,
     SecondaryInfection,
     Trajectory,
+    check_secondary_inputs,
     course_grid,
 )
 from .structures import episode_columns
@@ -615,15 +616,12 @@ def integrate_numba(
         consts.update(loop_gain=loop.gain, loop_k_pow=loop.k**loop.hill, loop_hill=loop.hill)
     exposures = inocula = np.zeros((0, 1))
     if secondary is not None:
-        if deactivation is None:
-            raise ValueError("secondary infections need the monocyte-deactivation extension (deactivation=)")
-        if secondary_draws is None or secondary_draws.exposure.shape[:1] != (n,):
-            raise ValueError(f"secondary infections need secondary_draws for {n} patients")
+        checked = check_secondary_inputs(n, deactivation, secondary_draws)
         episodes = secondary.max_episodes
         # As the numpy engine: (n, episodes) draws, inocula scaled by Python before the run.
-        exposures = np.ascontiguousarray(episode_columns(secondary_draws.exposure, episodes))
+        exposures = np.ascontiguousarray(episode_columns(checked.exposure, episodes))
         inocula = np.ascontiguousarray(
-            secondary.inoculum_scale * episode_columns(secondary_draws.relative_inoculum, episodes)
+            secondary.inoculum_scale * episode_columns(checked.relative_inoculum, episodes)
         )
         if inocula.shape != exposures.shape:
             raise ValueError(
