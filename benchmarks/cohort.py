@@ -504,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.pandas_stays is None:
         args.pandas_stays = 60 if args.quick else 150
     spark_max = args.spark_max_rows if args.spark_max_rows is not None else (1e5 if args.quick else 1e99)
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="immunostrat-bench-", dir=args.workdir))
     results: list[Row] = []
     problems: list[str] = []
