@@ -7,7 +7,7 @@ import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import polars as pl
 import typer
@@ -16,11 +16,12 @@ from rich.table import Table
 
 from immunostrat import __version__
 from immunostrat.cli.output import fail, write_table
-from immunostrat.concepts import ObservationSet, load_concepts, read_observations
-from immunostrat.concepts.site_codes import load_site_codes
 from immunostrat.errors import InputError
-from immunostrat.protocols import Classification, classify_all, list_protocols, load_protocol
 from immunostrat.scores import SCORES, score_windows, windows_at, windows_every
+
+if TYPE_CHECKING:  # concepts (units) and protocols load when a command reads data, not for --help
+    from immunostrat.concepts import ObservationSet
+    from immunostrat.protocols import Classification
 
 app = typer.Typer(
     name="immunostrat",
@@ -66,6 +67,9 @@ def _read(
     site_codes: Path | None = None,
 ) -> ObservationSet:
     """Observations from a CSV/Parquet file or a FHIR file (.json Bundle, .ndjson), by extension."""
+    from immunostrat.concepts import read_observations
+    from immunostrat.concepts.site_codes import load_site_codes
+
     codes = load_site_codes(site_codes) if site_codes is not None else None
     if input_path.suffix.lower() in FHIR_SUFFIXES:
         if date_format is not None:
@@ -221,6 +225,8 @@ def classify(
     site_codes: SiteCodesOpt = None,
 ) -> None:
     """Classify each patient's immune endotype and recommend therapy and dose, with reasons."""
+    from immunostrat.protocols import classify_all, load_protocol
+
     try:
         try:
             chosen = load_protocol(protocol)
@@ -255,6 +261,8 @@ def classify(
 @app.command()
 def protocols() -> None:
     """List the shipped protocols."""
+    from immunostrat.protocols import list_protocols
+
     table = Table(title="Protocols")
     for col in ("id", "version", "kind", "endotypes", "source"):
         table.add_column(col, overflow="fold", no_wrap=col == "id")
@@ -266,6 +274,8 @@ def protocols() -> None:
 @app.command()
 def concepts() -> None:
     """List concepts with canonical units, accepted units, LOINC codes and aliases."""
+    from immunostrat.concepts import load_concepts
+
     table = Table(title="Concepts")
     for col in ("id", "canonical unit", "accepted units", "LOINC / code", "plausible", "aliases"):
         table.add_column(col, overflow="fold", no_wrap=col == "id")

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from immunostrat.concepts import UnitError, conversion_for, load_concepts
+from immunostrat.concepts import load_concepts
 from immunostrat.scores import compare
 
 FieldType = Literal["number", "integer", "boolean", "choice", "text", "date"]
@@ -88,6 +88,8 @@ class FieldDef(_Def):
                     + concepts.unknown_expected(self.concept)
                 )
             if self.type in ("number", "integer"):
+                from immunostrat.concepts import UnitError, conversion_for  # units load with a unit field
+
                 try:
                     conversion_for(self.concept, self.stored_unit)
                 except UnitError as exc:
@@ -114,6 +116,8 @@ class FieldDef(_Def):
             return self.range
         if self.concept is None or self.type not in ("number", "integer"):
             return None
+        from immunostrat.concepts import conversion_for
+
         concept = load_concepts()[self.concept]
         conv = conversion_for(self.concept, self.stored_unit)
         if conv.per_weight_kg:
