@@ -73,7 +73,8 @@ def test(args: list[str]) -> None:
     _run(BIN / "mypy")
     env = dict(os.environ)
     env.setdefault("PYTHONHASHSEED", "0")
-    _run(PY, "-m", "pytest", *(args or ["-q"]), env=env)
+    # two workers (pytest-xdist), each test file on one: the suite is CPU-bound and CI has two cores
+    _run(PY, "-m", "pytest", *(args or ["-q", "-n", "2", "--dist", "loadfile"]), env=env)
 
 
 EXTRAS = ("spark", "jax")

@@ -197,8 +197,10 @@ def running_app(settings: dict[str, str], log: Path, drop: tuple[str, ...] = ())
         assert not errors, log.read_text()[-5000:]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # per module: Playwright's sync API holds an event loop while it runs, and a session-wide one
+    # makes every later `sync_playwright()` outside the web tests (reports, API docs) refuse to start
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         yield chromium
