@@ -7,7 +7,33 @@ import numpy as np
 import pytest
 
 from immunostrat.simulation.population import IMMUNOPARALYSIS, INTERMEDIATE, MALS, stratify
-from immunostrat.simulation.trial import _enrol, _enrolments
+from immunostrat.simulation.trial import _enrolments
+
+
+def _enrol(
+    rng: np.random.Generator,
+    ferritin: np.ndarray,
+    mhla_dr: np.ndarray,
+    sigma: float,
+    eligible: tuple[int, ...],
+    n: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw patients (with replacement) until ``n`` are eligible by their noisy measured endotype (the
+    trial-by-trial definition that :func:`_enrolments` must reproduce)."""
+    picked: list[np.ndarray] = []
+    strata: list[np.ndarray] = []
+    got = 0
+    elig = np.asarray(eligible)
+    while got < n:
+        draw = rng.integers(0, ferritin.size, size=2 * n)
+        fer = ferritin[draw] * np.exp(rng.normal(0.0, sigma, draw.size))
+        hla = mhla_dr[draw] * np.exp(rng.normal(0.0, sigma, draw.size))
+        endo = stratify(fer, hla)
+        ok = np.isin(endo, elig)
+        picked.append(draw[ok])
+        strata.append(endo[ok])
+        got += int(ok.sum())
+    return np.concatenate(picked)[:n], np.concatenate(strata)[:n]
 
 
 @pytest.mark.parametrize(

@@ -407,8 +407,9 @@ def _enrolments(
     block: int = 64,
 ) -> Iterator[tuple[IntArray, IntArray, bytes]]:
     """The enrolment (patients, measured endotypes) and allocation-list seed of ``trials`` successive
-    trials: exactly those of :func:`_enrol` then ``rng.bytes(32)``, trial after trial, with one protocol
-    call per block of trials instead of one per round of draws (the call's fixed cost dominated the loop).
+    trials: exactly those of drawing rounds of ``2 n`` patients until ``n`` are eligible, then
+    ``rng.bytes(32)``, trial after trial (the reference loop is in the tests), with one protocol call
+    per block of trials instead of one per round of draws (the call's fixed cost dominated the loop).
 
     Each item of a block is one round of draws of the current trial followed by the 32 bytes that seed its
     allocation if that round completes it. After the block's one stratification call, the first trial that
@@ -439,32 +440,6 @@ def _enrolments(
                 continue
             rng.bit_generator.state = state  # short: its next round comes next, not the 32 bytes
             break
-
-
-def _enrol(
-    rng: np.random.Generator,
-    ferritin: FloatArray,
-    mhla_dr: FloatArray,
-    sigma: float,
-    eligible: Sequence[int],
-    n: int,
-) -> tuple[IntArray, IntArray]:
-    """Draw patients (with replacement) until ``n`` are eligible by their noisy measured endotype (the
-    trial-by-trial definition of :func:`_enrolments`)."""
-    picked: list[IntArray] = []
-    strata: list[IntArray] = []
-    got = 0
-    elig = np.asarray(eligible)
-    while got < n:
-        draw = rng.integers(0, ferritin.size, size=2 * n)
-        fer = ferritin[draw] * np.exp(rng.normal(0.0, sigma, draw.size))
-        hla = mhla_dr[draw] * np.exp(rng.normal(0.0, sigma, draw.size))
-        endo = stratify(fer, hla)
-        ok = np.isin(endo, elig)
-        picked.append(draw[ok])
-        strata.append(endo[ok])
-        got += int(ok.sum())
-    return np.concatenate(picked)[:n], np.concatenate(strata)[:n]
 
 
 def power_curve(
