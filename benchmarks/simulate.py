@@ -321,11 +321,11 @@ def _dask_sweep(n_batches: int, batch: int) -> tuple[float, float, int] | None:
     from distributed import Client, LocalCluster
 
     from immunostrat.simulation.observables import ObservableCalibration
-    from immunostrat.simulation.population import STANDARD_OF_CARE, _plausible_batch
+    from immunostrat.simulation.population import STANDARD_OF_CARE, BatchJob, _plausible_batch
 
     cal = ObservableCalibration()
-    jobs = [(2026, i, batch, None, cal, 1, STANDARD_OF_CARE, None, None) for i in range(n_batches)]
-    _plausible_batch((2026, 999, 64, None, cal, 1, STANDARD_OF_CARE, None, None))  # warm-up
+    jobs = [BatchJob(2026, i, batch, None, cal, 1, STANDARD_OF_CARE) for i in range(n_batches)]
+    _plausible_batch(BatchJob(2026, 999, 64, None, cal, 1, STANDARD_OF_CARE))  # warm-up
     w0 = time.perf_counter()
     serial = [_plausible_batch(job) for job in jobs]
     serial_rate = n_batches * batch / (time.perf_counter() - w0)

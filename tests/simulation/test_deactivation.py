@@ -27,6 +27,7 @@ from immunostrat.simulation.model import (
 from immunostrat.simulation.observables import BiomarkerObserver, ObservableCalibration, daily_observables
 from immunostrat.simulation.population import (
     IMMUNOPARALYSIS,
+    BatchJob,
     VirtualPopulation,
     _plausible_batch,
     background_schedule,
@@ -118,7 +119,7 @@ def test_calibration_points() -> None:
     shipped = [e.strength for e in get_therapy("interferon_gamma").effects if e.hook == "hla_gain"]
     assert shipped == [pytest.approx(ifn_hla_gain(de), abs=0.005)]
     cohort, _, _ = _plausible_batch(
-        (11, 0, 8192, None, ObservableCalibration(), 1, "standard_of_care", de, None, None)
+        BatchJob(11, 0, 8192, None, ObservableCalibration(), 1, "standard_of_care", deactivation=de)
     )
     assert np.mean(cohort.mhla_dr < 5000) == pytest.approx(0.429, abs=0.03)
     # healthy patients read ~20,000 AB/C (insilico.md 3 baseline point)

@@ -513,57 +513,40 @@ def _fit(
     )
 
 
-_Job = (
-    tuple[
-        int,
-        int,
-        int,
-        PopulationPriors | None,
-        ObservableCalibration,
-        int,
-        str | None,
-        DeactivationParameters | None,
-        SecondaryInfection | None,
-        DeathRule | None,
-        str,
-    ]
-    | tuple[
-        int,
-        int,
-        int,
-        PopulationPriors | None,
-        ObservableCalibration,
-        int,
-        str | None,
-        DeactivationParameters | None,
-        SecondaryInfection | None,
-        DeathRule | None,
-    ]
-    | tuple[
-        int,
-        int,
-        int,
-        PopulationPriors | None,
-        ObservableCalibration,
-        int,
-        str | None,
-        DeactivationParameters | None,
-        SecondaryInfection | None,
-    ]
-)
+@dataclass(frozen=True)
+class BatchJob:
+    """One batch of a population's sampling: everything :func:`_plausible_batch` needs (picklable, so
+    any executor can run it)."""
+
+    seed: int
+    index: int
+    size: int
+    priors: PopulationPriors | None
+    calibration: ObservableCalibration
+    enrolment_day: int
+    background: str | None
+    deactivation: DeactivationParameters | None = None
+    secondary: SecondaryInfection | None = None
+    death_rule: DeathRule | None = None
+    engine: str = DEFAULT_ENGINE
 
 
-def _plausible_batch(job: _Job) -> tuple[Cohort, IntArray, FloatArray]:
+def _plausible_batch(job: BatchJob) -> tuple[Cohort, IntArray, FloatArray]:
     """Batch ``index`` of the population with ``seed``: its plausible patients, their (endotype, death)
     cells and one acceptance uniform each. Its random stream depends only on (seed, index), so any executor
     returns the same batch (top-level and picklable for process pools and Dask workers)."""
-    seed, index, batch, priors, cal, enrolment_day, background, deactivation, secondary, *rest = job
-    # jobs written before the death rule was a variant have 9 fields, before the engine was a choice 10
-    death_rule = rest[0] if rest and isinstance(rest[0], DeathRule) else None
-    engine = rest[1] if len(rest) > 1 and isinstance(rest[1], str) else DEFAULT_ENGINE
-    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    rng = np.random.default_rng(np.random.SeedSequence([job.seed, job.index]))
     cohort = sample_cohort(
-        batch, rng, priors, cal, enrolment_day, background, deactivation, secondary, death_rule, engine
+        job.size,
+        rng,
+        job.priors,
+        job.calibration,
+        job.enrolment_day,
+        job.background,
+        job.deactivation,
+        job.secondary,
+        job.death_rule,
+        job.engine,
     )
     cohort = cohort.take(cohort.alive_at_enrolment & (cohort.sofa >= 2))
     endo = stratify(cohort.ferritin, cohort.mhla_dr)
@@ -632,8 +615,8 @@ def generate_population(
         if n_sampled >= limit:
             raise RuntimeError(f"fewer than {size} patients accepted after {n_sampled} draws")
         width = max(1, parallel_batches) if executor is not None else 1
-        jobs: list[_Job] = [
-            (
+        jobs = [
+            BatchJob(
                 seed,
                 index + k,
                 batch,
