@@ -101,6 +101,10 @@ DOMAIN_RULES: dict[str, tuple[tuple[str, ...], str]] = {
         ("422",),
         "a visit, form and field of this trial",
     ),
+    "GET /trials/{trial_id}/export": (
+        ("422",),
+        "an ODM export needs a trial set up with forms (the database)",
+    ),
     "POST /classify": (("422",), "a bundle with FHIR resources, known concepts, no NUL in nested values"),
     "POST /score": (("422",), "a bundle with FHIR resources, known concepts, no NUL in nested values"),
     "POST /cds-services/immunostrat-endotype": (

@@ -669,6 +669,13 @@ def fuzzing(folder: Path, max_time: float) -> list[Finding]:
     measured = f"{summary['test_cases']} generated requests ({roles}); " + (
         ", ".join(f"{k}: {v}" for k, v in by_check.items() if v) or "0 failures on every check"
     )
+    where = [  # each failure with its role and operations, so a rare one can be found again
+        f"{role}: {f.get('type')} [{', '.join(f.get('operations') or [])}]"
+        for role, run in summary["roles"].items()
+        for f in run["failures"]
+    ]
+    if where:
+        measured += " (" + "; ".join(where) + ")"
     method = (
         "schemathesis over every operation of the OpenAPI document as each role and no token: no 5xx; "
         "status codes, content types, headers and bodies as documented; 405 with a correct Allow; a "
