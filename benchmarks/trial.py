@@ -397,8 +397,9 @@ def check(db_url: str, trial_id: int, participants: list[int], responses: list[A
 @dataclass
 class StatementClock:
     """Counts SQL statements, the time spent in the driver executing them (per kind of statement),
-    and when the first statement that serialises allocations ran (the trial row lock on
-    PostgreSQL; on SQLite the transaction's first statement, which takes the write lock)."""
+    and when the first statement that serialises allocations ran (on PostgreSQL the UPDATE that
+    counts the allocation and so locks the trial row; on SQLite the transaction's first statement,
+    which takes the write lock)."""
 
     statements: int = 0
     seconds: float = 0.0
@@ -419,7 +420,7 @@ class StatementClock:
         def _before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
             now = time.perf_counter()
             self._started[id(cursor)] = now
-            locking = sqlite or ("FROM trials" in statement and "FOR NO KEY UPDATE" in statement)
+            locking = sqlite or statement.startswith("UPDATE trials SET allocations_made")
             if self.lock_at is None and locking:
                 self.lock_at = now
 

@@ -24,7 +24,7 @@ from immunostrat.trial.models import Base
 
 def test_migrations_create_exactly_the_model(db_url: str) -> None:
     engine = get_engine(db_url)
-    assert current_revision(engine) == "0006"
+    assert current_revision(engine) == "0007"
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []

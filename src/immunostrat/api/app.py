@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from immunostrat import __version__
 from immunostrat.api.auth import Principal, TokenKeys, TokenSource, confirm, load_token_keys
 from immunostrat.api.docs import install_offline_docs
+from immunostrat.api.fairlock import FairLock
 from immunostrat.api.openapi_errors import install_error_responses
 from immunostrat.api.throttle import SIGN_IN_PATHS, LoginLimits, LoginThrottle, SignInCounts
 from immunostrat.errors import InputError
@@ -262,9 +262,10 @@ def one_at_a_time(request: Request, name: str) -> Iterator[None]:
     lock, every write on the audit head): letting 40 threadpool threads queue inside the database
     only makes the holder of the lock share the CPU and the GIL with the waiters, which stretches
     the time it holds the lock. Waiting here instead costs no database connection and no CPU; the
-    database lock still orders the workers among themselves."""
-    locks: dict[str, threading.Lock] = request.app.state.serial_locks
-    lock = locks.setdefault(name, threading.Lock())
+    database lock still orders the workers among themselves. First come, first served
+    (:class:`~immunostrat.api.fairlock.FairLock`), so that no request waits behind later ones."""
+    locks: dict[str, FairLock] = request.app.state.serial_locks
+    lock = locks.setdefault(name, FairLock())
     with lock:
         yield
 

@@ -1,9 +1,11 @@
 """Allocation and unblinding: the next slot of a stratum (or minimization), the allocation as each
 role may see it, emergency unblinding and the randomization list (allocated slots only).
 
-Concurrency: randomization locks the trial row (``SELECT ... FOR UPDATE`` on PostgreSQL; on SQLite
-the whole write transaction is ``BEGIN IMMEDIATE``), then the stratum row, takes the slot at the
-stratum's ``next_seq`` and advances it, all in one transaction: no slot is used twice or skipped.
+Concurrency: randomization claims the participant's row, then (block randomization) advances its
+stratum's ``next_seq`` and takes the kit at the old value, then counts the allocation on the trial
+row, which gives its sequence number; each UPDATE takes its row's lock (on SQLite the whole write
+transaction is ``BEGIN IMMEDIATE``), all in one transaction: no slot is used twice or skipped, and
+sequence numbers have no gaps.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from immunostrat.errors import InputError
+from immunostrat.trial import allocation_statements as sql
 from immunostrat.trial import audit, randomization
 from immunostrat.trial.audit import Actor
 from immunostrat.trial.errors import Conflict, Forbidden, NotFound
@@ -38,6 +41,7 @@ from immunostrat.trial.schemas import (
 )
 from immunostrat.trial.screening import (
     check_idempotency_key,
+    check_participant,
     latest_decision,
     participant_by_id,
     require_open,
@@ -95,19 +99,16 @@ def _result(session: Session, alloc: Allocation, p: Participant, replayed: bool)
     )
 
 
-def _lock_trial(session: Session, trial_id: int) -> Trial:
-    """Row lock on the trial (FOR NO KEY UPDATE: screenings may still insert rows that reference it)."""
-    # populate_existing: the trial read before the lock is refreshed (a lock meanwhile is seen)
-    stmt = (
-        select(Trial)
-        .where(Trial.id == trial_id)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    )
-    trial = session.scalars(stmt).one_or_none()
-    if trial is None:
-        raise NotFound(f"trial {trial_id} not found", field="trial_id")
-    return trial
+def _lock_trial(session: Session, trial: Trial) -> int:
+    """Row lock on the trial, taken by counting the allocation about to be made; its sequence back.
+
+    One statement: the UPDATE waits for the lock and then reads the newest count (PostgreSQL
+    re-reads a row it waited for), which a SELECT in the same statement would not. The lock is
+    FOR NO KEY UPDATE, so screenings may still insert rows that reference the trial."""
+    row = session.execute(sql.COUNT_ALLOCATION, {"trial_id": trial.id}).one()
+    set_committed_value(trial, "status", row.status)
+    require_open(trial)  # locked meanwhile: the count above is rolled back with the refusal
+    return int(row.allocations_made)
 
 
 def _prior_allocation(
@@ -115,10 +116,12 @@ def _prior_allocation(
 ) -> Allocation | None:
     """The allocation this request would repeat or collide with: the participant's own, or the one
     made with the same idempotency key (one statement)."""
-    match = Allocation.participant_id == participant_id
-    if idempotency_key is not None:
-        match = match | (Allocation.idempotency_key == idempotency_key)
-    rows = session.scalars(select(Allocation).where(Allocation.trial_id == trial_id, match)).all()
+    params: dict[str, Any] = {"trial_id": trial_id, "participant_id": participant_id}
+    if idempotency_key is None:
+        rows = session.scalars(sql.PRIOR_BY_PARTICIPANT, params).all()
+    else:
+        params["idempotency_key"] = idempotency_key
+        rows = session.scalars(sql.PRIOR_BY_PARTICIPANT_OR_KEY, params).all()
     keyed = [a for a in rows if idempotency_key is not None and a.idempotency_key == idempotency_key]
     return keyed[0] if keyed else (rows[0] if rows else None)
 
@@ -133,6 +136,98 @@ def _replay_or_conflict(
             raise Conflict("idempotency key already used for another participant", field="Idempotency-Key")
         return _result(session, prior, p, replayed=True)
     raise Conflict(f"participant {p.pseudonym} is already randomized", field="participant_id")
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """The kit an allocation takes, as the UPDATE that marked it used returned it."""
+
+    kit_id: int
+    kit_number: str
+    arm: str
+    stratum_id: int | None
+    details: dict[str, Any]
+
+
+def _claim(
+    session: Session, trial: Trial, p: Participant, participant_id: int, idempotency_key: str | None
+) -> AllocationResult | None:
+    """Mark the participant randomized (its row stays locked until commit). None when claimed;
+    otherwise what the request gets instead: the allocation another request committed while this
+    one waited for the row (a replay, or a conflict), or a conflict naming the participant's status."""
+    claimed = session.execute(sql.CLAIM_PARTICIPANT, {"participant_id": p.id})
+    if claimed.rowcount == 1:  # type: ignore[attr-defined]
+        set_committed_value(p, "status", "randomized")
+        return None
+    prior = _prior_allocation(session, trial.id, participant_id, idempotency_key)
+    if prior is not None:
+        return _replay_or_conflict(session, prior, p, participant_id, idempotency_key)
+    session.refresh(p, ["status"])
+    raise Conflict(f"participant {p.pseudonym} is {p.status}, not eligible", field="participant_id")
+
+
+def _block_slot(session: Session, trial: Trial, p: Participant, endotype: str) -> _Slot:
+    """The next slot of the participant's stratum: the stratum's ``next_seq`` advanced and the kit
+    at the old value marked used, each in one statement that takes the row's lock."""
+    stratum = session.execute(
+        sql.ADVANCE_STRATUM, {"of_trial": trial.id, "of_site": p.site_id, "of_endotype": endotype}
+    ).one_or_none()
+    if stratum is None:
+        raise Conflict("no stratum for this site and endotype", field="participant_id")
+    seq = stratum.next_seq - 1
+    at = {"of_stratum": stratum.id, "at_seq": seq}
+    kit = session.execute(sql.TAKE_KIT, at).one_or_none()
+    if kit is None:
+        exists = session.scalar(sql.KIT_AT, at)
+        if exists is not None:  # cannot happen while next_seq is only advanced here; refuse, not reuse
+            raise Conflict("slot already used (list corrupted)", field="participant_id")
+        raise Conflict(
+            f"randomization list exhausted for stratum {p.site.code}/{endotype}", field="participant_id"
+        )
+    details = {"block_no": kit.block_no, "block_size": kit.block_size, "seq": seq}
+    return _Slot(kit.id, kit.kit_number, kit.arm, stratum.id, details)
+
+
+def _minimization_slot(session: Session, trial: Trial, p: Participant, endotype: str) -> _Slot:
+    """Pocock-Simon over the allocations so far, then the arm's next unused kit of the pool."""
+    levels = _minimization_levels(trial, p, endotype)
+    counts = _minimization_counts(session, trial)
+    ratio = {a: 1 for a in trial.arms}
+    rng = secrets.SystemRandom()
+    choice = randomization.pocock_simon(counts, levels, ratio, rng, p_best=float(trial.config["p_best"]))
+    kit = session.scalars(
+        select(Kit)
+        .where(Kit.trial_id == trial.id, Kit.stratum_id.is_(None), Kit.arm == choice.arm, Kit.used.is_(False))
+        .order_by(Kit.seq)
+        .limit(1)
+        .with_for_update()
+    ).first()
+    if kit is None:
+        # the arm stays out of the message: naming it would unblind whoever reads it
+        raise Conflict(
+            "the kit pool cannot serve this allocation: the pharmacist must restock it",
+            field="participant_id",
+        )
+    kit.used = True
+    details = {
+        "levels": levels,
+        "imbalance": choice.imbalance,
+        "best": choice.best,
+        "followed_best": choice.followed_best,
+    }
+    return _Slot(kit.id, kit.kit_number, kit.arm, None, details)
+
+
+def _candidate(
+    session: Session, trial_id: int, participant_id: int
+) -> tuple[Trial, Participant | None, str | None, str | None, bool | None]:
+    """In one statement: the trial, the participant if it is in the trial, its site's code and its
+    latest eligibility decision (endotype, eligible). NotFound when the trial does not exist."""
+    params = {"trial_id": trial_id, "participant_id": participant_id}
+    row = session.execute(sql.CANDIDATE, params).one_or_none()
+    if row is None:
+        raise NotFound(f"trial {trial_id} not found", field="trial_id")
+    return row[0], row[1], row[2], row[3], row[4]
 
 
 def randomize(
@@ -150,127 +245,77 @@ def randomize(
     # What no concurrent request can change is read before the trial's lock, so that the lock (which
     # orders every allocation of the trial) is held for the allocation alone. A participant's decision
     # changes only by re-screening, which takes a participant found not eligible; a randomization or
-    # withdrawal of this participant in the meantime is caught under the lock below.
-    trial = trial_by_id(session, trial_id)
+    # withdrawal of this participant in the meantime is caught by the claim under the lock, and the
+    # same key used meanwhile for another participant by the key's unique constraint (a conflict).
+    trial, p, site_code, endotype, eligible = _candidate(session, trial_id, participant_id)
     prior = _prior_allocation(session, trial.id, participant_id, idempotency_key)
     if prior is not None:  # a replay is answered even after the lock, as before
         p = participant_by_id(session, trial, prior.participant_id, actor)
         return _replay_or_conflict(session, prior, p, participant_id, idempotency_key)
     require_open(trial)
-    p = participant_by_id(session, trial, participant_id, actor)
+    p = check_participant(trial, p, participant_id, actor)
     if p.status != "eligible":
         raise Conflict(f"participant {p.pseudonym} is {p.status}, not eligible", field="participant_id")
-    decision = latest_decision(session, p.id)
-    if decision is None or not decision.eligible:
+    if endotype is None or not eligible:
         raise Conflict(f"participant {p.pseudonym} has no eligible decision", field="participant_id")
-    if decision.endotype not in trial.config["randomized_endotypes"]:
-        raise Conflict(
-            f"endotype {decision.endotype} is not randomized in this trial", field="participant_id"
-        )
-    site_code = p.site.code
+    if endotype not in trial.config["randomized_endotypes"]:
+        raise Conflict(f"endotype {endotype} is not randomized in this trial", field="participant_id")
 
-    trial = _lock_trial(session, trial_id)  # serialises allocations within the trial
-    require_open(trial)
-    prior = _prior_allocation(session, trial.id, participant_id, idempotency_key)
-    if prior is not None:  # committed by another request while this one waited for the lock
-        return _replay_or_conflict(session, prior, p, participant_id, idempotency_key)
-    claimed = session.execute(
-        update(Participant)
-        .where(Participant.id == p.id, Participant.status == "eligible")
-        .values(status="randomized")
-        .execution_options(synchronize_session=False)
-    )
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
-        session.refresh(p, ["status"])
-        raise Conflict(f"participant {p.pseudonym} is {p.status}, not eligible", field="participant_id")
-    set_committed_value(p, "status", "randomized")
-    sequence = int(session.scalar(select(func.count()).where(Allocation.trial_id == trial.id)) or 0) + 1
-    details: dict[str, Any] = {}
-    stratum_id: int | None
+    # Lock order, the same for every allocation: participant, stratum, trial, audit head. Under
+    # block randomization the stratum's row lock alone orders its slots, so the trial's lock (which
+    # orders all allocations of the trial) is taken last and held for the fewest statements.
+    instead = _claim(session, trial, p, participant_id, idempotency_key)
+    if instead is not None:
+        return instead
     if trial.method == "block":
-        stratum = session.scalars(
-            select(Stratum)
-            .where(
-                Stratum.trial_id == trial.id,
-                Stratum.site_id == p.site_id,
-                Stratum.endotype == decision.endotype,
-            )
-            .with_for_update(key_share=True)
-        ).one_or_none()
-        if stratum is None:
-            raise Conflict("no stratum for this site and endotype", field="participant_id")
-        kit = session.scalars(
-            select(Kit).where(Kit.stratum_id == stratum.id, Kit.seq == stratum.next_seq).with_for_update()
-        ).one_or_none()
-        if kit is None:
-            raise Conflict(
-                f"randomization list exhausted for stratum {site_code}/{stratum.endotype}",
-                field="participant_id",
-            )
-        if kit.used:  # cannot happen while next_seq is only advanced here; refuse rather than reuse
-            raise Conflict("slot already used (list corrupted)", field="participant_id")
-        stratum.next_seq += 1
-        stratum_id = stratum.id
-        details = {"block_no": kit.block_no, "block_size": kit.block_size, "seq": kit.seq}
-    else:
-        levels = _minimization_levels(trial, p, decision.endotype)
-        counts = _minimization_counts(session, trial)
-        ratio = {a: 1 for a in trial.arms}
-        rng = secrets.SystemRandom()
-        choice = randomization.pocock_simon(counts, levels, ratio, rng, p_best=float(trial.config["p_best"]))
-        kit = session.scalars(
-            select(Kit)
-            .where(
-                Kit.trial_id == trial.id, Kit.stratum_id.is_(None), Kit.arm == choice.arm, Kit.used.is_(False)
-            )
-            .order_by(Kit.seq)
-            .limit(1)
-            .with_for_update()
-        ).first()
-        if kit is None:
-            # the arm stays out of the message: naming it would unblind whoever reads it
-            raise Conflict(
-                "the kit pool cannot serve this allocation: the pharmacist must restock it",
-                field="participant_id",
-            )
-        stratum_id = None
-        details = {
-            "levels": levels,
-            "imbalance": choice.imbalance,
-            "best": choice.best,
-            "followed_best": choice.followed_best,
-        }
-    kit.used = True
-    alloc = Allocation(
-        trial_id=trial.id,
-        participant_id=p.id,
-        kit_id=kit.id,
-        stratum_id=stratum_id,
-        arm=kit.arm,
-        method=trial.method,
-        sequence=sequence,
-        idempotency_key=idempotency_key,
-        details=details,
-        allocated_by=actor.username,
-        allocated_at=utcnow(),
+        slot = _block_slot(session, trial, p, endotype)
+        label = f"{site_code}/{endotype}"
+        sequence = _lock_trial(session, trial)
+    else:  # minimization counts every allocation so far: under the trial's lock
+        sequence = _lock_trial(session, trial)
+        slot = _minimization_slot(session, trial, p, endotype)
+        label = "/".join(str(v) for v in slot.details["levels"].values())
+    allocated_at = utcnow()
+    allocation_id = session.scalar(
+        sql.INSERT_ALLOCATION,
+        dict(
+            trial_id=trial.id,
+            participant_id=p.id,
+            kit_id=slot.kit_id,
+            stratum_id=slot.stratum_id,
+            arm=slot.arm,
+            method=trial.method,
+            sequence=sequence,
+            idempotency_key=idempotency_key,
+            details=slot.details,
+            allocated_by=actor.username,
+            allocated_at=allocated_at,
+        ),
     )
-    session.add(alloc)
-    session.flush()
     audit.append(
         session,
         actor,
         "create",
         "allocation",
-        alloc.id,
+        allocation_id,
         old={"status": "eligible"},
         new={
             "participant": p.pseudonym,
-            "kit_number": kit.kit_number,
+            "kit_number": slot.kit_number,
             "sequence": sequence,
             "status": "randomized",
         },
     )
-    return _result(session, alloc, p, replayed=False)
+    return AllocationResult(
+        participant_id=p.id,
+        pseudonym=p.pseudonym,
+        kit_number=slot.kit_number,
+        sequence=sequence,
+        stratum=label,
+        allocated_at=as_utc(allocated_at) or allocated_at,
+        replayed=False,
+        arm=slot.arm,
+    )
 
 
 def _age_band(age: float) -> str:

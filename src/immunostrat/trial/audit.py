@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from immunostrat.trial.models import AuditHead, AuditRow
+from immunostrat.trial.models import AuditHead, AuditRow, Base
 
 GENESIS = "0" * 64
 
@@ -35,6 +35,19 @@ class Actor:
 
 
 SYSTEM = Actor("system", "system")
+
+
+# Built once (SQLAlchemy keeps a prebuilt statement's cache key and compiled form): every write of
+# the service appends here, holding the head's lock from the read to the commit.
+_log = Base.metadata.tables["audit_log"]
+_head = Base.metadata.tables["audit_head"]
+_HEAD_FOR_UPDATE = select(_head.c.seq, _head.c.hash).where(_head.c.id == 1).with_for_update()
+_ADD_ROW = insert(_log).values({c.name: bindparam(c.name) for c in _log.c})
+_MOVE_HEAD = (
+    update(_head).where(_head.c.id == 1).values(seq=bindparam("head_seq"), hash=bindparam("head_hash"))
+)
+_ADD_ROW_MOVING_HEAD = _ADD_ROW.add_cte(_MOVE_HEAD.cte("move_head"))
+"""PostgreSQL runs an UPDATE inside a WITH: the row and the head in one round trip."""
 
 
 def _default(value: Any) -> Any:
@@ -76,6 +89,23 @@ def row_hash(
     return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class AuditRecord:
+    """One appended audit row as written."""
+
+    seq: int
+    at: str
+    actor: str
+    role: str
+    action: str
+    entity: str
+    entity_id: str
+    old: str | None
+    new: str | None
+    prev_hash: str
+    hash: str
+
+
 def append(
     session: Session,
     actor: Actor,
@@ -84,33 +114,28 @@ def append(
     entity_id: Any,
     old: Any = None,
     new: Any = None,
-) -> AuditRow:
-    """Append one audit row in the caller's transaction (the head row is locked until commit)."""
-    head = session.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one()
+) -> AuditRecord:
+    """Append one audit row in the caller's transaction (the head row is locked until commit).
+
+    Table statements, not ORM objects, and on PostgreSQL the row and the head in one round trip:
+    the head's lock is held from here to the commit."""
+    head = session.execute(_HEAD_FOR_UPDATE).one()
     seq = head.seq + 1
     at = datetime.now(UTC).isoformat(timespec="microseconds")
     old_s, new_s = canonical(old), canonical(new)
     digest = row_hash(
         head.hash, seq, at, actor.username, actor.role, action, entity, str(entity_id), old_s, new_s
     )
-    row = AuditRow(
-        seq=seq,
-        at=at,
-        actor=actor.username,
-        role=actor.role,
-        action=action,
-        entity=entity,
-        entity_id=str(entity_id),
-        old=old_s,
-        new=new_s,
-        prev_hash=head.hash,
-        hash=digest,
+    record = AuditRecord(
+        seq, at, actor.username, actor.role, action, entity, str(entity_id), old_s, new_s, head.hash, digest
     )
-    session.add(row)
-    head.seq = seq
-    head.hash = digest
-    session.flush()
-    return row
+    moved = {"head_seq": seq, "head_hash": digest}
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_ADD_ROW_MOVING_HEAD, asdict(record) | moved)
+    else:
+        session.execute(_ADD_ROW, asdict(record))
+        session.execute(_MOVE_HEAD, moved)
+    return record
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,8 @@ class Trial(Base):
     status: Mapped[str] = mapped_column(String(16), default="open")  # open | locked
     created_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # how many allocations the trial has made: the next one's sequence, advanced under the row lock
+    allocations_made: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     sites: Mapped[list[Site]] = relationship(back_populates="trial", order_by="Site.id")
 

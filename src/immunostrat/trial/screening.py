@@ -37,7 +37,14 @@ from immunostrat.trial.setup import site_by_code, trial_by_id
 def participant_by_id(
     session: Session, trial: Trial, participant_id: int, actor: Actor | None = None
 ) -> Participant:
-    p = session.get(Participant, participant_id)
+    return check_participant(trial, session.get(Participant, participant_id), participant_id, actor)
+
+
+def check_participant(
+    trial: Trial, p: Participant | None, participant_id: int, actor: Actor | None = None
+) -> Participant:
+    """The participant found for ``participant_id``: NotFound unless it is in the trial, Forbidden
+    for an investigator of another site."""
     if p is None or p.trial_id != trial.id:
         raise NotFound(
             f"participant {participant_id} not found in trial {trial.code}", field="participant_id"
