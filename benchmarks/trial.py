@@ -8,7 +8,8 @@ same rows, and where the time of one randomization goes.
    dropped at the end), uvicorn with ``--workers`` on a loopback port, a trial of four sites set up
    and the participants screened through the API (all eligible: MALS or immunoparalysis).
 2. **Service**: ``--clients`` asyncio clients randomize every participant at once
-   (``POST .../randomize`` with an ``Idempotency-Key``); rate, p50/p99 latency and status counts.
+   (``POST .../randomize`` with an ``Idempotency-Key``); rate, p50/p99 latency, status counts and
+   the server's CPU time per randomization (every worker process, from /proc).
    Checked afterwards: one allocation per participant, no kit used twice, sequences 1..n without
    gaps, no arm in any response (the investigator is blinded).
 3. **Baseline**: the rows those randomizations wrote (each allocation and its audit row) inserted
@@ -111,8 +112,9 @@ def _free_socket() -> socket.socket:
 
 
 @contextmanager
-def server(db_url: str, workers: int, log: Path) -> Iterator[str]:
-    """uvicorn with ``workers`` processes on a free loopback port; yields the base URL."""
+def server(db_url: str, workers: int, log: Path) -> Iterator[tuple[str, int]]:
+    """uvicorn with ``workers`` processes on a free loopback port; yields the base URL and the pid
+    of the launcher (the workers are its children)."""
     sock = _free_socket()
     port = sock.getsockname()[1]
     sock.close()
@@ -136,13 +138,32 @@ def server(db_url: str, workers: int, log: Path) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
             time.sleep(0.2)
-        yield base
+        yield base, proc.pid
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and every process under it (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        if current in stats:
+            total += (int(stats[current][11]) + int(stats[current][12])) / ticks
+        todo += [child for child, fields in stats.items() if int(fields[1]) == current]
+    return total
 
 
 def _token(base: str, username: str, password: str) -> str:
@@ -566,7 +587,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         open_db(db_url)
         create_user(db_url, "bench-admin", ADMIN_PASSWORD, "admin")
-        with server(db_url, args.workers, folder / "server.log") as base:
+        with server(db_url, args.workers, folder / "server.log") as (base, server_pid):
             admin = _token(base, "bench-admin", ADMIN_PASSWORD)
             slots = (args.participants + args.profile) // 2 + 50  # per stratum: 4 sites x 2 endotypes
             r = httpx.post(
@@ -600,8 +621,10 @@ def main(argv: list[str] | None = None) -> None:
                 ("POST", f"/trials/{trial_id}/participants/{pid}/randomize", None, f"rand-{pid}")
                 for pid in eligible
             ]
+            cpu_before = tree_cpu_s(server_pid)
             service_run, responses = asyncio.run(_drive(base, token, jobs, args.clients, "randomization"))
-            print(service_run.line(), flush=True)
+            server_cpu_ms = (tree_cpu_s(server_pid) - cpu_before) / max(1, service_run.n) * 1000
+            print(service_run.line(), f"(server CPU {server_cpu_ms:.1f} ms per randomization)", flush=True)
             problems = check(db_url, trial_id, eligible, responses)
             print(
                 "checks:",
@@ -628,7 +651,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"benchmark trial: {ratio:.2f}x plain-insert ({backend}, {args.workers} workers, "
         f"{args.clients} clients: {service_run.rate:.1f} randomizations/s, p50 "
-        f"{service_run.pct(0.5):.0f} ms, p99 {service_run.pct(0.99):.0f} ms vs the same rows "
+        f"{service_run.pct(0.5):.0f} ms, p99 {service_run.pct(0.99):.0f} ms, server CPU "
+        f"{server_cpu_ms:.1f} ms each vs the same rows "
         f"inserted at {baseline.rate:.1f}/s; {len(problems)} problems)"
     )
 

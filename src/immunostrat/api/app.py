@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -388,25 +387,9 @@ def serve(
             "a database URL is required", field="db", expected="sqlite:///FILE or postgresql://..."
         )
     if workers > 1:
-        from uvicorn.supervisors import Multiprocess
+        from immunostrat.api.workers import run_workers
 
-        os.environ["IMMUNOSTRAT_DB_URL"] = db_url
-        config = uvicorn.Config(
-            "immunostrat.api.app:app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            # a worker imports the scientific stack and migrates before it answers: uvicorn's 5 s
-            # killed and restarted workers that were merely slow to start on a busy machine
-            timeout_worker_healthcheck=60,
-        )
-        sock = config.bind_socket()
-        # The workers' connections come from this socket; uvicorn's workers leave Nagle's algorithm
-        # on, so every response written in two parts (headers, body) waited ~40 ms for the client's
-        # delayed ACK. Accepted connections inherit TCP_NODELAY from the listening socket (Linux).
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        Multiprocess(config, sockets=[sock]).run()
+        run_workers(db_url, host, port, workers)
         return
     uvicorn.run(create_app(db_url), host=host, port=port)
 
