@@ -19,7 +19,7 @@ from starlette.datastructures import FormData
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from immunostrat.api import clinical, data_routes, routes
-from immunostrat.api.auth import Principal
+from immunostrat.api.auth import Principal, RoleDependency
 from immunostrat.concepts import load_concepts
 from immunostrat.errors import InputError
 from immunostrat.trial import service
@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 STATIC_FILES = {"htmx.min.js": "text/javascript", "site.css": "text/css"}
 
 
-def _roles(dependency: Callable[..., Principal]) -> frozenset[str]:
+def _roles(dependency: RoleDependency) -> frozenset[str]:
     """The roles the API's dependency lets through: one source for the API and the pages."""
     return frozenset(dependency.allowed_roles)  # type: ignore[attr-defined]
 
