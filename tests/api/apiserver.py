@@ -129,3 +129,17 @@ def wait_ready(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"server did not start: {log.read_text()[-3000:]}")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found

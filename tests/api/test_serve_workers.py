@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from apiserver import child_pids
 
 from immunostrat.trial.db import get_engine, migrate
 
@@ -26,22 +27,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
 def _workers(supervisor: int) -> list[int]:
     """The supervisor's children that serve (multiprocessing may add a resource tracker)."""
-    return [p for p in _children(supervisor) if "resource_tracker" not in _cmdline(p)]
+    return [p for p in child_pids(supervisor) if "resource_tracker" not in _cmdline(p)]
 
 
 def _cmdline(pid: int) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from apiserver import PG_SERVER, TOKEN_KEY, pg_reachable
+from apiserver import PG_SERVER, TOKEN_KEY, child_pids, pg_reachable
 
 from immunostrat.trial.db import create_database, drop_database
 from immunostrat.trial.ops import create_user, open_db
@@ -46,22 +46,9 @@ def _descendants(pid: int) -> list[int]:
     todo = [pid]
     while todo:
         parent = todo.pop()
-        kids = _children(parent)
+        kids = child_pids(parent)
         found += kids
         todo += kids
-    return found
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
     return found
 
 
