@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -77,8 +78,11 @@ def _wait_until_up(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     pytest.fail("server did not start")
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """One server for the module (its start is most of the time): the spreading test runs first,
+    the last test kills a worker and then stops the server."""
+    tmp_path = tmp_path_factory.mktemp("serve-workers")
     db_url = f"sqlite:///{tmp_path / 'trial.db'}"
     migrate(get_engine(db_url))
     port = _free_port()
