@@ -140,7 +140,7 @@ def _replay_or_conflict(
 
 @dataclass(frozen=True)
 class _Slot:
-    """The kit an allocation takes, as the UPDATE that marked it used returned it."""
+    """The kit an allocation takes and what the allocation records of how it was chosen."""
 
     kit_id: int
     kit_number: str
