@@ -149,3 +149,21 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
     except (OSError, IndexError):
         return "zombie"
+
+
+def test_a_port_already_taken_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [
+            str(Path(sys.executable).parent / "immunostrat"),
+            "serve",
+            "--db",
+            f"sqlite:///{tmp_path / 't.db'}",
+        ]
+        cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--port" in done.stderr and str(port) in done.stderr and "Address already in use" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr

@@ -24,6 +24,8 @@ import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from immunostrat.errors import InputError
+
 logger = logging.getLogger("uvicorn.error")
 
 STOP_GRACE_S = 30.0
@@ -47,9 +49,14 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise InputError(
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            field="--port",
+            value=port,
+            expected="a free port (or another --host / --port)",
+        ) from exc
     return sock
 
 
