@@ -219,9 +219,29 @@ def sign_in(browser: Browser, web: WebServer, role: str, **options: Any) -> tupl
     return context, page
 
 
+# Resolves once no htmx request is in flight and none has started, swapped or settled for `quiet_ms`:
+# a form that sends on `input` (debounced) and on `change` can swap its result again after the
+# content a test waited for is already shown.
+_HTMX_QUIET = """quiet_ms => new Promise(resolve => {
+  let timer = 0;
+  const arm = () => { clearTimeout(timer); timer = setTimeout(check, quiet_ms); };
+  const check = () => document.querySelector(".htmx-request") ? arm() : resolve(true);
+  for (const name of ["htmx:trigger", "htmx:beforeRequest", "htmx:afterSwap", "htmx:afterSettle"]) {
+    document.body.addEventListener(name, arm);
+  }
+  arm();
+})"""
+
+
+def htmx_quiet(page: Page, quiet_ms: int = 500) -> None:
+    """Wait until the page's htmx requests are done (longer than any `delay:` trigger on our pages)."""
+    page.evaluate(_HTMX_QUIET, quiet_ms)
+
+
 def screenshots(page: Page, name: str) -> None:
     """The page at 1280x800 and at 390x844 (a phone), under build/web-screenshots."""
     SHOTS.mkdir(parents=True, exist_ok=True)
+    htmx_quiet(page)
     size = page.viewport_size
     for width, height in ((1280, 800), (390, 844)):
         page.set_viewport_size({"width": width, "height": height})
