@@ -1,5 +1,6 @@
 """``immunostrat serve --workers 2``: a listening socket per worker, so that clients that connect
-together are spread over the workers; a worker that dies is replaced; SIGTERM stops them all."""
+together are spread over the workers; a worker that dies or whose event loop stops is replaced;
+SIGTERM stops them all."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from immunostrat.trial.db import get_engine, migrate
 
 TOKEN_KEY = "serve-workers-test-key-0123456789abcdef"
 CLIENTS = 32
+WORKER_TIMEOUT_S = 5
 
 
 def _free_port() -> int:
@@ -79,7 +81,9 @@ def _wait_until_up(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def served(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
     """One server for the module (its start is most of the time): the spreading test runs first,
     the last test kills a worker and then stops the server."""
     tmp_path = tmp_path_factory.mktemp("serve-workers")
@@ -89,6 +93,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subproces
     env = dict(os.environ, IMMUNOSTRAT_TOKEN_KEY=TOKEN_KEY)
     cmd = [str(Path(sys.executable).parent / "immunostrat"), "serve", "--db", db_url]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    cmd += ["--worker-timeout", str(WORKER_TIMEOUT_S)]
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -98,7 +103,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subproces
         while len(_sockets_on(port, "0A")) < 2:  # the second worker may still be starting
             assert time.monotonic() < deadline, "the second worker does not listen"
             time.sleep(0.3)
-        yield proc, port
+        yield proc, port, log
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -106,9 +111,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subproces
 
 
 def test_clients_that_connect_together_are_spread_over_the_workers(
-    served: tuple[subprocess.Popen[bytes], int],
+    served: tuple[subprocess.Popen[bytes], int, Path],
 ) -> None:
-    proc, port = served
+    proc, port, _ = served
     clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(CLIENTS)]
     try:
         time.sleep(1.0)  # the workers accept
@@ -123,20 +128,43 @@ def test_clients_that_connect_together_are_spread_over_the_workers(
             c.close()
 
 
-def test_a_killed_worker_is_replaced_and_sigterm_stops_every_process(
-    served: tuple[subprocess.Popen[bytes], int],
+def _replaced(supervisor: int, old: int, within_s: float) -> list[int]:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        now = _workers(supervisor)
+        if len(now) == 2 and old not in now:
+            return now
+        time.sleep(0.3)
+    pytest.fail(f"worker {old} was not replaced: {_workers(supervisor)}")
+
+
+def test_a_worker_whose_event_loop_stops_is_replaced(
+    served: tuple[subprocess.Popen[bytes], int, Path],
 ) -> None:
-    proc, port = served
+    proc, port, log = served
+    frozen = _workers(proc.pid)[0]
+    os.kill(frozen, signal.SIGSTOP)  # alive to the kernel, silent to its clients
+    stopped_at = time.monotonic()
+    try:
+        time.sleep(WORKER_TIMEOUT_S / 2)
+        assert frozen in _workers(proc.pid)  # not before its time is up
+        _replaced(proc.pid, frozen, within_s=WORKER_TIMEOUT_S + 60)
+    finally:
+        if Path(f"/proc/{frozen}").exists():
+            os.kill(frozen, signal.SIGCONT)
+    assert time.monotonic() - stopped_at >= WORKER_TIMEOUT_S - 1  # its last tick came just before
+    assert _state(frozen) == "zombie"  # killed and reaped
+    _wait_until_up(f"http://127.0.0.1:{port}", proc, Path("/dev/null"))
+    assert f"worker {frozen} has not run its event loop" in log.read_text()
+
+
+def test_a_killed_worker_is_replaced_and_sigterm_stops_every_process(
+    served: tuple[subprocess.Popen[bytes], int, Path],
+) -> None:
+    proc, port, _ = served
     first = _workers(proc.pid)
     os.kill(first[0], signal.SIGKILL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        now = _workers(proc.pid)
-        if len(now) == 2 and first[0] not in now:
-            break
-        time.sleep(0.3)
-    else:
-        pytest.fail(f"no new worker: {first} -> {_workers(proc.pid)}")
+    _replaced(proc.pid, first[0], within_s=120)
     _wait_until_up(f"http://127.0.0.1:{port}", proc, Path("/dev/null"))
     workers = _workers(proc.pid)
     proc.send_signal(signal.SIGTERM)  # the supervisor alone, as a service manager would

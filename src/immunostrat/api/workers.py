@@ -8,12 +8,18 @@ while the other served one client, and since a worker randomizes one request at 
 waited three times as long. With a socket per worker Linux spreads new connections over the
 listening sockets by a hash of their addresses (``SO_REUSEPORT``, Linux 3.9).
 
-The supervisor starts the workers (spawned processes), starts a new one in place of any that dies,
-and on SIGINT or SIGTERM stops them (uvicorn finishes the requests in flight) and returns.
+The supervisor starts the workers (spawned processes), starts a new one in place of any that dies
+or hangs, and on SIGINT or SIGTERM stops them (uvicorn finishes the requests in flight) and returns.
+A worker shows it is alive from its event loop: uvicorn's main loop ticks every 0.1 s and each tick
+writes the time to memory the supervisor reads. A loop that stops ticking (a deadlock, a blocking
+call on the loop, a stopped process) stops answering its share of the connections too, so after
+``hung_after_s`` without a tick the supervisor kills that worker and starts another. A health check
+from a thread of its own (uvicorn's ``--workers`` pings a thread) would not see a blocked loop.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -23,6 +29,7 @@ import threading
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import Any
 
 from immunostrat.errors import InputError
 
@@ -34,6 +41,9 @@ EARLY_EXIT_S = 10.0
 EARLY_EXITS_TO_GIVE_UP = 3
 """A worker that exits this soon after its start, this many times in a row, cannot start (a
 database that does not answer, a bad URL): the supervisor stops instead of restarting forever."""
+HUNG_AFTER_S = 30.0
+"""A serving worker whose event loop has not ticked for this long is killed and replaced. Every
+request handler that blocks runs in a thread, so a loop this late is stuck, not busy."""
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -60,17 +70,42 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(db_url: str, host: str, port: int) -> None:
-    """One worker process: its own socket on the shared port, the service on it until stopped."""
+def _worker(db_url: str, host: str, port: int, last_tick: ctypes.c_double) -> None:
+    """One worker process: its own socket on the shared port, the service on it until stopped;
+    ``last_tick`` gets the monotonic time of each tick of its event loop once it serves."""
     import uvicorn
+
+    class _TickingServer(uvicorn.Server):
+        async def on_tick(self, counter: int) -> bool:
+            last_tick.value = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process
+            return await super().on_tick(counter)
 
     os.environ["IMMUNOSTRAT_DB_URL"] = db_url
     config = uvicorn.Config("immunostrat.api.app:app_from_env", factory=True, host=host, port=port)
     sock = listening_socket(host, port)
-    uvicorn.Server(config).run(sockets=[sock])
+    _TickingServer(config).run(sockets=[sock])
 
 
-def run_workers(db_url: str, host: str, port: int, workers: int) -> None:
+class _Worker:
+    """A worker process with its start time and the last tick of its event loop (0: not serving yet)."""
+
+    def __init__(self, context: Any, db_url: str, host: str, port: int) -> None:
+        self.last_tick: ctypes.c_double = context.RawValue("d", 0.0)
+        self.process: BaseProcess = context.Process(
+            target=_worker, args=(db_url, host, port, self.last_tick), daemon=False
+        )
+        self.process.start()
+        self.started = time.monotonic()
+
+    def silent_for(self) -> float:
+        """Seconds since the loop last ticked; 0 while the worker is still starting."""
+        tick = float(self.last_tick.value)
+        return time.monotonic() - tick if tick > 0 else 0.0
+
+
+def run_workers(
+    db_url: str, host: str, port: int, workers: int, *, hung_after_s: float = HUNG_AFTER_S
+) -> None:
     """Serve with ``workers`` processes until SIGINT or SIGTERM (see the module's docstring)."""
     # Held (bound, never listening) for the supervisor's life: a port already taken fails here,
     # before any worker starts, and no other program can take it between two worker restarts.
@@ -79,33 +114,41 @@ def run_workers(db_url: str, host: str, port: int, workers: int) -> None:
     context = multiprocessing.get_context("spawn")
     stop = threading.Event()
 
-    started_at: dict[int, float] = {}
-
-    def start() -> BaseProcess:
-        process = context.Process(target=_worker, args=(db_url, host, port), daemon=False)
-        process.start()
-        started_at[id(process)] = time.monotonic()
-        return process
-
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    processes = [start() for _ in range(workers)]
+    running = [_Worker(context, db_url, host, port) for _ in range(workers)]
     logger.info("started %d workers on %s:%d, one socket each", workers, host, port)
     early_exits = 0
     try:
         while not stop.wait(0.5):
-            for i, process in enumerate(processes):
+            for i, worker in enumerate(running):
+                process = worker.process
                 if process.is_alive():
-                    continue
-                lived = time.monotonic() - started_at.pop(id(process))
-                early_exits = early_exits + 1 if lived < EARLY_EXIT_S else 0
-                if early_exits >= EARLY_EXITS_TO_GIVE_UP:
-                    raise SystemExit(f"workers keep exiting at start (code {process.exitcode}): see above")
-                logger.warning("worker %s exited with %s: starting another", process.pid, process.exitcode)
-                processes[i] = start()
+                    silent = worker.silent_for()
+                    if silent < hung_after_s:
+                        continue
+                    logger.warning(
+                        "worker %s has not run its event loop for %.0f s: killing it, starting another",
+                        process.pid,
+                        silent,
+                    )
+                    process.kill()  # a stuck loop would never handle SIGTERM
+                    process.join()
+                else:
+                    lived = time.monotonic() - worker.started
+                    early_exits = early_exits + 1 if lived < EARLY_EXIT_S else 0
+                    if early_exits >= EARLY_EXITS_TO_GIVE_UP:
+                        raise SystemExit(
+                            f"workers keep exiting at start (code {process.exitcode}): see above"
+                        )
+                    logger.warning(
+                        "worker %s exited with %s: starting another", process.pid, process.exitcode
+                    )
+                running[i] = _Worker(context, db_url, host, port)
     finally:
+        processes = [w.process for w in running]
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)

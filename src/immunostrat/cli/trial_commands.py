@@ -32,6 +32,14 @@ def serve(
     workers: Annotated[
         int, typer.Option(min=1, max=64, help="Worker processes (several: a server database, PostgreSQL).")
     ] = 1,
+    worker_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=1.0,
+            help="With --workers: seconds a worker's event loop may stay silent before the worker is "
+            "killed and replaced (default 30).",
+        ),
+    ] = None,
 ) -> None:
     """Run the trial service (REST API, CDS Hooks, the web pages) with uvicorn."""
     from immunostrat.api.app import prepare_demo
@@ -55,7 +63,8 @@ def serve(
         if db is None:
             raise InputError("no database", field="--db", expected="a database URL, or --demo")
         out.print(f"serving on http://{host}:{port} (OpenAPI at /openapi.json, CDS Hooks at /cds-services)")
-        run_server(db, host=host, port=port, workers=workers)
+        timeout = {} if worker_timeout is None else {"worker_timeout_s": worker_timeout}
+        run_server(db, host=host, port=port, workers=workers, **timeout)
     except InputError as error:
         fail(error)
     except TrialError as error:
