@@ -73,8 +73,10 @@ def test(args: list[str]) -> None:
     _run(BIN / "mypy")
     env = dict(os.environ)
     env.setdefault("PYTHONHASHSEED", "0")
-    # two workers (pytest-xdist), each test file on one: the suite is CPU-bound and CI has two cores
-    _run(PY, "-m", "pytest", *(args or ["-q", "-n", "2", "--dist", "loadfile"]), env=env)
+    # two workers (pytest-xdist), each test file on one: the suite is CPU-bound and CI has two cores;
+    # the slowest 25 steps are listed at the end, to see where the suite's time goes
+    default = ["-q", "-n", "2", "--dist", "loadfile", "--durations=25"]
+    _run(PY, "-m", "pytest", *(args or default), env=env)
 
 
 EXTRAS = ("spark", "jax")
