@@ -135,7 +135,7 @@ def run_workers(
                         silent,
                     )
                     process.kill()  # a stuck loop would never handle SIGTERM
-                    process.join()
+                    process.join(STOP_GRACE_S)  # bounded: a process in uninterruptible I/O dies late
                 else:
                     lived = time.monotonic() - worker.started
                     early_exits = early_exits + 1 if lived < EARLY_EXIT_S else 0
