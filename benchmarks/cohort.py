@@ -59,7 +59,7 @@ import pandas as pd
 import polars as pl
 
 from immunostrat.cohort import ParquetInput, build_cohort, spark_session
-from immunostrat.cohort.engine import _PLAN_CACHE, connect, plan_hourly
+from immunostrat.cohort.engine import _PLAN_CACHE, connect, finish_hourly, plan_hourly
 from immunostrat.cohort.synthetic import stays_for_rows, synthetic_input, write_synthetic
 from immunostrat.extras import install_command, missing_modules
 from immunostrat.protocols import classify_frame, load_protocol
@@ -414,14 +414,16 @@ class Row:
 
 
 def hourly_only(source: ParquetInput) -> int:
-    """Only the hourly SOFA + endotype plan (plan, compile, run, fetch) - what the SQL baseline does."""
+    """Only the hourly SOFA + endotype table (plan, compile, run, fetch, windows and scores) - what the
+    SQL baseline does."""
     con = connect("duckdb")
+    protocol = load_protocol(PROTOCOL)
     plan = plan_hourly(
-        con.read_parquet(str(source.stays)),
-        con.read_parquet(str(source.observations)),
-        load_protocol(PROTOCOL),
+        con.read_parquet(str(source.stays)), con.read_parquet(str(source.observations)), protocol
     )
-    return int(con.to_pyarrow(plan.hourly).num_rows)
+    grid = pl.from_arrow(con.to_pyarrow(plan.grid))
+    assert isinstance(grid, pl.DataFrame)
+    return finish_hourly(grid, plan.windows).height
 
 
 def timed(fn: Callable[[], Any], repeats: int = 1) -> tuple[Any, float, float]:
