@@ -569,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
                         n_hourly,
                         sec,
                         mib,
-                        "hourly SOFA+endotype query",
+                        "hourly SOFA+endotype table",
                     )
                 )
             if "spark" in args.engines and size <= spark_max:
