@@ -29,7 +29,6 @@ from immunostrat.api.docs import install_offline_docs
 from immunostrat.api.fairlock import FairLock
 from immunostrat.api.openapi_errors import install_error_responses
 from immunostrat.api.throttle import SIGN_IN_PATHS, LoginLimits, LoginThrottle, SignInCounts
-from immunostrat.api.workers import HUNG_AFTER_S
 from immunostrat.errors import InputError
 from immunostrat.trial import service
 from immunostrat.trial.audit import Actor
@@ -378,11 +377,12 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     workers: int = 1,
-    worker_timeout_s: float = HUNG_AFTER_S,
+    worker_timeout_s: float | None = None,
 ) -> None:
     """Run the service with uvicorn until it stops. For ``--demo`` call :func:`prepare_demo` first
     and pass its ``db_url`` here (print its users and passwords: they are shown only once).
-    With several ``workers`` one whose event loop is silent ``worker_timeout_s`` is replaced."""
+    With several ``workers`` one whose event loop is silent ``worker_timeout_s`` (default
+    :data:`~immunostrat.api.workers.HUNG_AFTER_S`) is replaced."""
     import uvicorn
 
     if db_url is None:

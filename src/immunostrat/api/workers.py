@@ -104,9 +104,11 @@ class _Worker:
 
 
 def run_workers(
-    db_url: str, host: str, port: int, workers: int, *, hung_after_s: float = HUNG_AFTER_S
+    db_url: str, host: str, port: int, workers: int, *, hung_after_s: float | None = None
 ) -> None:
-    """Serve with ``workers`` processes until SIGINT or SIGTERM (see the module's docstring)."""
+    """Serve with ``workers`` processes until SIGINT or SIGTERM (see the module's docstring);
+    ``hung_after_s`` defaults to :data:`HUNG_AFTER_S`."""
+    hung_after = HUNG_AFTER_S if hung_after_s is None else hung_after_s
     # Held (bound, never listening) for the supervisor's life: a port already taken fails here,
     # before any worker starts, and no other program can take it between two worker restarts.
     # Connections go only to listening sockets, so this one receives none.
@@ -127,7 +129,7 @@ def run_workers(
                 process = worker.process
                 if process.is_alive():
                     silent = worker.silent_for()
-                    if silent < hung_after_s:
+                    if silent < hung_after:
                         continue
                     logger.warning(
                         "worker %s has not run its event loop for %.0f s: killing it, starting another",

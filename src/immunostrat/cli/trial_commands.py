@@ -63,8 +63,7 @@ def serve(
         if db is None:
             raise InputError("no database", field="--db", expected="a database URL, or --demo")
         out.print(f"serving on http://{host}:{port} (OpenAPI at /openapi.json, CDS Hooks at /cds-services)")
-        timeout = {} if worker_timeout is None else {"worker_timeout_s": worker_timeout}
-        run_server(db, host=host, port=port, workers=workers, **timeout)
+        run_server(db, host=host, port=port, workers=workers, worker_timeout_s=worker_timeout)
     except InputError as error:
         fail(error)
     except TrialError as error:

@@ -253,6 +253,7 @@ class HourlyWindows:
     vasopressors: tuple[str, ...]
     urine_hours: tuple[int, ...]
     spo2_fio2: bool
+    extra_inputs: tuple[str, ...]
     provided: tuple[str, ...]
     fresh_seconds: tuple[tuple[str, float], ...]
     fresh_buckets: int
@@ -272,7 +273,7 @@ def hourly_windows(
     vasopressors = tuple(c for c in ALL_VASOPRESSORS if c in wanted)
     spo2_fio2 = "spo2_fio2_ratio" in wanted
     urine_hours = tuple(h for h in SHORT_URINE_HOURS if f"urine_output_{h}h" in wanted)
-    extra_inputs = [c for c in (*EXTRA_WORST_MIN, *EXTRA_WORST_MAX) if c in wanted]
+    extra_inputs = tuple(c for c in (*EXTRA_WORST_MIN, *EXTRA_WORST_MAX) if c in wanted)
     provided = (
         *SOFA_INPUTS,
         *[c for c in vasopressors if c not in SOFA_INPUTS],
@@ -292,6 +293,7 @@ def hourly_windows(
         vasopressors=vasopressors,
         urine_hours=urine_hours,
         spo2_fio2=spo2_fio2,
+        extra_inputs=extra_inputs,
         provided=provided,
         fresh_seconds=tuple((c, float(round(h * 3600.0))) for c, h in fresh.items()),
         fresh_buckets=fresh_buckets,
@@ -311,7 +313,6 @@ class Plan:
     concept_counts: ir.Table
     infection: ir.Table
     infection_stays: ir.Table
-    biomarkers: tuple[str, ...]
 
 
 def plan_hourly(
@@ -334,7 +335,7 @@ def plan_hourly(
     vasopressors = spec.vasopressors
     spo2_limit = float(sofa_spec["spo2_fio2_max_spo2_exclusive"]) if spec.spo2_fio2 else None
     worst_min, worst_max = spec.worst_min, spec.worst_max
-    extra_inputs = [c for c in (*EXTRA_WORST_MIN, *EXTRA_WORST_MAX) if c in (*worst_min, *worst_max)]
+    extra_inputs = spec.extra_inputs
     min_run = ibis.interval(minutes=round(float(sofa_spec["vasopressor_min_hours"]) * 60))
     max_gap = ibis.interval(minutes=round(float(sofa_spec["vasopressor_max_gap_hours"]) * 60))
     biomarkers = spec.biomarkers
@@ -539,7 +540,6 @@ def plan_hourly(
         concept_counts=concept_counts,
         infection=infection,
         infection_stays=infection.group_by(["stay_id", "concept"]).agg(rows=infection.concept.count()),
-        biomarkers=biomarkers,
     )
 
 
@@ -555,8 +555,8 @@ def finish_hourly(grid: pl.DataFrame, spec: HourlyWindows) -> pl.DataFrame:
     back at most that far, so the trailing windows run over the grid sorted by stay and bucket without
     a partition: the rows a window of an earlier stay reaches are lead-in rows, dropped afterwards.
     Rolling windows (a monotonic queue per column) cost a fifteenth of SQL's 24-row frames."""
-    hours = pl.col("bucket").dt.epoch("s") // 3600  # hours since 1970 stay below 2^31 (year 245,000)
-    g = _normalise(grid).lazy().sort(pl.col("stay_seq") * 2**32 + hours).drop("stay_seq")
+    epoch_hours = pl.col("bucket").dt.epoch("s") // 3600  # below 2^31 until the year 245,000
+    g = _normalise(grid).lazy().sort(pl.col("stay_seq") * 2**32 + epoch_hours).drop("stay_seq")
 
     def trailing(column: str, how: str, hours: int = WINDOW_HOURS) -> pl.Expr:
         """The ``how`` (min, max, sum) of ``column`` over the ``hours`` buckets ending at each row."""
