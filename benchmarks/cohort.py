@@ -683,9 +683,9 @@ def main(argv: list[str] | None = None) -> int:
         cold = next(
             (r for r in results if r.method == "immunostrat DuckDB cold" and r.size == ref.size), None
         )
-        cold_note = f", x{m.seconds / cold.seconds:.2f} with the plan compiled anew" if cold else ""
+        cold_note = f", {m.seconds / cold.seconds:.2f}x with the plan compiled anew" if cold else ""
         mimic_note = (
-            f"x{m.seconds / ref.seconds:.2f} vs mimic-code-style SQL at {ref.size} rows "
+            f"{m.seconds / ref.seconds:.2f}x mimic-code-style SQL at {ref.size} rows "
             f"(whole build {ref.seconds:.1f} s vs {m.seconds:.1f} s{cold_note}; {m.note}); "
         )
     clif_note = (
