@@ -16,30 +16,67 @@ _VASOPRESSORS = ("norepinephrine_rate", "epinephrine_rate", "dopamine_rate", "va
 _T = pl.Datetime("us", "UTC")
 
 
+SUSPICION_RULES = ("antibiotic-and-culture", "antibiotic-only")
+
+
+def suspicion_episodes(
+    observations: pl.DataFrame, mode: str = "antibiotic-and-culture", key: str = "patient_id"
+) -> pl.DataFrame:
+    """Every suspected-infection episode per ``key`` (one row per onset), from the ``antibiotic`` and
+    ``culture`` rows of ``observations`` (``key``, time, concept, value; value >= 1 = given or drawn).
+
+    ``antibiotic-and-culture`` (Seymour 2016, windows from sepsis3.yaml): an antibiotic with a culture in
+    the following 24 h (onset = the antibiotic) or a culture with an antibiotic in the following 72 h
+    (onset = the culture), both ends inclusive; an onset found both ways keeps the earliest partner of
+    each kind. ``antibiotic-only`` (ricu ``si_mode = "abx"``): every antibiotic (culture_time null).
+    Columns: ``key``, onset, antibiotic_time, culture_time; sorted by ``key`` and onset.
+    """
+    if mode not in SUSPICION_RULES:
+        raise ValueError(
+            f"unknown suspected-infection rule {mode!r}; use one of {', '.join(SUSPICION_RULES)}"
+        )
+    spec = load_definition("sepsis3")
+    given = observations.filter(pl.col("concept").is_in(("antibiotic", "culture")) & (pl.col("value") >= 1))
+    abx = given.filter(pl.col("concept") == "antibiotic").select(key, pl.col("time").cast(_T)).unique()
+    if mode == "antibiotic-only":
+        return abx.select(
+            key, onset="time", antibiotic_time="time", culture_time=pl.lit(None, dtype=_T)
+        ).sort(key, "onset")
+    cult = given.filter(pl.col("concept") == "culture").select(key, pl.col("time").cast(_T)).unique()
+
+    def first_after(start: pl.DataFrame, partner: pl.DataFrame, hours: float) -> pl.DataFrame:
+        """Per ``start`` time, the earliest ``partner`` time in [time, time + hours]."""
+        pairs = start.join(partner.rename({"time": "partner"}), on=key).filter(
+            (pl.col("partner") >= pl.col("time"))
+            & (pl.col("partner") <= pl.col("time") + timedelta(hours=hours))
+        )
+        return pairs.group_by(key, "time").agg(pl.col("partner").min())
+
+    from_abx = first_after(abx, cult, float(spec["culture_after_antibiotic_hours"])).select(
+        key, onset="time", antibiotic_time="time", culture_time="partner"
+    )
+    from_cult = first_after(cult, abx, float(spec["antibiotic_after_culture_hours"])).select(
+        key, onset="time", antibiotic_time="partner", culture_time="time"
+    )
+    return (
+        pl.concat([from_abx, from_cult])
+        .group_by(key, "onset")
+        .agg(pl.col("antibiotic_time").min(), pl.col("culture_time").min())
+        .sort(key, "onset")
+    )
+
+
 def suspected_infection(observations: pl.DataFrame) -> pl.DataFrame:
-    """First suspected-infection time per patient (Seymour 2016).
+    """First suspected-infection time per patient (Seymour 2016; :func:`suspicion_episodes`' first).
 
     Antibiotic and body-fluid culture both present: if the antibiotic came first, the culture within
     24 h; if the culture came first, the antibiotic within 72 h; onset = the earlier of the two.
     Columns: patient_id, suspicion_time, antibiotic_time, culture_time.
     """
-    spec = load_definition("sepsis3")
-    abx = observations.filter((pl.col("concept") == "antibiotic") & (pl.col("value") >= 1)).select(
-        "patient_id", pl.col("time").alias("antibiotic_time")
-    )
-    cult = observations.filter((pl.col("concept") == "culture") & (pl.col("value") >= 1)).select(
-        "patient_id", pl.col("time").alias("culture_time")
-    )
-    pairs = abx.join(cult, on="patient_id", how="inner")
-    after_abx = timedelta(hours=float(spec["culture_after_antibiotic_hours"]))
-    after_cult = timedelta(hours=float(spec["antibiotic_after_culture_hours"]))
-    d = pl.col("culture_time") - pl.col("antibiotic_time")
-    valid = ((d >= timedelta(0)) & (d <= after_abx)) | ((d < timedelta(0)) & (-d <= after_cult))
-    onset = pl.min_horizontal("antibiotic_time", "culture_time").alias("suspicion_time")
-    matched = pairs.filter(valid).with_columns(onset)
-    first = matched.sort("patient_id", "suspicion_time").group_by("patient_id", maintain_order=True).first()
-    return first.select("patient_id", "suspicion_time", "antibiotic_time", "culture_time").cast(
-        {"suspicion_time": _T, "antibiotic_time": _T, "culture_time": _T}
+    episodes = suspicion_episodes(observations)
+    first = episodes.group_by("patient_id", maintain_order=True).first()
+    return first.select(
+        "patient_id", suspicion_time="onset", antibiotic_time="antibiotic_time", culture_time="culture_time"
     )
 
 
