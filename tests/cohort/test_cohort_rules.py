@@ -32,6 +32,10 @@ STAY_HOURS = {
     "site_b": 30,
     "site_a_cultures": 30,
     "no_data": 30,
+    "urine_early": 30,
+    "urine_none": 30,
+    "urine_late": 10,
+    "vaso_end": 10,
 }
 
 
@@ -87,6 +91,13 @@ def _observations() -> list[tuple[str, float, str, float]]:
         ("no_data", 6, "culture", 1.0),
     ]
     r += [("chronic", k, "platelets", 40.0) for k in range(-1, 80, 12)]
+    # the urine charting span is the stay's whole span: a volume 60 h before admission (before the
+    # 48-h look-back) covers the early windows, one after discharge (4 h past the grid) the last ones
+    # a rate charted 30 min before discharge runs until the stop charted 2 h after it (2.5 h >= 1 h)
+    r += [("vaso_end", 9.5, "norepinephrine_rate", 0.2), ("vaso_end", 12, "norepinephrine_rate", 0.0)]
+    r += [("urine_early", -60, "urine_output", 100.0)]
+    r += [(s, k, "urine_output", 100.0) for s in ("urine_early", "urine_none") for k in range(1, 31)]
+    r += [("urine_late", k, "urine_output", 100.0) for k in (-20, 1, 2, 3, 4, 5, 6, 7, 14)]
     return r
 
 
@@ -184,6 +195,13 @@ def test_last_vasopressor_rate_is_not_carried_to_the_end(request: pytest.Fixture
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_a_charting_after_discharge_ends_the_last_rate(request: pytest.FixtureRequest, engine: str) -> None:
+    r = built(request, engine)
+    assert at_hour(r, "vaso_end", 10, "norepinephrine_rate") == 0.2
+    assert at_hour(r, "vaso_end", 10, "sofa_cardiovascular") == 4
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_vasopressor_gap_rule(request: pytest.FixtureRequest, engine: str) -> None:
     r = built(request, engine)
     # 10:00 -> 14:30 (4.5 h, within 5 h) is one infusion: it runs through 12:00
@@ -203,6 +221,17 @@ def test_one_hour_rule_applies_to_the_infusion_not_the_segment(
     # epinephrine 04:30-05:15: 45 min in all, never counted
     stay = r.hourly_sofa.filter(pl.col("stay_id") == "vaso_runs")
     assert stay["epinephrine_rate"].is_null().all()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_urine_coverage_reads_the_whole_charting_span(request: pytest.FixtureRequest, engine: str) -> None:
+    r = built(request, engine)
+    # window (-19 h, 5 h]: 500 mL, covered since charting began 60 h before admission
+    assert at_hour(r, "urine_early", 5, "urine_output_24h") == 500.0
+    assert at_hour(r, "urine_none", 5, "urine_output_24h") is None  # charting from 1 h: not covered
+    assert at_hour(r, "urine_none", 23, "urine_output_24h") == 2300.0  # covered from 1 h - 24 h + 2 h
+    # window (-14 h, 10 h]: 700 mL; covered because charting went on after discharge (14 h > 10 h - 2 h)
+    assert at_hour(r, "urine_late", 10, "urine_output_24h") == 700.0
 
 
 @pytest.mark.parametrize("engine", ENGINES)

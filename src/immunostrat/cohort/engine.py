@@ -409,9 +409,15 @@ def plan_hourly(
     infection = obs.filter(obs.concept.isin(INFECTION))
     narrow = bounds.select("stay_id", "stay_seq", "grid_first", "grid_last", "lo")
     joined = obs.filter(obs.concept.isin(needed)).inner_join(narrow, "stay_id").drop("stay_id")
-    o_all = joined.filter(joined.time > joined.lo)
-    o = o_all.filter(o_all.time <= o_all.grid_last)
-    o = o.mutate(bucket=_ceil_hour(o.time))
+    # One relation of the observations for every part, so that the engine reads the files once: the
+    # rows of the look-back and the grid, and beyond them what two rules need - vasopressor rates after
+    # the grid (the next charting ends a rate) and every urine event (the charting span).
+    after_lo = joined.time > joined.lo
+    in_grid = after_lo & (joined.time <= joined.grid_last)
+    urine = joined.concept == "urine_output"
+    o_any = joined.filter(in_grid | (after_lo & joined.concept.isin(vasopressors)) | urine)
+    o_any = o_any.mutate(bucket=_ceil_hour(o_any.time))
+    o = o_any.filter((o_any.time > o_any.lo) & (o_any.time <= o_any.grid_last))
 
     def where(concept: str) -> ir.BooleanValue:
         return o.concept == concept
@@ -495,7 +501,7 @@ def plan_hourly(
     # -- vasopressors: a charted rate runs until the next one (within the maximum gap, else it ends
     # where charted); consecutive positive rates form one infusion run, and a run counts when it lasted
     # >= min_run (sofa-1996.yaml); its rates are spread over the hourly buckets they touch
-    v = o_all.filter(o_all.concept.isin(vasopressors))
+    v = o_any.filter(o_any.concept.isin(vasopressors) & (o_any.time > o_any.lo))
     v = v.group_by(["stay_seq", "concept", "time", "grid_first", "grid_last"]).agg(value=v.value.max())
     by_drug = ibis.window(group_by=[v.stay_seq, v.concept], order_by=v.time)
     v = v.mutate(
@@ -535,7 +541,7 @@ def plan_hourly(
     )
 
     # -- urine charting span per stay (all urine events of the stay, before the look-back too)
-    u = joined.filter(joined.concept == "urine_output")
+    u = o_any.filter(o_any.concept == "urine_output")
     urine_span = u.group_by("stay_seq").agg(u_first=u.time.min(), u_last=u.time.max())
 
     # -- the grid: the buckets that hold data (simple, respiration, vasopressors, biomarkers; one row each
