@@ -5,11 +5,11 @@
 For each size (observation rows) a synthetic cohort is written (``immunostrat.cohort.synthetic``) and run
 through:
 
-- ``build_cohort`` on DuckDB and on PySpark (``local[2]``): the whole build (hourly SOFA, endotypes,
-  Sepsis-3, summary), one Ibis plan. On DuckDB the compiled SQL is cached per process and per rule
-  choice (``engine._PLAN_CACHE``); the warm-up build fills it, so "immunostrat DuckDB" is a build in a
-  process that has built once, and "immunostrat DuckDB cold" the same build with the cache emptied
-  (building and compiling the Ibis plan included);
+- ``build_cohort`` on DuckDB and on PySpark (``local[2]``): the whole build (the engine's query to hourly
+  buckets, then in Polars the hourly grid, windows, SOFA, endotypes, Sepsis-3, summary). On DuckDB the
+  compiled SQL is cached per process and per rule choice (``engine._PLAN_CACHE``); the warm-up build
+  fills it, so "immunostrat DuckDB" is a build in a process that has built once, and "immunostrat
+  DuckDB cold" the same build with the cache emptied (building and compiling the Ibis plan included);
 - (a) the baseline a user would write: plain pandas, one stay at a time (groupby, resample/rolling,
   ``merge_asof`` and loops over the hourly grid) implementing the same rules, then the same score and
   protocol functions once on the result. Above ``--pandas-stays`` stays it runs on a deterministic sample

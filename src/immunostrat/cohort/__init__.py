@@ -1,5 +1,5 @@
-"""The per-stay plan over whole ICU databases (Ibis on DuckDB or Spark): hourly grid, windows,
-scores, Sepsis-3 onset and the immune-endotype timeline; synthetic scale data for benchmarks.
+"""The per-stay plan over whole ICU databases (Ibis on DuckDB or Spark to hourly buckets, Polars after):
+hourly grid, windows, scores, Sepsis-3 onset, endotype timeline; synthetic scale data for benchmarks.
 """
 
 from immunostrat.cohort.agreement import format_agreement, label_agreement

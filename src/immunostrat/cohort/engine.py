@@ -1,14 +1,16 @@
-"""The cohort plan: one Ibis expression graph from (stays, canonical observations) to the dense grid
-of hourly buckets, executed unchanged on DuckDB or PySpark; the grid's trailing windows, SOFA and the
-endotype then run in Polars on the collected grid (:func:`finish_hourly`), the same for every engine;
-Sepsis-3 onset and the immune-endotype timeline are Ibis plans again.
+"""The cohort plan: one Ibis expression graph from (stays, canonical observations) to the hourly
+buckets that hold data, executed unchanged on DuckDB or PySpark; spreading each stay over its hours,
+the trailing windows, SOFA and the endotype then run in Polars on the collected buckets
+(:func:`finish_hourly`), the same for every engine, and so do Sepsis-3 (``cohort.sepsis3``) and the
+endotype timeline (``cohort.timeline``) on the hourly table.
 
 Hourly grid. Each stay gets one row per hour boundary ``T`` from ``ceil_hour(icu_intime)`` to
 ``ceil_hour(icu_outtime)``. The row at ``T`` summarises the trailing 24 h, ``(T - 24 h, T]``, exactly the
 bedside window ``scores.windows.windows_at(T, 24)``. Observations are first reduced to hourly buckets
 ``(T - 1 h, T]`` (bucket = ``ceil_hour(time)``) on the engine; the grid holds every bucket from
-``keep_buckets`` hours before the first grid hour, so the 24-h worst value is a rolling window over
-24 rows (the 24 buckets ending at ``T``). Why the windows leave SQL: DuckDB's 24-row frames cost about
+``keep_buckets`` hours before the first grid hour (in Polars: dense joins in SQL cost more than the
+rest of the query), so the 24-h worst value is a rolling window over 24 rows (the 24 buckets ending
+at ``T``). Why the windows leave SQL: DuckDB's 24-row frames cost about
 80 ns per row and column, a third of the hourly query's CPU, where a rolling window runs in a fifteenth
 of that. Observations up to ``LOOKBACK`` before the first grid hour (ED labs, pre-ICU gases) feed the
 first windows. A stay without ``icu_outtime`` ends at its last observation.
@@ -40,10 +42,11 @@ Worst values (the rules of ``scores/windows.py``, on the hourly grid):
   older than the protocol's ``freshness_hours`` (else null, i.e. stale or missing) - the inputs of
   ``protocols.endotype_expression``.
 
-Sepsis-3 (``plan_suspicion``, ``plan_sepsis3``): every suspected-infection episode of a stay is
-assessed, not only the first; the rule variants of rules.yaml (suspected infection, SOFA baseline) are
-arguments of ``build_cohort``. A stay is "not assessable" where the source or the stay's care site has
-no events of a concept the suspicion rule needs, or where every suspicion window lies outside the stay.
+Sepsis-3 (``scores.sepsis3.suspicion_episodes``, ``cohort.sepsis3.assess_sepsis3``): every
+suspected-infection episode of a stay is assessed, not only the first; the rule variants of rules.yaml
+(suspected infection, SOFA baseline) are arguments of ``build_cohort``. A stay is "not assessable"
+where the source or the stay's care site has no events of a concept the suspicion rule needs, or where
+every suspicion window lies outside the stay.
 
 Scores come from ``immunostrat.scores.sofa`` and the protocol from ``protocols.classify_frame``, both
 narwhals expressions applied to the Polars grid: no band or threshold is written here.
@@ -56,6 +59,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cache
@@ -742,6 +746,25 @@ def _collect(con: Any, expr: ir.Table, sort: Sequence[str]) -> pl.DataFrame:
 _PLAN_CACHE: dict[tuple[Any, ...], dict[str, tuple[str, ir.Table]]] = {}
 
 
+@dataclass
+class _Aside:
+    """Frames of queries run beside the main ones (:meth:`_Runner.collect_aside`)."""
+
+    frames: dict[str, pl.DataFrame] | None = None
+    future: Future[dict[str, pl.DataFrame]] | None = None
+
+    def result(self) -> dict[str, pl.DataFrame]:
+        if self.frames is None:
+            assert self.future is not None
+            self.frames = self.future.result()
+        return self.frames
+
+    def settle(self) -> None:
+        """Waits for the queries (so that nothing still reads the build's files), whatever they gave."""
+        if self.future is not None:
+            wait([self.future])
+
+
 class _Runner:
     """Runs the build's queries: on DuckDB from the compiled SQL (cached by ``key``), else through Ibis."""
 
@@ -751,21 +774,58 @@ class _Runner:
         self.cached = _PLAN_CACHE.get(key) if key is not None else None
         self.compiled: dict[str, tuple[str, ir.Table]] = {}
 
-    def collect(self, name: str, make: Callable[[], ir.Table], sort: Sequence[str]) -> pl.DataFrame:
-        if self.key is None:
-            return _collect(self.con, make(), sort)
+    def _compiled(self, name: str, make: Callable[[], ir.Table]) -> tuple[str, ir.Table]:
         if self.cached is not None and name in self.cached:
             sql, expr = self.cached[name]
         else:
             expr = make()
             sql = str(self.con.compile(expr))
         self.compiled[name] = (sql, expr)
+        return sql, expr
+
+    @staticmethod
+    def _run(connection: Any, sql: str, expr: ir.Table, sort: Sequence[str]) -> pl.DataFrame:
         from ibis.backends.duckdb.converter import DuckDBPyArrowData
 
-        table = expr.__pyarrow_result__(self.con.con.sql(sql).to_arrow_table(), data_mapper=DuckDBPyArrowData)
+        table = expr.__pyarrow_result__(connection.sql(sql).to_arrow_table(), data_mapper=DuckDBPyArrowData)
         frame = pl.from_arrow(table)
         assert isinstance(frame, pl.DataFrame)
         return _normalise(frame).sort(list(sort)) if sort else _normalise(frame)
+
+    def collect(self, name: str, make: Callable[[], ir.Table], sort: Sequence[str]) -> pl.DataFrame:
+        if self.key is None:
+            return _collect(self.con, make(), sort)
+        sql, expr = self._compiled(name, make)
+        return self._run(self.con.con, sql, expr, sort)
+
+    def collect_aside(
+        self, queries: Mapping[str, tuple[Callable[[], ir.Table], Sequence[str]]], views: Sequence[str]
+    ) -> _Aside:
+        """Starts ``queries`` on a second connection to the same DuckDB database, in a thread, while the
+        caller goes on (the grid query leaves a core idle for a fifth of its time); ``views``: the
+        temporary views they read (a connection's temporary views are its own). Other engines run
+        them at once."""
+        if self.key is None:
+            return _Aside(frames={n: self.collect(n, make, sort) for n, (make, sort) in queries.items()})
+        jobs = [(name, *self._compiled(name, make), sort) for name, (make, sort) in queries.items()]
+        cursor = self.con.con.cursor()
+        cursor.execute("SET TimeZone = 'UTC'")
+        for view in views:
+            [(create_view,)] = self.con.con.execute(
+                "SELECT sql FROM duckdb_views() WHERE temporary AND view_name = ?", [view]
+            ).fetchall()
+            cursor.execute(create_view)
+
+        def run() -> dict[str, pl.DataFrame]:
+            try:
+                return {name: self._run(cursor, sql, expr, sort) for name, sql, expr, sort in jobs}
+            finally:
+                cursor.close()
+
+        pool = ThreadPoolExecutor(max_workers=1)
+        future = pool.submit(run)
+        pool.shutdown(wait=False)
+        return _Aside(future=future)
 
     def store(self) -> None:
         if self.key is not None:
@@ -838,6 +898,7 @@ def build_cohort(
             progress(steps[min(i, total - 1)], i, total)
 
     work = Path(tempfile.mkdtemp(prefix="immunostrat-cohort-"))
+    aside: _Aside | None = None
     try:
         tick(0)
         if isinstance(source_data, SourceData):
@@ -901,11 +962,18 @@ def build_cohort(
             return plan_made[0]
 
         tick(1)
-        grid = runner.collect("grid", lambda: the_plan().grid, [])  # finish_hourly sorts it
+        # the small scans (concept counts, infection events) run beside the grid query and the windows
+        aside = runner.collect_aside(
+            {
+                "counts": (lambda: the_plan().concept_counts, ["concept"]),
+                "infection": (lambda: the_plan().infection, []),
+            },
+            views=["cohort_observations"],
+        )
+        grid = runner.collect("grid", lambda: the_plan().grid, [])
         hourly = finish_hourly(grid, hourly_windows(protocol, sofa_version, sofa_options))
         del grid
-        counts = runner.collect("counts", lambda: the_plan().concept_counts, ["concept"])
-        infection = runner.collect("infection", lambda: the_plan().infection, [])
+        counts, infection = aside.result()["counts"], aside.result()["infection"]
         infection_rows = (
             infection.group_by("stay_id", "concept")
             .agg(rows=pl.len().cast(pl.Int64))
@@ -953,6 +1021,8 @@ def build_cohort(
             progress("done", total, total)
         return result
     finally:
+        if aside is not None:
+            aside.settle()
         shutil.rmtree(work, ignore_errors=True)
 
 
