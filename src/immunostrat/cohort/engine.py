@@ -58,6 +58,7 @@ import math
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -740,6 +741,12 @@ def _collect(con: Any, expr: ir.Table, sort: Sequence[str]) -> pl.DataFrame:
     return _normalise(frame).sort(list(sort)) if sort else _normalise(frame)
 
 
+# DuckDB notes that Arrow from an executed statement's result copies the rows once more; measured on
+# the build's queries, that path is still the faster one (see _Runner._run).
+warnings.filterwarnings(
+    "ignore", message="Arrow output on a DB-API result", category=UserWarning, module=__name__
+)
+
 # Compiled DuckDB queries of earlier builds in this process, keyed by everything the plan depends on
 # (protocol, SOFA definition and options, open stays, Sepsis-3 rules, input schemas): building the Ibis
 # graph and compiling it to SQL costs about a second, the same for every build with those choices.
@@ -787,7 +794,10 @@ class _Runner:
     def _run(connection: Any, sql: str, expr: ir.Table, sort: Sequence[str]) -> pl.DataFrame:
         from ibis.backends.duckdb.converter import DuckDBPyArrowData
 
-        table = expr.__pyarrow_result__(connection.sql(sql).to_arrow_table(), data_mapper=DuckDBPyArrowData)
+        # execute + fetch binds the statement once; a relation (``sql(...)``) binds it, with a scan of the
+        # caller's variables, before running it: 0.06 s more on the 10^6-row grid query
+        connection.execute(sql)
+        table = expr.__pyarrow_result__(connection.to_arrow_table(), data_mapper=DuckDBPyArrowData)
         frame = pl.from_arrow(table)
         assert isinstance(frame, pl.DataFrame)
         return _normalise(frame).sort(list(sort)) if sort else _normalise(frame)
