@@ -253,10 +253,7 @@ _EPOCH_US_FUNCTIONS = {
 def _ceil_hour(t: ir.TimestampValue) -> ir.TimestampValue:
     """The end of the hourly bucket ``(T - 1 h, T]`` holding ``t``, by integer arithmetic on the
     epoch microseconds (a floored modulo, so that times before 1970 round the same way)."""
-    backend = t.get_backend().name
-    if backend not in _EPOCH_US_FUNCTIONS:
-        return (t - ibis.interval(microseconds=1)).truncate("h") + HOUR
-    to_name, from_name = _EPOCH_US_FUNCTIONS[backend]
+    to_name, from_name = _EPOCH_US_FUNCTIONS[t.get_backend().name]  # connect() makes only these
     dtype = t.type()
     to_us = ibis.udf.scalar.builtin(lambda t: None, name=to_name, signature=((dtype,), "int64"))
     from_us = ibis.udf.scalar.builtin(lambda us: None, name=from_name, signature=(("int64",), dtype))
@@ -391,7 +388,7 @@ def plan_hourly(
     )
     bounds = bounds.mutate(lo=bounds.grid_first - ibis.interval(hours=lookback))
     # stays numbered in stay order: the plan groups and joins on this integer (cheaper than the text
-    # stay_id), and finish_hourly sorts the grid by (number, hour), one integer key
+    # stay_id), and finish_hourly lays the hours out in (number, hour) order
     bounds = bounds.mutate(stay_seq=ibis.row_number().over(order_by=bounds.stay_id))
 
     needed = sorted(
